@@ -1,0 +1,30 @@
+"""Typed exceptions. Everything a user can get wrong raises a subclass of CrescendoError;
+the CLI turns these into a one-line message and exit code 2."""
+
+
+class CrescendoError(Exception):
+    """Base class for errors caused by user input (recipes, paths, models, data)."""
+
+
+class RecipeError(CrescendoError, ValueError):
+    """A recipe string or YAML file is malformed, names an unknown method or has bad settings."""
+
+
+class ConfigError(CrescendoError, ValueError):
+    """A method configuration is out of range (ratio outside [0, 1), bits outside 2..8, N >= M, ...)."""
+
+
+class ModelError(CrescendoError):
+    """A model cannot be found, loaded, or has an architecture crescendo has no adapter for."""
+
+
+class DataError(CrescendoError):
+    """A corpus or protocol is unknown, unreachable, or too short for the requested samples."""
+
+
+class StoreError(CrescendoError):
+    """The results store cannot be opened or holds rows from an incompatible schema."""
+
+
+class VerifyError(CrescendoError):
+    """A saved compressed model does not match its recorded recipe (grid, sparsity, NaN/Inf)."""
