@@ -1,0 +1,97 @@
+"""The library entry points: `compress(model, recipe, calibration)` and the summary of what it did."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .engine.sequential import StageReport, apply_stage_, records_of
+from .errors import ConfigError
+from .models.adapters import Adapter, get_adapter, in_features, select_targets
+from .recipe import Recipe, parse_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressionSummary:
+    """What a compressed model holds, over every decoder-block linear (the protocol's compressed set)."""
+
+    sparsity: float  # fraction of pruned (held-at-zero) weights
+    avg_weight_bits: float  # storage bits per stored weight, shared scales included (16 = unquantized)
+    compression_ratio: float  # 16-bit dense memory / compressed memory = 1/(1-p) * 16/B (003, Section 2)
+    params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CompressionResult:
+    recipe: Recipe
+    stages: list[StageReport] = field(default_factory=list)
+    summary: CompressionSummary | None = None
+
+
+def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSummary:
+    """Sparsity, average weight bits and compression ratio of the decoder-block linears."""
+    adapter = adapter or get_adapter(model)
+    records = records_of(model)
+    total = pruned = 0
+    bits = 0.0
+    for name, module in adapter.all_block_linears(model).items():
+        n = module.weight.numel()
+        rec = records.get(name)
+        total += n
+        pruned += int(rec.mask.sum()) if rec is not None and rec.mask is not None else 0
+        bits += n * (rec.weight_bits(in_features(module)) if rec is not None else 16.0)
+    sparsity = pruned / total if total else 0.0
+    avg_bits = bits / total if total else 16.0
+    ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
+    return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total)
+
+
+def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:
+    """Check every stage against the model before anything is changed (no half-compressed models)."""
+    adapter = adapter or get_adapter(model)
+    for stage in recipe.stages:
+        spec, config = stage.spec, stage.config
+        if (spec.statistic is not None or spec.needs_calibration) and not have_calibration:
+            raise ConfigError(f"stage {stage} needs calibration data")
+        if spec.apply_model is None:
+            select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
+
+
+@torch.no_grad()
+def compress(
+    model: nn.Module,
+    recipe: str | Recipe,
+    calibration: list[torch.Tensor] | None = None,
+    *,
+    progress: bool = True,
+) -> CompressionResult:
+    """Apply `recipe` to `model` in place, stage after stage (f2 ∘ f1: f2 sees the model f1 made).
+
+    calibration: batches of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
+
+    >>> result = compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
+    >>> result.summary.sparsity, result.summary.avg_weight_bits
+    """
+    recipe = parse_recipe(recipe)
+    adapter = get_adapter(model)
+    validate_recipe(model, recipe, bool(calibration), adapter)
+    was_training = model.training
+    model.eval()
+    result = CompressionResult(recipe)
+    try:
+        for stage in recipe.stages:
+            report = apply_stage_(model, stage, adapter, calibration, progress=progress)
+            log.info("stage %s: %.1f s", stage, report.seconds)
+            result.stages.append(report)
+    finally:
+        model.train(was_training)
+    result.summary = summarize(model, adapter)
+    return result

@@ -1,0 +1,113 @@
+"""Apply one recipe stage to a model, block by block, with calibration data flowing through it.
+
+f2 ∘ f1 means: f1 on the whole model, then f2 on the model f1 produced. So each stage captures the
+inputs of the first block from the *current* model, and for each block collects the statistic its
+method needs, compresses the block's target linears, re-runs the block to get the next block's
+inputs. Data-free stages (magnitude, RTN, block formats) skip the forward passes entirely.
+Activation quantizers a stage adds are attached at the end of the stage, so the stage's own weight
+calibration sees unquantized activations (QuaRot's convention) and later stages see quantized ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..methods.base import LinearRecord
+from ..models.adapters import Adapter, get_weight, select_targets, set_weight_, tied_names
+from .capture import capture_first_block_inputs, run_block
+from .stats import InputStatistics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageReport:
+    method: str
+    stage: str
+    seconds: float
+    layers: int
+
+
+def records_of(model: nn.Module) -> dict[str, LinearRecord]:
+    """The per-linear compression history attached to a model (created on first use)."""
+    records = getattr(model, "crescendo_records", None)
+    if records is None:
+        records = {}
+        model.crescendo_records = records
+    return records
+
+
+def _record(records: dict[str, LinearRecord], name: str) -> LinearRecord:
+    if name not in records:
+        records[name] = LinearRecord(name=name)
+    return records[name]
+
+
+def apply_stage_(
+    model: nn.Module,
+    stage,
+    adapter: Adapter,
+    calibration: list[torch.Tensor] | None,
+    *,
+    progress: bool = True,
+) -> StageReport:
+    """Apply `stage` (a recipe Stage) to `model` in place; returns its timing."""
+    spec, config = stage.spec, stage.config
+    start = time.perf_counter()
+    records = records_of(model)
+    if spec.apply_model is not None:
+        if spec.needs_calibration and not calibration:
+            raise ConfigError(f"stage {stage} needs calibration data")
+        spec.apply_model(model, adapter, config, calibration, progress=progress)
+        return StageReport(spec.name, str(stage), time.perf_counter() - start, 0)
+
+    targets = select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
+    tied = tied_names(model, list(targets))
+    if tied:
+        log.warning("stage %s compresses tied weights %s: the tensors they share change too", stage, tied)
+    if spec.statistic is None:
+        for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
+            _compress_one(module, None, _record(records, name), spec, config, str(stage))
+    else:
+        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), records, progress)
+    if spec.attach_linear is not None:
+        for name, module in targets.items():
+            spec.attach_linear(module, _record(records, name), config)
+    return StageReport(spec.name, str(stage), time.perf_counter() - start, len(targets))
+
+
+def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, text: str) -> None:
+    if spec.compress_linear is None:
+        return
+    weight = get_weight(module)  # (out, in) float32
+    new = spec.compress_linear(weight, stats, record, config)
+    set_weight_(module, new)
+    record.history.append(text)
+
+
+def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, records, progress) -> None:
+    if not calibration:
+        raise ConfigError(f"stage {text} needs calibration data")
+    outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
+    if outside:
+        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+    blocks = adapter.blocks(model)
+    inputs = capture_first_block_inputs(model, blocks[0], calibration)
+    for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
+        block = blocks[index]
+        linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}
+        if linears:
+            with InputStatistics(linears, spec.statistic) as stats:
+                run_block(block, inputs)
+            for name, module in linears.items():
+                _compress_one(module, stats.result(name), _record(records, name), spec, config, text)
+            del stats
+        if index + 1 < len(blocks):
+            inputs = inputs.with_hidden(run_block(block, inputs))

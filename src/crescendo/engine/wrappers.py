@@ -1,0 +1,66 @@
+"""Input transforms on linear layers: activation fake-quantization, online Hadamard rotation.
+
+A linear that needs its input transformed (quantized per token, rotated) keeps its class's parameters
+and state-dict keys; only its class is swapped for a subclass that applies an ordered list of
+`input_transforms` before the original forward. Transforms hold no persistent state, so
+`state_dict()` / `save_pretrained` see exactly the original keys, and `copy.deepcopy` copies them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+class _TransformedInput:
+    """Mixin placed in front of the original linear class (nn.Linear, transformers' Conv1D)."""
+
+    input_transforms: nn.ModuleList
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):  # type: ignore[override]
+        for transform in self.input_transforms:
+            x = transform(x)
+        return super().forward(x, *args, **kwargs)  # type: ignore[misc]
+
+
+def _subclass_for(cls: type) -> type:
+    if issubclass(cls, _TransformedInput):
+        return cls
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"InputTransformed{cls.__name__}", (_TransformedInput, cls), {})
+    return _SUBCLASSES[cls]
+
+
+def add_input_transform_(module: nn.Module, transform: nn.Module, first: bool = False) -> nn.Module:
+    """Apply `transform` to the input of `module` from now on (in place). Returns the module.
+
+    `first=True` puts it before existing transforms (e.g. an online Hadamard must run before an
+    activation quantizer that was attached earlier).
+    """
+    if not isinstance(module, _TransformedInput):
+        module.__class__ = _subclass_for(type(module))
+        module.input_transforms = nn.ModuleList()
+    if first:
+        module.input_transforms.insert(0, transform)
+    else:
+        module.input_transforms.append(transform)
+    return module
+
+
+def input_transforms(module: nn.Module) -> list[nn.Module]:
+    """The transforms applied to the input of `module` (empty for a plain layer)."""
+    return list(module.input_transforms) if isinstance(module, _TransformedInput) else []
+
+
+def remove_input_transforms_(module: nn.Module, kind: type | None = None) -> None:
+    """Drop all transforms (or those of one type); restores the original class when none remain."""
+    if not isinstance(module, _TransformedInput):
+        return
+    keep = [t for t in module.input_transforms if kind is not None and not isinstance(t, kind)]
+    if keep:
+        module.input_transforms = nn.ModuleList(keep)
+        return
+    del module.input_transforms
+    module.__class__ = next(c for c in type(module).__mro__[1:] if not issubclass(c, _TransformedInput))

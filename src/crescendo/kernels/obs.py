@@ -1,0 +1,146 @@
+"""The Optimal-Brain-Surgeon column sweep behind GPTQ and SparseGPT.
+
+GPTQ (Frantar et al., 2023) and SparseGPT (Frantar & Alistarh, 2023) are the same algorithm: walk the
+columns of W (out, in) left to right in blocks, decide each column's new value (quantized, pruned, or
+both), and spread its error over the not-yet-visited columns with the inverse-Hessian Cholesky factor.
+They differ only in the decision, so one kernel serves both, and their composition with earlier
+stages falls out naturally: a prior pruning mask forces zeros (GPTQ after pruning keeps them exactly
+zero while compensating their removal), and a prior quantization grid projects every updated column
+back onto that grid (SparseGPT after a quantizer keeps its weights on the grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..types import NM, Grid, Params
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    weight: torch.Tensor  # (out, in) new weight, float32
+    mask: torch.Tensor | None  # (out, in) True = pruned, or None when nothing is pruned
+    grid_params: Params | None  # {name: (out, n_groups)} parameters of the grid the weight lies on
+
+
+def inverse_hessian_factor(H: torch.Tensor, dampening_fraction: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + λI)^-1 with λ = dampening_fraction * mean(diag H). H: (in, in)."""
+    H = H.clone()
+    damp = dampening_fraction * torch.mean(torch.diag(H))
+    H.diagonal().add_(damp)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True)
+
+
+def obs_sweep(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    *,
+    sparsity: float = 0.0,
+    nm: NM | None = None,
+    prior_mask: torch.Tensor | None = None,
+    grid: Grid | None = None,
+    grid_params: Params | None = None,
+    block_size: int = 128,
+    dampening_fraction: float = 0.01,
+    act_order: bool = False,
+) -> SweepResult:
+    """Prune and/or quantize W (out, in) given the layer Hessian H = X^T X (in, in).
+
+    sparsity / nm: fraction (or N:M pattern) to prune in addition to `prior_mask`, chosen per block of
+    `block_size` columns by SparseGPT's saliency w^2 / [Hinv]_jj^2 (N:M: within each group of M).
+    grid / grid_params: quantize every column onto `grid`; with `grid_params` given (a recorded grid of
+    an earlier stage) those parameters are used, otherwise they are fitted as GPTQ does (per channel up
+    front, per group when the sweep reaches the group's first column).
+    act_order: visit columns in decreasing diag(H) (GPTQ's act-order); groups stay contiguous in the
+    original column order (their parameters are fitted up front, GPTQ's `static_groups`).
+    """
+    W = W.detach().float().clone(memory_format=torch.contiguous_format)
+    H = H.detach().float().clone(memory_format=torch.contiguous_format)
+    rows, cols = W.shape
+
+    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    if prior_mask is not None:
+        W[prior_mask] = 0
+
+    static_params = grid_params
+    if grid is not None and static_params is None and (grid.group_size is None or act_order):
+        static_params = grid.fit_all(W)
+    group = grid.group_size or cols if grid is not None else cols
+
+    perm = invperm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        invperm = torch.argsort(perm)
+        W, H = W[:, perm], H[perm][:, perm]
+        prior_mask = prior_mask[:, perm] if prior_mask is not None else None
+    col_index = perm if perm is not None else torch.arange(cols, device=W.device)
+
+    Hinv = inverse_hessian_factor(H, dampening_fraction)  # (in, in) upper triangular
+    mask = torch.zeros_like(W, dtype=torch.bool) if prior_mask is None else prior_mask.clone()
+    prune = sparsity > 0 or nm is not None
+    fitted: dict[int, Params] = {}
+
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2].clone()  # (out, b)
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)  # (b,)
+        mask1 = mask[:, i1:i2].clone(memory_format=torch.contiguous_format)  # (out, b), written back after the block
+
+        if prune and nm is None:
+            saliency = W1**2 / d[None, :] ** 2  # (out, b)
+            saliency[mask1] = float("-inf")  # already pruned: counted in k, not re-chosen
+            k = int(mask1.sum()) + int(round(saliency.numel() * sparsity))
+            if k > 0:
+                idx = torch.argsort(saliency.flatten(), stable=True)[:k]
+                mask1.view(-1)[idx] = True  # mask1 is a contiguous clone
+
+        for i in range(i2 - i1):
+            j = i1 + i
+            w = W1[:, i]
+            if nm is not None and i % nm.m == 0:
+                sal = W1[:, i : i + nm.m] ** 2 / d[None, i : i + nm.m] ** 2
+                sal = sal.masked_fill(mask1[:, i : i + nm.m], float("-inf"))
+                pick = torch.topk(sal, nm.n, dim=1, largest=False).indices
+                mask1[:, i : i + nm.m] |= torch.zeros_like(sal, dtype=torch.bool).scatter_(1, pick, True)
+            q = w.clone()
+            if grid is not None:
+                c = int(col_index[j])
+                gi = c // group
+                if static_params is not None:
+                    params = {k_: v[:, gi] for k_, v in static_params.items()}
+                else:
+                    if gi not in fitted:  # first column of a group: fit on the current (updated) weights
+                        width = min(group, cols - j)
+                        current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :width]
+                        fitted[gi] = grid.fit(current)
+                    params = fitted[gi]
+                q = grid.project(q[:, None], params)[:, 0]
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d[i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+
+        W[:, i1:i2] = Q1
+        mask[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if invperm is not None:
+        W, mask = W[:, invperm], mask[:, invperm]
+    out_params = None
+    if grid is not None:
+        if static_params is not None:
+            out_params = static_params
+        else:
+            keys = fitted[0].keys()
+            out_params = {k_: torch.stack([fitted[g][k_] for g in sorted(fitted)], dim=1) for k_ in keys}
+    return SweepResult(weight=W, mask=mask if (prune or prior_mask is not None) else None, grid_params=out_params)

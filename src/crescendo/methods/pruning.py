@@ -1,0 +1,141 @@
+"""Pruning methods: magnitude, Wanda, SparseGPT (unstructured and N:M)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..kernels.obs import obs_sweep
+from ..kernels.pruning import magnitude_scores, select_nm, select_smallest, wanda_scores
+from ..types import NM, check_ratio
+from . import args as A
+from .base import LinearRecord, MethodSpec, register_method
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Shared by the pruners: unstructured `ratio` in [0, 1) or an `nm` pattern (exactly one)."""
+
+    ratio: float | None = None
+    nm: NM | None = None
+    include: str | None = None  # regex over module names; default: every decoder-block linear
+    exclude: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.nm is None):
+            raise ConfigError("give exactly one of a pruning ratio or an N:M pattern")
+        if self.ratio is not None:
+            check_ratio(self.ratio)
+
+    @property
+    def target_sparsity(self) -> float:
+        return self.nm.ratio if self.nm is not None else float(self.ratio)
+
+    def _args(self) -> list[str]:
+        return [str(self.nm) if self.nm is not None else f"{self.ratio:g}"] + A.targets_suffix(self.include, self.exclude)
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(PruneConfig):
+    """Magnitude pruning: one threshold per matrix (SparseGPT's `--gmp`); N:M within groups of M inputs."""
+
+    def spec(self) -> str:
+        return "magnitude:" + ",".join(self._args())
+
+
+@dataclass(frozen=True)
+class WandaConfig(PruneConfig):
+    """Wanda (Sun et al., 2024): score |W_ij| * ||X_j||_2, compared within each output row."""
+
+    def spec(self) -> str:
+        return "wanda:" + ",".join(self._args())
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig(PruneConfig):
+    """SparseGPT (Frantar & Alistarh, 2023): OBS reconstruction, mask chosen per block of columns."""
+
+    block_size: int = 128  # columns per lazy-update block; also the mask-selection block
+    dampening_fraction: float = 0.01  # λ = fraction * mean(diag H), added to H before inversion
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_size < 1:
+            raise ConfigError(f"block size must be >= 1, got {self.block_size}")
+        if not 0 <= self.dampening_fraction < 1:
+            raise ConfigError(f"dampening must be in [0, 1), got {self.dampening_fraction}")
+
+    def spec(self) -> str:
+        extra = []
+        if self.block_size != 128:
+            extra.append(f"bs={self.block_size}")
+        if self.dampening_fraction != 0.01:
+            extra.append(f"damp={self.dampening_fraction:g}")
+        return "sparsegpt:" + ",".join(self._args() + extra)
+
+
+def _check_nm_fits(weight: torch.Tensor, nm: NM | None) -> None:
+    if nm is not None and weight.shape[1] % nm.m:
+        raise ConfigError(f"N:M {nm} needs in_features divisible by {nm.m}, got {weight.shape[1]}")
+
+
+def _apply_mask(weight: torch.Tensor, mask: torch.Tensor, record: LinearRecord) -> torch.Tensor:
+    weight = weight.masked_fill(mask, 0.0)
+    record.mask = mask
+    return weight  # zero is on every grid, so an earlier quantizer's grid still holds
+
+
+def _select(scores: torch.Tensor, config: PruneConfig, record: LinearRecord, per_row: bool) -> torch.Tensor:
+    if config.nm is not None:
+        return select_nm(scores, config.nm, record.mask)
+    return select_smallest(scores, float(config.ratio), record.mask, per_row=per_row)
+
+
+def magnitude_linear(weight, stats, record: LinearRecord, config: MagnitudeConfig) -> torch.Tensor:
+    _check_nm_fits(weight, config.nm)
+    return _apply_mask(weight, _select(magnitude_scores(weight), config, record, per_row=False), record)
+
+
+def wanda_linear(weight, stats, record: LinearRecord, config: WandaConfig) -> torch.Tensor:
+    _check_nm_fits(weight, config.nm)
+    return _apply_mask(weight, _select(wanda_scores(weight, stats), config, record, per_row=True), record)
+
+
+def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTConfig) -> torch.Tensor:
+    _check_nm_fits(weight, config.nm)
+    result = obs_sweep(
+        weight,
+        hessian,
+        sparsity=config.ratio or 0.0,
+        nm=config.nm,
+        prior_mask=record.mask,
+        grid=record.grid,  # after a quantizer: keep the updated weights on its recorded grid
+        grid_params=record.grid_params,
+        block_size=config.block_size,
+        dampening_fraction=config.dampening_fraction,
+    )
+    record.mask = result.mask
+    return result.weight
+
+
+def _parser(cls):
+    def parse(name: str, positional: list[str], keyword: dict[str, str]):
+        include, exclude = A.pop_targets(keyword)
+        ratio, nm = A.parse_sparsity(positional[:1] if positional else [], keyword)
+        extra = {}
+        if cls is SparseGPTConfig:
+            if "bs" in keyword:
+                extra["block_size"] = A.parse_int(keyword.pop("bs"), "block size")
+            if "damp" in keyword:
+                extra["dampening_fraction"] = A.parse_float(keyword.pop("damp"), "dampening")
+        A.reject_leftovers(name, positional[1:], keyword)
+        return cls(ratio=ratio, nm=nm, include=include, exclude=exclude, **extra)
+
+    return parse
+
+
+register_method(MethodSpec("magnitude", "prune", MagnitudeConfig, _parser(MagnitudeConfig), None, magnitude_linear))
+register_method(MethodSpec("wanda", "prune", WandaConfig, _parser(WandaConfig), "input_sq_norm", wanda_linear))
+register_method(MethodSpec("sparsegpt", "prune", SparseGPTConfig, _parser(SparseGPTConfig), "hessian", sparsegpt_linear))

@@ -1,0 +1,134 @@
+"""Recipes: ordered stages parsed once from a string or a YAML file.
+
+String grammar: stages separated by `>`; a stage is `method[:args]`; args are comma separated, each
+either positional (`0.5`, `2:4`, `w4a4`, `g128`, `sym`, `actorder`) or `key=value`.
+
+    "sparsegpt:0.5 > gptq:w4,g128"      "wanda:2:4 > rtn:w8a8"      "magnitude:0.5 > mxfp4"
+
+YAML: a list of stages, each a string or a mapping `{method: name, args: [...], key: value}`:
+
+    stages:
+      - sparsegpt:0.5
+      - {method: gptq, bits: 4, group: 128}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CrescendoError, RecipeError
+from .methods import METHODS
+from .methods.base import MethodSpec
+
+_STAGE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*(?::(.*))?$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One method placed in a pipeline."""
+
+    method: str
+    config: Any
+    text: str  # canonical spelling, e.g. "gptq:w4,g128"
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS.get(self.method)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered tuple of stages. `str(recipe)` round-trips through `parse_recipe`."""
+
+    stages: tuple[Stage, ...]
+
+    def __str__(self) -> str:
+        return " > ".join(s.text for s in self.stages) if self.stages else "dense"
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __add__(self, other: Recipe) -> Recipe:
+        return Recipe(self.stages + other.stages)
+
+
+def parse_stage(text: str) -> Stage:
+    """Parse one stage like `gptq:w4,g128` into a validated Stage."""
+    m = _STAGE.match(text)
+    if not m:
+        raise RecipeError(f"malformed recipe stage {text.strip()!r}: expected 'method[:args]'")
+    name, rest = m.group(1).lower(), (m.group(2) or "").strip()
+    spec = METHODS.get(name)
+    positional: list[str] = []
+    keyword: dict[str, str] = {}
+    if rest:
+        for token in rest.split(","):
+            token = token.strip()
+            if not token:
+                raise RecipeError(f"malformed recipe stage {text.strip()!r}: empty argument")
+            if "=" in token:
+                key, _, value = token.partition("=")
+                keyword[key.strip().lower()] = value.strip()
+            else:
+                positional.append(token)
+    try:
+        config = spec.parse(name, positional, keyword)
+    except CrescendoError as e:
+        raise RecipeError(f"stage {text.strip()!r}: {e}") from None
+    return Stage(method=name, config=config, text=config.spec() if hasattr(config, "spec") else text.strip())
+
+
+def parse_recipe(recipe: str | Recipe | list | tuple) -> Recipe:
+    """Parse a recipe string (`a > b > c`), a list of stage strings, or return a Recipe unchanged."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (list, tuple)):
+        parts = [p if isinstance(p, str) else _stage_from_mapping(p) for p in recipe]
+    else:
+        if not recipe.strip():
+            raise RecipeError("empty recipe")
+        parts = recipe.split(">")
+    if any(not p.strip() for p in parts):
+        raise RecipeError(f"malformed recipe {recipe!r}: empty stage")
+    return Recipe(tuple(parse_stage(p) for p in parts))
+
+
+def _stage_from_mapping(entry: Any) -> str:
+    if not isinstance(entry, dict) or "method" not in entry:
+        raise RecipeError(f"malformed YAML stage {entry!r}: expected a string or a mapping with 'method'")
+    entry = dict(entry)
+    name = str(entry.pop("method"))
+    args = [str(a) for a in entry.pop("args", [])]
+    args += [f"{k}={v}" for k, v in entry.items()]
+    return f"{name}:{','.join(args)}" if args else name
+
+
+def load_recipe(spec: str) -> Recipe:
+    """A recipe string, or a path to a YAML file (`*.yaml` / `*.yml`) holding one."""
+    if spec.strip().lower().endswith((".yaml", ".yml")):
+        path = Path(spec.strip())
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        stages = data.get("stages") if isinstance(data, dict) else data
+        if isinstance(stages, str):
+            return parse_recipe(stages)
+        if not isinstance(stages, list) or not stages:
+            raise RecipeError(f"recipe file {path} must hold a non-empty list under 'stages'")
+        return parse_recipe(stages)
+    return parse_recipe(spec)

@@ -1,0 +1,67 @@
+"""Tiny randomly initialised models, one per supported architecture family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 96
+
+
+def tiny_llama(**kw):
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg.update(kw)
+    return LlamaForCausalLM(LlamaConfig(**cfg))
+
+
+def tiny_model(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if family == "llama":
+        model = tiny_llama()
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    elif family == "opt":
+        model = OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128))
+    elif family == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128))
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox"]
+
+
+@pytest.fixture
+def calibration():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, VOCAB, (1, 32), generator=g) for _ in range(4)]
+
+
+@pytest.fixture
+def eval_ids():
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(0, VOCAB, (2, 32), generator=g)

@@ -1,0 +1,112 @@
+"""The sequential engine on tiny models of every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crescendo.api import compress, summarize
+from crescendo.engine.sequential import records_of
+from crescendo.errors import ConfigError, ModelError
+from crescendo.models.adapters import get_adapter, get_weight
+from conftest import FAMILIES, tiny_model
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sparsegpt_then_gptq_on_every_family(family, calibration, eval_ids):
+    model = tiny_model(family)
+    dense = _logits(model, eval_ids)
+    result = compress(model, "sparsegpt:0.5 > gptq:w4", calibration, progress=False)
+    adapter = get_adapter(model)
+    linears = adapter.all_block_linears(model)
+    assert len(linears) >= 4
+    records = records_of(model)
+    for name, module in linears.items():
+        w = get_weight(module)
+        rec = records[name]
+        assert rec.mask is not None and abs(rec.mask.float().mean().item() - 0.5) < 0.02
+        assert torch.all(w[rec.mask] == 0), f"{name}: pruned weights moved off zero after GPTQ"
+        on_grid = rec.grid.project_all(w, rec.grid_params)
+        assert torch.equal(on_grid, w), f"{name}: weights not on the recorded 4-bit grid"
+    assert abs(result.summary.sparsity - 0.5) < 0.02
+    assert 4.0 < result.summary.avg_weight_bits < 5.0
+    out = _logits(model, eval_ids)
+    assert torch.isfinite(out).all() and not torch.allclose(out, dense)
+    assert [s.method for s in result.stages] == ["sparsegpt", "gptq"]
+
+
+def test_quantize_then_sparsegpt_keeps_quantizer_grid(calibration):
+    model = tiny_model("llama")
+    compress(model, "rtn:w4,g32 > sparsegpt:0.5", calibration, progress=False)
+    for name, rec in records_of(model).items():
+        w = get_weight(dict(model.named_modules())[name])
+        assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)
+        assert torch.all(w[rec.mask] == 0)
+
+
+def test_nm_sparsity_pattern_holds(calibration):
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model = tiny_model("llama")
+        compress(model, f"{method}:2:4", calibration, progress=False)
+        for name, rec in records_of(model).items():
+            groups = rec.mask.reshape(rec.mask.shape[0], -1, 4).sum(-1)
+            assert torch.all(groups == 2), f"{method} broke 2:4 in {name}"
+
+
+def test_multistage_pruning_adds_up(calibration):
+    model = tiny_model("llama")
+    result = compress(model, "sparsegpt:0.15 > rtn:w8 > sparsegpt:0.15", calibration, progress=False)
+    assert abs(result.summary.sparsity - 0.30) < 0.01
+
+
+def test_calibrated_stage_sees_earlier_stage(calibration):
+    """f2 ∘ f1: SparseGPT after heavy quantization must differ from SparseGPT alone (different inputs)."""
+    a, b = tiny_model("llama"), tiny_model("llama")
+    compress(a, "sparsegpt:0.5", calibration, progress=False)
+    compress(b, "act:a3 > sparsegpt:0.5", calibration, progress=False)
+    masks_a = [r.mask for r in records_of(a).values()]
+    masks_b = [r.mask for r in records_of(b).values()]
+    assert any(not torch.equal(x, y) for x, y in zip(masks_a, masks_b))
+
+
+def test_activation_quantization_changes_outputs_and_keeps_state_dict(calibration, eval_ids):
+    model = tiny_model("llama")
+    keys = list(model.state_dict())
+    dense = _logits(model, eval_ids)
+    compress(model, "act:a4", None, progress=False)
+    assert list(model.state_dict()) == keys
+    assert not torch.allclose(_logits(model, eval_ids), dense)
+
+
+def test_gptq_beats_rtn_on_layer_error(calibration, eval_ids):
+    dense = tiny_model("llama")
+    ref = _logits(dense, eval_ids)
+    errs = {}
+    for method in ("rtn", "gptq"):
+        m = tiny_model("llama")
+        compress(m, f"{method}:w3", calibration, progress=False)
+        errs[method] = (_logits(m, eval_ids) - ref).pow(2).mean().item()
+    assert errs["gptq"] < errs["rtn"]
+
+
+def test_bad_targets_fail_before_any_change(calibration):
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="matches no"):
+        compress(model, "rtn:w4 > magnitude:0.5,include=nothing_here", calibration, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="calibration"):
+        compress(model, "gptq:w4", None, progress=False)
+
+
+def test_dense_summary_and_unknown_architecture():
+    model = tiny_model("llama")
+    s = summarize(model)
+    assert s.sparsity == 0 and s.avg_weight_bits == 16 and s.compression_ratio == 1
+    with pytest.raises(ModelError):
+        get_adapter(torch.nn.Linear(2, 2))
