@@ -11,6 +11,7 @@ from torch import nn
 from .engine.sequential import StageReport, apply_stage_, records_of
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
+from .methods.quantization import check_kv_supported
 from .recipe import Recipe, parse_recipe
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
         if (spec.statistic is not None or spec.needs_calibration) and not have_calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
         if spec.apply_model is None:
-            select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
+            targets = select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
+            if getattr(config, "kv_bits", None) is not None:
+                check_kv_supported(targets)
 
 
 @torch.no_grad()

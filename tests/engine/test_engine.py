@@ -110,3 +110,42 @@ def test_dense_summary_and_unknown_architecture():
     assert s.sparsity == 0 and s.avg_weight_bits == 16 and s.compression_ratio == 1
     with pytest.raises(ModelError):
         get_adapter(torch.nn.Linear(2, 2))
+
+
+def test_formats_and_kv_quantization_as_stages(calibration, eval_ids):
+    from crescendo.kernels.formats import element_values
+
+    model = tiny_model("llama")
+    dense = _logits(model, eval_ids)
+    compress(model, "magnitude:0.5 > mxfp4 > rtn:a8kv4", calibration, progress=False)
+    values = element_values("e2m1")
+    for name, rec in records_of(model).items():
+        w = get_weight(dict(model.named_modules())[name])
+        assert torch.all(w[rec.mask] == 0)
+        assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)
+        exp = rec.grid_params["exponent"].repeat_interleave(32, dim=1)  # (out, in)
+        scaled = (w / torch.pow(2.0, exp)).abs()
+        assert torch.isin(scaled, values).all(), f"{name}: an element is off the E2M1 value set"
+        assert (rec.kv_bits == 4) == name.endswith(("k_proj", "v_proj"))
+    assert not torch.allclose(_logits(model, eval_ids), dense)
+
+
+def test_kv_quantization_rejected_for_fused_qkv():
+    model = tiny_model("gpt2")
+    with pytest.raises(ConfigError, match="k_proj"):
+        compress(model, "rtn:w8kv8", None, progress=False)
+
+
+def test_layerwise_error_is_zero_for_identical_and_grows_with_depth(calibration):
+    import copy
+
+    from crescendo.eval.layerwise import layerwise_error
+
+    dense = tiny_model("llama")
+    same = layerwise_error(dense, copy.deepcopy(dense), calibration)
+    assert same.total == 0 and all(e == 0 for e in same.per_block)
+    comp = copy.deepcopy(dense)
+    compress(comp, "magnitude:0.5", None, progress=False)
+    err = layerwise_error(dense, comp, calibration)
+    assert len(err.per_block) == 2 and all(e > 0 for e in err.per_linear.values())
+    assert set(err.per_linear) == set(get_adapter(dense).all_block_linears(dense))

@@ -79,7 +79,7 @@ def apply_stage_(
         _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), records, progress)
     if spec.attach_linear is not None:
         for name, module in targets.items():
-            spec.attach_linear(module, _record(records, name), config)
+            spec.attach_linear(module, _record(records, name), config, getattr(model, "config", None))
     return StageReport(spec.name, str(stage), time.perf_counter() - start, len(targets))
 
 

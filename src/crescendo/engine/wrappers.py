@@ -1,4 +1,4 @@
-"""Input transforms on linear layers: activation fake-quantization, online Hadamard rotation.
+"""Input and output transforms on linear layers: activation and KV fake-quantization, online Hadamard.
 
 A linear that needs its input transformed (quantized per token, rotated) keeps its class's parameters
 and state-dict keys; only its class is swapped for a subclass that applies an ordered list of
@@ -18,18 +18,22 @@ class _TransformedInput:
     """Mixin placed in front of the original linear class (nn.Linear, transformers' Conv1D)."""
 
     input_transforms: nn.ModuleList
+    output_transforms: nn.ModuleList
 
     def forward(self, x: torch.Tensor, *args, **kwargs):  # type: ignore[override]
         for transform in self.input_transforms:
             x = transform(x)
-        return super().forward(x, *args, **kwargs)  # type: ignore[misc]
+        y = super().forward(x, *args, **kwargs)  # type: ignore[misc]
+        for transform in self.output_transforms:
+            y = transform(y)
+        return y
 
 
 def _subclass_for(cls: type) -> type:
     if issubclass(cls, _TransformedInput):
         return cls
     if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"InputTransformed{cls.__name__}", (_TransformedInput, cls), {})
+        _SUBCLASSES[cls] = type(f"Transformed{cls.__name__}", (_TransformedInput, cls), {})
     return _SUBCLASSES[cls]
 
 
@@ -39,9 +43,7 @@ def add_input_transform_(module: nn.Module, transform: nn.Module, first: bool = 
     `first=True` puts it before existing transforms (e.g. an online Hadamard must run before an
     activation quantizer that was attached earlier).
     """
-    if not isinstance(module, _TransformedInput):
-        module.__class__ = _subclass_for(type(module))
-        module.input_transforms = nn.ModuleList()
+    _ensure_(module)
     if first:
         module.input_transforms.insert(0, transform)
     else:
@@ -49,18 +51,42 @@ def add_input_transform_(module: nn.Module, transform: nn.Module, first: bool = 
     return module
 
 
+def _ensure_(module: nn.Module) -> None:
+    if not isinstance(module, _TransformedInput):
+        module.__class__ = _subclass_for(type(module))
+        module.input_transforms = nn.ModuleList()
+        module.output_transforms = nn.ModuleList()
+
+
+def add_output_transform_(module: nn.Module, transform: nn.Module) -> nn.Module:
+    """Apply `transform` to the output of `module` from now on (in place), e.g. KV-cache quantization."""
+    _ensure_(module)
+    module.output_transforms.append(transform)
+    return module
+
+
+def output_transforms(module: nn.Module) -> list[nn.Module]:
+    return list(module.output_transforms) if isinstance(module, _TransformedInput) else []
+
+
 def input_transforms(module: nn.Module) -> list[nn.Module]:
     """The transforms applied to the input of `module` (empty for a plain layer)."""
     return list(module.input_transforms) if isinstance(module, _TransformedInput) else []
 
 
-def remove_input_transforms_(module: nn.Module, kind: type | None = None) -> None:
-    """Drop all transforms (or those of one type); restores the original class when none remain."""
+def remove_transforms_(module: nn.Module, kind: type | None = None) -> None:
+    """Drop input and output transforms (all, or those of one type); restores the original class when
+    none remain."""
     if not isinstance(module, _TransformedInput):
         return
-    keep = [t for t in module.input_transforms if kind is not None and not isinstance(t, kind)]
-    if keep:
-        module.input_transforms = nn.ModuleList(keep)
+    module.input_transforms = nn.ModuleList(
+        [t for t in module.input_transforms if kind is not None and not isinstance(t, kind)]
+    )
+    module.output_transforms = nn.ModuleList(
+        [t for t in module.output_transforms if kind is not None and not isinstance(t, kind)]
+    )
+    if len(module.input_transforms) or len(module.output_transforms):
         return
     del module.input_transforms
+    del module.output_transforms
     module.__class__ = next(c for c in type(module).__mro__[1:] if not issubclass(c, _TransformedInput))

@@ -32,6 +32,7 @@ class LinearRecord:
     grid: Grid | None = None  # the grid the weights lie on
     grid_params: Params | None = None  # {name: (out, n_groups)}
     act_grid: Grid | None = None  # per-token activation quantizer on the input
+    kv_bits: int | None = None  # KV fake-quantization of this projection's output (k_proj / v_proj)
     history: list[str] = field(default_factory=list)
 
     @property

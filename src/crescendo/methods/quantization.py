@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine.wrappers import add_input_transform_, input_transforms, remove_input_transforms_
+from ..engine.wrappers import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..errors import ConfigError
 from ..kernels.obs import obs_sweep
 from ..types import Grid, UniformGrid, check_bits
@@ -34,6 +34,28 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.grid)
+
+
+class KVQuantizer(nn.Module):
+    """Fake-quantizes a key/value projection's output per token and head (asymmetric min-max).
+
+    Applied to the k_proj / v_proj outputs, i.e. before rotary embeddings for keys: a KV cache holding
+    pre-RoPE keys (as KV-cache quantizers such as KIVI's per-channel variant do) sees exactly this.
+    """
+
+    def __init__(self, bits: int, head_dim: int) -> None:
+        super().__init__()
+        self.grid = UniformGrid(bits, symmetric=False, group_size=head_dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        flat = y.reshape(-1, y.shape[-1]).float()  # (tokens, heads * head_dim)
+        return self.grid.quantize(flat).reshape(y.shape).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return repr(self.grid)
+
+
+_KV_SUFFIXES = ("k_proj", "v_proj")
 
 
 @dataclass(frozen=True)
@@ -147,13 +169,29 @@ def gptq_linear(weight, hessian, record: LinearRecord, config: GPTQConfig) -> to
     return result.weight
 
 
-def attach_activation_quantizer(module: nn.Module, record: LinearRecord, config: QuantConfig) -> None:
+def attach_activation_quantizer(module: nn.Module, record: LinearRecord, config: QuantConfig, model_config=None) -> None:
     grid = config.act_grid
-    if grid is None:
-        return
-    remove_input_transforms_(module, ActivationQuantizer)  # a later activation quantizer replaces an earlier one
-    add_input_transform_(module, ActivationQuantizer(grid))
-    record.act_grid = grid
+    if grid is not None:
+        remove_transforms_(module, ActivationQuantizer)  # a later activation quantizer replaces an earlier one
+        add_input_transform_(module, ActivationQuantizer(grid))
+        record.act_grid = grid
+    if config.kv_bits is not None and record.name.endswith(_KV_SUFFIXES):
+        remove_transforms_(module, KVQuantizer)
+        add_output_transform_(module, KVQuantizer(config.kv_bits, head_dim_of(model_config)))
+        record.kv_bits = config.kv_bits
+
+
+def head_dim_of(model_config) -> int:
+    head_dim = getattr(model_config, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    return int(model_config.hidden_size // model_config.num_attention_heads)
+
+
+def check_kv_supported(targets: dict[str, nn.Module]) -> None:
+    """KV quantization needs separate k/v projections (LLaMA, Mistral, Qwen2, OPT); fused QKV is not split."""
+    if not any(n.endswith(_KV_SUFFIXES) for n in targets):
+        raise ConfigError("KV-cache quantization needs separate k_proj/v_proj layers; this model fuses them")
 
 
 def _parser(cls):
