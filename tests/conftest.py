@@ -65,3 +65,33 @@ def calibration():
 def eval_ids():
     g = torch.Generator().manual_seed(2)
     return torch.randint(0, VOCAB, (2, 32), generator=g)
+
+
+def _word_tokenizer(n_words: int):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(n_words)}}
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+@pytest.fixture(scope="session")
+def saved_tiny(tmp_path_factory):
+    """A tiny LLaMA saved with a word-level tokenizer, plus a text corpus: (model_dir, protocol_spec)."""
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = tiny_llama()
+    model.save_pretrained(root / "model")
+    _word_tokenizer(VOCAB - 1).save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(5)
+    words = lambda n: " ".join(f"w{int(i)}" for i in torch.randint(0, 40, (n,), generator=g))
+    (root / "test.txt").write_text(words(400))
+    (root / "calib.txt").write_text(words(2000))
+    return root / "model", f"text:{root / 'test.txt'},{root / 'calib.txt'}"
+
+
+TINY_PROTOCOL_ARGS = ["--seqlen", "32", "--eval-windows", "4", "--nsamples", "4"]

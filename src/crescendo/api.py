@@ -58,7 +58,9 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
 def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:
     """Check every stage against the model before anything is changed (no half-compressed models)."""
     adapter = adapter or get_adapter(model)
-    for stage in recipe.stages:
+    for position, stage in enumerate(recipe.stages):
+        if stage.kind == "rotate" and (position > 0 or getattr(model, "crescendo_records", None)):
+            raise ConfigError("rotate must be the first stage (it would densify pruned weights)")
         spec, config = stage.spec, stage.config
         if (spec.statistic is not None or spec.needs_calibration) and not have_calibration:
             raise ConfigError(f"stage {stage} needs calibration data")

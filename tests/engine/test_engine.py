@@ -149,3 +149,17 @@ def test_layerwise_error_is_zero_for_identical_and_grows_with_depth(calibration)
     err = layerwise_error(dense, comp, calibration)
     assert len(err.per_block) == 2 and all(e > 0 for e in err.per_linear.values())
     assert set(err.per_linear) == set(get_adapter(dense).all_block_linears(dense))
+
+
+def test_rotate_then_gptq_w4a4(calibration, eval_ids):
+    dense = tiny_model("llama")
+    ref = _logits(dense, eval_ids)
+    rotated = tiny_model("llama")
+    compress(rotated, "rotate", None, progress=False)
+    assert torch.allclose(_logits(rotated, eval_ids), ref, atol=1e-4)
+    plain, rot = tiny_model("llama"), tiny_model("llama")
+    compress(plain, "gptq:w4a4", calibration, progress=False)
+    compress(rot, "rotate > gptq:w4a4", calibration, progress=False)
+    assert torch.isfinite(_logits(rot, eval_ids)).all()
+    with pytest.raises(ConfigError, match="first stage"):
+        compress(tiny_model("llama"), "rtn:w4 > rotate", None, progress=False)

@@ -1,0 +1,351 @@
+"""The command line: parse, build configs, call one library function, render. Bad input exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import CrescendoError
+
+log = logging.getLogger("crescendo")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2 (argparse prints usage too)
+        self.exit(2, f"crescendo: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser, recipe: bool = False) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="hub id, local directory, .gguf file or smollm2-135m")
+    p.add_argument("--protocol", default="sotu-v1-quick",
+                   help="sotu-v1-quick (default), sotu-v1-full, wikitext2, c4, or a corpus: text:TEST[,CALIB], wikitext2:DIR")
+    p.add_argument("--seqlen", type=int, default=None, help="override the protocol's window length")
+    p.add_argument("--eval-windows", type=int, default=None, help="override the number of eval windows")
+    p.add_argument("--nsamples", type=int, default=None, help="override the number of calibration windows")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype (float32 is the reference)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if recipe:
+        p.add_argument("--recipe", required=True, help="e.g. 'sparsegpt:0.5 > gptq:w4,g128' or a YAML file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crescendo", description="Order-aware joint model compression.")
+    parser.add_argument("--version", action="version", version=f"crescendo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("compress", help="compress a model with a recipe and measure it")
+    _common(p, recipe=True)
+    p.add_argument("--save", default=None, help="write the compressed model to this (new or empty) directory")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("eval", help="perplexity of a model under a protocol")
+    _common(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("order", help="every order of n methods, CER, order advantage, PIH prediction")
+    _common(p)
+    p.add_argument("--methods", nargs="+", required=True, help="stage strings, e.g. sparsegpt:0.5 gptq:w4")
+    p.add_argument("--reference", default="rtn:w{b}", help="reference quantizer template over {b} (default rtn:w{b})")
+    p.add_argument("--bits", default="8,7,6,5,4,3", help="reference curve bit-widths (default 8..3)")
+    p.add_argument("--no-layerwise", action="store_true", help="skip layer-wise errors (orthogonality, interference)")
+    p.add_argument("--layerwise-samples", type=int, default=8, help="calibration windows for layer-wise errors")
+    p.add_argument("--store", default=None, help="also record every measurement in this results store")
+    p.set_defaults(func=_cmd_order)
+
+    p = sub.add_parser("sweep", help="resumable (ratio x bits x order) grid into a results store")
+    _common(p)
+    p.add_argument("--prune", default="sparsegpt", help="pruning method or template, e.g. sparsegpt or wanda:{r},nm=2:4")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.5", help="pruning ratios")
+    p.add_argument("--quant", default="rtn", help="quantizer or template over {b}, e.g. rtn or rtn:w{b}a{b}")
+    p.add_argument("--bits", default="3,4,6,8", help="bit-widths")
+    p.add_argument("--acts", action="store_true", help="activations at the weight bit-width (quant:w{b}a{b})")
+    p.add_argument("--multistage", type=float, default=None, help="also P(p1) > Q > P(p2) with p1 + p2 = this")
+    p.add_argument("--multistage-step", type=float, default=0.05)
+    p.add_argument("--layerwise", action="store_true", help="store per-block error through depth for every row")
+    p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _protocol(args):
+    """A named protocol, or one built on a corpus spec; any override gives it a distinct name."""
+    from dataclasses import replace
+
+    from .data import custom_protocol, get_protocol
+    from .data.protocols import list_protocols
+
+    if args.protocol in list_protocols():
+        base = get_protocol(args.protocol)
+        over = {k: v for k, v in (("seqlen", args.seqlen), ("n_eval_windows", args.eval_windows),
+                                  ("n_calibration", args.nsamples)) if v is not None}
+        if not over:
+            return base
+        suffix = ",".join(f"{k}={v}" for k, v in over.items())
+        return replace(base, name=f"{base.name}[{suffix}]", **over)
+    if ":" not in args.protocol:
+        get_protocol(args.protocol)  # raises the unknown-protocol error with the known names
+    return custom_protocol(args.protocol, args.seqlen or 512, args.eval_windows, 32 if args.nsamples is None else args.nsamples)
+
+
+def _workbench(args):
+    from .workflow import Workbench
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return Workbench.load(args.model, _protocol(args), dtype=args.dtype, device=args.device, progress=not args.quiet)
+
+
+def _cmd_compress(args) -> int:
+    from .recipe import load_recipe
+    from .workflow import check_output_dir, save_hf
+
+    recipe = load_recipe(args.recipe)  # validate before loading anything
+    if args.save:
+        check_output_dir(args.save)
+    bench = _workbench(args)
+    dense = None if args.no_dense else bench.dense()
+    model, outcome = bench.run(recipe)
+    result = {
+        **bench.describe(),
+        "recipe": outcome.recipe,
+        "dense_perplexity": dense.perplexity if dense else None,
+        "perplexity": outcome.perplexity,
+        **{k: outcome.summary[k] for k in ("sparsity", "avg_weight_bits", "compression_ratio")},
+        "stages": outcome.stages,
+        "compress_seconds": outcome.compress_seconds,
+        "eval_seconds": outcome.eval_seconds,
+    }
+    if args.save:
+        save_hf(model, bench.tokenizer, args.save, {**result, "format": "hf"})
+        result["saved"] = args.save
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  recipe {result['recipe']}")
+    for s in outcome.stages:
+        print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
+    print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "
+          f"compression ratio {result['compression_ratio']:.2f}x")
+    if dense:
+        print(f"  dense perplexity      {dense.perplexity:.3f}")
+    print(f"  compressed perplexity {outcome.perplexity:.3f}   [{result['protocol']}]")
+    if args.save:
+        print(f"  saved to {args.save}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    bench = _workbench(args)
+    ppl = bench.dense()
+    result = {**bench.describe(), "perplexity": ppl.perplexity, "seconds": ppl.seconds,
+              "tokens_per_second": ppl.tokens_per_second}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']}  {result['protocol']}  {result['dtype']}: perplexity {ppl.perplexity:.3f} "
+              f"({ppl.seconds:.1f} s, {ppl.tokens_per_second:.0f} tokens/s)")
+    return 0
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from .errors import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from .errors import ConfigError
+    from .types import check_ratio
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    return [check_ratio(v) for v in values]
+
+
+def _cmd_order(args) -> int:
+    from .analysis.order import run_order_study, study_to_dict
+    from .recipe import parse_recipe, parse_stage
+    from .types import check_bits
+
+    stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
+    bits = [check_bits(b) for b in _ints(args.bits, "--bits")]
+    for b in bits:
+        parse_recipe(args.reference.format(b=b))
+    if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
+        from .errors import ConfigError
+
+        raise ConfigError("--methods needs at least two distinct methods")
+    store = _open_store(args.store) if args.store else None
+    bench = _workbench(args)
+    bench.layerwise_samples = args.layerwise_samples
+    recorder = _recorder(store, bench, args) if store else None
+    study = run_order_study(bench, [s.text for s in stages], reference=args.reference, bits=bits,
+                            layerwise=not args.no_layerwise, on_result=recorder)
+    out = {**bench.describe(), **study_to_dict(study)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    _print_order(out)
+    return 0
+
+
+def _open_store(path: str):
+    from .store import ResultStore
+
+    return ResultStore(path)
+
+
+def _recorder(store, bench, args):
+    from .store import Row
+
+    def record(kind: str, recipe: str, metric: float) -> None:
+        store.put(Row.create(bench.model_name, bench.protocol.name, recipe, 0, __version__, kind,
+                             metrics={"perplexity": -metric}))
+
+    return record
+
+
+def _print_order(out: dict) -> None:
+    print(f"order study: {out['model']}  protocol {out['protocol']}  ({out['dtype']}, metric M = {out['metric']})")
+    print(f"  dense perplexity {out['dense']:.3f}")
+    print("  reference curve: " + ", ".join(f"{c['bits']}b {c['perplexity']:.2f}" for c in out["curve"]))
+    for m, v in out["singles"].items():
+        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {out['cer'][m]}")
+    for key, g in out["gap"].items():
+        print(f"  gap G({key}) = {g:+.3f}")
+    for o in out["orders"]:
+        print(f"  order  {' > '.join(o['order']):<44} ppl {o['perplexity']:9.3f}")
+    for key, a in out["advantage"].items():
+        print(f"  advantage A({key}) = {a:+.3f}")
+    agree = "agrees" if out["prediction_agrees"] else "DISAGREES"
+    print(f"  best measured order : {' > '.join(out['best_order'])}")
+    print(f"  PIH prediction      : {' > '.join(out['predicted_order'])}  ({agree} with the measurement)")
+    for key, v in out["orthogonality"].items():
+        verdict = "orthogonal" if v["orthogonal"] else "NOT orthogonal"
+        print(f"  {key}: composed error {v['composed_error']:.4g} vs sum of singles {v['sum_single_errors']:.4g} "
+              f"-> {verdict}; interference {out['interference'][key]:+.4g}")
+    for key, v in out["layer_errors"].items():
+        print(f"  layer-wise error {key:<44} total {v['total']:.4g}  last block {v['per_block'][-1]:.4g}")
+    print(f"  stage applications: {out['stage_applications']} (naive n*n! = {out['naive_stage_applications']})")
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import grid_tasks, run_sweep
+
+    ratios = _floats(args.ratios, "--ratios")
+    bits = _ints(args.bits, "--bits")
+    quant = args.quant
+    if args.acts and "{" not in quant:
+        quant = quant + ":w{b}a{b}"
+    tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
+                       multistage_step=args.multistage_step)  # validates every recipe first
+    store = _open_store(args.store)
+    protocol = _protocol(args)
+    factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise)
+    model_name = _model_name(args.model)
+    counts = run_sweep(factory, model_name, protocol.name, tasks, store, seed=args.seed, backend=args.backend,
+                       on_row=None if args.json else _print_row)
+    if args.json:
+        print(json.dumps({"store": args.store, **counts}))
+    else:
+        print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}, "
+              f"{counts['total']} in all")
+    return 0
+
+
+def _print_row(row) -> None:
+    print(f"  {row.recipe:<48} ppl {row.metrics['perplexity']:10.3f}", flush=True)
+
+
+def _model_name(spec: str) -> str:
+    from .models.loading import resolve_model_spec
+
+    info = resolve_model_spec(spec).info
+    return str(Path(info.path).resolve()) if info.source == "local" and info.path else info.name
+
+
+class BenchFactory:
+    """A picklable recipe for a Workbench (Ray tasks rebuild it in their own process)."""
+
+    def __init__(self, model, protocol, dtype, device, progress, layerwise=False):
+        self.model, self.protocol, self.dtype, self.device = model, protocol, dtype, device
+        self.progress, self.layerwise = progress, layerwise
+
+    def __call__(self):
+        from .workflow import Workbench
+
+        bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress)
+        bench.store_layerwise = self.layerwise
+        return bench
+
+
+DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
+
+
+def _cmd_demo(args) -> int:
+    bench = _workbench(args)
+    dense = bench.dense()
+    rows = [("dense", dense.perplexity, 0.0, 16.0, 1.0, 0.0)]
+    outcomes = []
+    for recipe in DEMO_RECIPES:
+        _, outcome = bench.run(recipe)
+        outcomes.append(outcome)
+        s = outcome.summary
+        rows.append((outcome.recipe, outcome.perplexity, s["sparsity"], s["avg_weight_bits"],
+                     s["compression_ratio"], outcome.compress_seconds))
+    advantage = outcomes[0].metric - outcomes[1].metric  # A(Q -> P) = M(P∘Q) - M(Q∘P), with M = -ppl
+    if args.json:
+        print(json.dumps({**bench.describe(), "rows": [dict(zip(("recipe", "perplexity", "sparsity", "avg_weight_bits",
+                          "compression_ratio", "compress_seconds"), r)) for r in rows],
+                          "order_advantage_prune_first": advantage}))
+        return 0
+    print(f"crescendo demo: {bench.model_name}, protocol {bench.protocol.name} ({bench.dtype})")
+    print(f"| {'recipe':<26} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'C':>6} | {'compress s':>10} |")
+    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|")
+    for r in rows:
+        print(f"| {r[0]:<26} | {r[1]:>10.3f} | {r[2]:>8.3f} | {r[3]:>6.2f} | {r[4]:>6.2f} | {r[5]:>10.1f} |")
+    better = "prune first (S>Q)" if advantage > 0 else "quantize first (Q>S)"
+    print(f"order advantage A(SparseGPT -> GPTQ) = ppl(Q>S) - ppl(S>Q) = {advantage:+.3f}: {better} is better")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CrescendoError as e:
+        print(f"crescendo: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crescendo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

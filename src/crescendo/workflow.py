@@ -1,0 +1,188 @@
+"""Load once, evaluate under a protocol, compress copies: the runs the CLI and the studies are made of."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .api import CompressionResult, compress, summarize
+from .data import Protocol, ProtocolData, get_protocol, prepare
+from .errors import ConfigError
+from .eval.perplexity import PerplexityResult, perplexity
+from .models.loading import ModelInfo, load_model
+from .recipe import Recipe, parse_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """One compressed model measured under a protocol."""
+
+    recipe: str
+    perplexity: float
+    summary: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    compress_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def metric(self) -> float:
+        """M = -perplexity (higher is better), the metric of 003."""
+        return -self.perplexity
+
+
+class Workbench:
+    """A dense model, its tokenizer and a protocol's data, loaded once and never modified.
+
+    Every compression runs on a deep copy, so the dense reference stays available for layer-wise
+    comparisons and further recipes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        info: ModelInfo,
+        protocol: Protocol,
+        data: ProtocolData,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        progress: bool = True,
+        eval_batch_size: int = 1,
+        layerwise_samples: int = 8,
+    ) -> None:
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+        self.protocol, self.data = protocol, data
+        self.dtype, self.device = dtype, device
+        self.progress = progress
+        self.eval_batch_size = eval_batch_size
+        self.layerwise_samples = layerwise_samples  # layer-wise errors need 2 forward passes per model
+        self._dense: PerplexityResult | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        protocol: str | Protocol = "sotu-v1-quick",
+        *,
+        dtype: str = "float32",
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Workbench:
+        """Load a model by spec and prepare a protocol's data for it."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
+        net, tokenizer, info = load_model(model, dtype=dtype, device=device)
+        return cls(net, tokenizer, info, protocol, prepare(protocol, tokenizer), dtype=dtype, device=device, **kwargs)
+
+    @property
+    def model_name(self) -> str:
+        return self.info.name
+
+    @property
+    def calibration(self) -> list[torch.Tensor]:
+        return [ids.to(self.device) for ids in self.data.calibration]
+
+    def evaluate(self, model: nn.Module) -> PerplexityResult:
+        return perplexity(model, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
+
+    def dense(self) -> PerplexityResult:
+        if self._dense is None:
+            self._dense = self.evaluate(self.model)
+        return self._dense
+
+    def fresh(self) -> nn.Module:
+        return copy.deepcopy(self.model)
+
+    def compress(self, recipe: str | Recipe, base: nn.Module | None = None) -> tuple[nn.Module, CompressionResult]:
+        """A compressed copy of `base` (default: the dense model)."""
+        model = copy.deepcopy(base if base is not None else self.model)
+        result = compress(model, recipe, self.calibration, progress=self.progress)
+        return model, result
+
+    def compress_inplace(self, model: nn.Module, recipe: str | Recipe) -> CompressionResult:
+        return compress(model, recipe, self.calibration, progress=self.progress)
+
+    def run(self, recipe: str | Recipe) -> tuple[nn.Module, RunOutcome]:
+        recipe = parse_recipe(recipe)
+        start = time.perf_counter()
+        model, result = self.compress(recipe)
+        seconds = time.perf_counter() - start
+        ppl = self.evaluate(model)
+        outcome = RunOutcome(
+            recipe=str(recipe),
+            perplexity=ppl.perplexity,
+            summary=result.summary.to_dict(),
+            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds} for s in result.stages],
+            compress_seconds=seconds,
+            eval_seconds=ppl.seconds,
+        )
+        return model, outcome
+
+    # -- the Evaluator protocol of analysis.order: M = -perplexity -----------------------------
+    metric_name = "-perplexity"
+
+    def metric(self, model: nn.Module) -> float:
+        return -self.evaluate(model).perplexity
+
+    def apply(self, model: nn.Module, stage) -> None:
+        compress(model, Recipe((stage,)), self.calibration, progress=self.progress)
+
+    def layer_errors(self, model: nn.Module) -> dict[str, Any]:
+        """Layer-wise error against the dense model on the first `layerwise_samples` calibration windows."""
+        from .eval.layerwise import layerwise_error
+
+        rotated = getattr(model.config, "crescendo_rotation", None) is not None  # per-linear bases differ
+        calib = self.calibration[: self.layerwise_samples]
+        return layerwise_error(self.model, model, calib, per_linear=not rotated).to_dict()
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_name, "protocol": self.protocol.name, "dtype": self.dtype, "device": self.device}
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """An output directory must not exist yet or be empty: refuse before any work is done."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output directory {out} exists and is not empty")
+    if not out.parent.exists():
+        raise ConfigError(f"parent directory of {out} does not exist")
+    return out
+
+
+def save_hf(model: nn.Module, tokenizer: Any, out: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write a directory transformers' from_pretrained loads (weights as they are after compression).
+
+    Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
+    """
+    out = check_output_dir(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "crescendo.json").write_text(json.dumps({**metadata, "crescendo_version": __version__}, indent=2))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def dense_summary(model: nn.Module) -> dict[str, Any]:
+    return summarize(model).to_dict()

@@ -1,0 +1,116 @@
+"""The command line on a tiny saved model: JSON keys, bad input, resumable sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from crescendo.cli import main
+from crescendo.store import ResultStore
+from conftest import TINY_PROTOCOL_ARGS
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_compress_json_has_the_documented_keys(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    code, out, _ = _run(capsys, "compress", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                        "--recipe", "sparsegpt:0.5 > gptq:w4", "--json", "--quiet", "--save", str(tmp_path / "out"))
+    assert code == 0
+    result = json.loads(out)
+    for key in ("protocol", "dense_perplexity", "perplexity", "sparsity", "avg_weight_bits", "compression_ratio", "stages"):
+        assert key in result
+    assert [s["method"] for s in result["stages"]] == ["sparsegpt", "gptq"]
+    assert all(s["seconds"] >= 0 for s in result["stages"])
+    assert abs(result["sparsity"] - 0.5) < 0.01 and result["perplexity"] > 1
+    # the saved directory loads in plain transformers with the compressed weights
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    w = reloaded.model.layers[0].self_attn.q_proj.weight
+    assert (w == 0).float().mean().item() >= 0.495  # pruned zeros survived (4-bit rounding adds more)
+    code, out, _ = _run(capsys, "eval", "--model", str(tmp_path / "out"), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                        "--json", "--quiet")
+    assert json.loads(out)["perplexity"] == pytest.approx(result["perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "--recipe", "sparsegpt:1.5"], "ratio"),
+    (["compress", "--recipe", "gptq:w9"], "bits"),
+    (["compress", "--recipe", "wanda:4:4"], "N < M"),
+    (["compress", "--recipe", "nosuch:0.5"], "unknown method"),
+    (["compress", "--recipe", "sparsegpt:0.5 >> gptq:w4"], "malformed"),
+    (["compress", "--recipe", "missing.yaml"], "not found"),
+    (["compress", "--model", "/no/such/dir", "--recipe", "rtn:w4"], "no such file"),
+    (["eval", "--protocol", "no-such-protocol"], "unknown protocol"),
+    (["sweep", "--ratios", "0.2,1.2"], "[0, 1)"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and out == ""
+
+
+def test_corpus_too_short_and_existing_output(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    code, _, err = _run(capsys, "eval", "--model", str(model_dir), "--protocol", protocol, "--seqlen", "32",
+                        "--eval-windows", "1000", "--quiet")
+    assert code == 2 and "window" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code, _, err = _run(capsys, "compress", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                        "--recipe", "rtn:w4", "--save", str(tmp_path / "full"), "--quiet")
+    assert code == 2 and "not empty" in err
+
+
+def _sweep_argv(model_dir, protocol, store):
+    return ["sweep", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--prune", "magnitude",
+            "--ratios", "0.2,0.5", "--quant", "rtn", "--bits", "4,8", "--store", str(store), "--quiet"]
+
+
+def test_sweep_killed_midway_resumes_without_redoing(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    store_path = tmp_path / "runs.sqlite"
+    argv = [sys.executable, "-c", "import sys; from crescendo.cli import main; sys.exit(main(sys.argv[1:]))",
+            *_sweep_argv(model_dir, protocol, store_path)]
+    env = {**os.environ, "CRESCENDO_SLOW_ROWS": "1"}  # no effect; rows are slow enough on their own
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if store_path.exists() and len(ResultStore(store_path)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with ResultStore(store_path) as store:
+        first = {r.key: r for r in store.rows()}
+    assert 3 <= len(first) < 1 + 2 + 2 + 8, "the sweep must have been killed mid-way"
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with ResultStore(store_path) as store:
+        rows = {r.key: r for r in store.rows()}
+    assert len(rows) == 1 + 2 + 2 + 8  # dense, 2 quant singles, 2 prune singles, 2 orders x 4 cells
+    for key, row in first.items():  # finished rows were neither redone nor lost
+        assert rows[key].created == row.created and rows[key].metrics == row.metrics
+    assert f"{len(first)} already in" in done.stdout or f"{13 - len(first)} computed" in done.stdout
+
+
+def test_same_seed_same_numbers(saved_tiny, tmp_path, capsys):
+    model_dir, protocol = saved_tiny
+    for name in ("a.sqlite", "b.sqlite"):
+        assert main(_sweep_argv(model_dir, protocol, tmp_path / name)[:-1] + ["--json"]) == 0
+    capsys.readouterr()
+    a = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "a.sqlite").rows()}
+    b = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "b.sqlite").rows()}
+    assert a == b and len(a) == 13
