@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a model with a recipe and measure it")
     _common(p, recipe=True)
     p.add_argument("--save", default=None, help="write the compressed model to this (new or empty) directory")
+    p.add_argument("--format", default="hf", choices=["hf", "packed"],
+                   help="hf: float weights transformers loads as is; packed: integer codes, scales, bitmasks")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     p.set_defaults(func=_cmd_compress)
 
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="local", choices=["local", "ray"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("verify", help="check a packed directory against its recipe (grids, sparsity, NaN/Inf)")
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
     _common(p)
@@ -132,7 +139,12 @@ def _cmd_compress(args) -> int:
         "compress_seconds": outcome.compress_seconds,
         "eval_seconds": outcome.eval_seconds,
     }
-    if args.save:
+    if args.save and args.format == "packed":
+        from .export import save_packed
+
+        save_packed(model, bench.tokenizer, args.save, {**result, "format": "packed"})
+        result["saved"] = args.save
+    elif args.save:
         save_hf(model, bench.tokenizer, args.save, {**result, "format": "hf"})
         result["saved"] = args.save
     if args.json:
@@ -149,6 +161,22 @@ def _cmd_compress(args) -> int:
     if args.save:
         print(f"  saved to {args.save}")
     return 0
+
+
+def _cmd_verify(args) -> int:
+    from .errors import ConfigError
+    from .export import verify
+
+    if not Path(args.directory).is_dir():
+        raise ConfigError(f"{args.directory}: no such directory")
+    report = verify(args.directory)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "failure": report.failure, "summary": report.summary}, default=str))
+    elif report.ok:
+        print(f"OK {args.directory}: " + ", ".join(f"{k} {v}" for k, v in report.summary.items() if not isinstance(v, (dict, list))))
+    else:
+        print(f"crescendo: verify failed: {report.failure}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _cmd_eval(args) -> int:

@@ -86,7 +86,7 @@ class Workbench:
         """Load a model by spec and prepare a protocol's data for it."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
-        net, tokenizer, info = load_model(model, dtype=dtype, device=device)
+        net, tokenizer, info = load_any(model, dtype=dtype, device=device)
         return cls(net, tokenizer, info, protocol, prepare(protocol, tokenizer), dtype=dtype, device=device, **kwargs)
 
     @property
@@ -142,16 +142,37 @@ class Workbench:
     def apply(self, model: nn.Module, stage) -> None:
         compress(model, Recipe((stage,)), self.calibration, progress=self.progress)
 
-    def layer_errors(self, model: nn.Module) -> dict[str, Any]:
+    def layer_errors(self, model: nn.Module) -> dict[str, Any] | None:
         """Layer-wise error against the dense model on the first `layerwise_samples` calibration windows."""
         from .eval.layerwise import layerwise_error
 
+        if getattr(model.config, "crescendo_removed_blocks", None):
+            return None  # blocks were removed: there is no block-by-block correspondence
         rotated = getattr(model.config, "crescendo_rotation", None) is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
         return layerwise_error(self.model, model, calib, per_linear=not rotated).to_dict()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "protocol": self.protocol.name, "dtype": self.dtype, "device": self.device}
+
+
+def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Module, Any, ModelInfo]:
+    """`load_model`, plus crescendo's own saved directories: packed exports (crescendo_export.json) are
+    rebuilt by `crescendo.export.load`; rotated models get their online Hadamards back."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "crescendo_export.json").is_file():
+        from .export import load as load_packed
+
+        net, tokenizer, _ = load_packed(path, device=device)
+        if dtype != "float32":
+            net = net.to(getattr(torch, dtype))
+        return net, tokenizer, ModelInfo(path.resolve().name, "packed", str(path))
+    net, tokenizer, info = load_model(spec, dtype=dtype, device=device)
+    if getattr(net.config, "crescendo_rotation", None):
+        from .models.rotation import restore_rotation_
+
+        restore_rotation_(net)
+    return net, tokenizer, info
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

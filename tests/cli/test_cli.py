@@ -114,3 +114,26 @@ def test_same_seed_same_numbers(saved_tiny, tmp_path, capsys):
     a = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "a.sqlite").rows()}
     b = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "b.sqlite").rows()}
     assert a == b and len(a) == 13
+
+
+def test_packed_save_eval_and_verify_round_trip(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "packed"
+    code, text, _ = _run(capsys, "compress", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                         "--recipe", "sparsegpt:2:4 > gptq:w4,g32", "--json", "--quiet", "--save", str(out),
+                         "--format", "packed", "--no-dense")
+    assert code == 0
+    compressed_ppl = json.loads(text)["perplexity"]
+    code, text, _ = _run(capsys, "eval", "--model", str(out), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--json", "--quiet")
+    assert code == 0 and json.loads(text)["perplexity"] == compressed_ppl  # exactly the in-memory model
+    code, text, _ = _run(capsys, "verify", str(out))
+    assert code == 0 and text.startswith("OK")
+    from safetensors.torch import load_file, save_file
+
+    path = out / "crescendo-packed.safetensors"
+    tensors = load_file(path)
+    name = next(k for k in tensors if k.endswith(".bitmask"))
+    tensors[name][0] = 0xFF  # keep all 8 weights of two 2:4 groups
+    save_file(tensors, path)
+    code, _, err = _run(capsys, "verify", str(out))
+    assert code != 0 and name.rsplit(".", 1)[0] in err

@@ -9,7 +9,7 @@ from crescendo.api import compress, summarize
 from crescendo.engine.sequential import records_of
 from crescendo.errors import ConfigError, ModelError
 from crescendo.models.adapters import get_adapter, get_weight
-from conftest import FAMILIES, tiny_model
+from conftest import FAMILIES, tiny_llama, tiny_model
 
 
 def _logits(model, ids):
@@ -163,3 +163,24 @@ def test_rotate_then_gptq_w4a4(calibration, eval_ids):
     assert torch.isfinite(_logits(rot, eval_ids)).all()
     with pytest.raises(ConfigError, match="first stage"):
         compress(tiny_model("llama"), "rtn:w4 > rotate", None, progress=False)
+
+
+def test_sleb_removes_whole_blocks_and_keeps_records(calibration, eval_ids):
+    model = tiny_model("llama")
+    model.config.num_hidden_layers = 2
+    result = compress(model, "rtn:w8 > sleb:0.5", calibration, progress=False)
+    assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
+    assert model.config.crescendo_removed_blocks["original_layers"] == 2
+    assert set(records_of(model)) == set(get_adapter(model).all_block_linears(model))
+    assert 0.4 < result.summary.sparsity < 0.6  # one of two blocks' weights removed
+    assert torch.isfinite(_logits(model, eval_ids)).all()
+
+
+def test_sleb_picks_the_least_harmful_block(calibration):
+    from crescendo.engine.block_removal import select_blocks_greedy
+
+    model = tiny_llama(num_hidden_layers=3)
+    with torch.no_grad():  # make block 1 an identity (its residual branches output zero)
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    assert select_blocks_greedy(model, get_adapter(model), calibration, 1, progress=False) == [1]

@@ -79,7 +79,7 @@ def obs_sweep(
         invperm = torch.argsort(perm)
         W, H = W[:, perm], H[perm][:, perm]
         prior_mask = prior_mask[:, perm] if prior_mask is not None else None
-    col_index = perm if perm is not None else torch.arange(cols, device=W.device)
+    col_index = perm.tolist() if perm is not None else list(range(cols))  # host list: no per-column sync
 
     Hinv = inverse_hessian_factor(H, dampening_fraction)  # (in, in) upper triangular
     mask = torch.zeros_like(W, dtype=torch.bool) if prior_mask is None else prior_mask.clone()
@@ -113,7 +113,7 @@ def obs_sweep(
                 mask1[:, i : i + nm.m] |= torch.zeros_like(sal, dtype=torch.bool).scatter_(1, pick, True)
             q = w.clone()
             if grid is not None:
-                c = int(col_index[j])
+                c = col_index[j]
                 gi = c // group
                 if static_params is not None:
                     params = {k_: v[:, gi] for k_, v in static_params.items()}

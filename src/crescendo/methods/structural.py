@@ -36,3 +36,52 @@ def rotate_model(model, adapter, config: RotateConfig, calibration, progress: bo
 
 
 register_method(MethodSpec("rotate", "rotate", RotateConfig, _parse_rotate, apply_model=rotate_model))
+
+
+@dataclass(frozen=True)
+class SLEBConfig:
+    """SLEB (Song et al., 2024): remove whole decoder blocks, greedily, by calibration perplexity.
+
+    ratio: fraction of decoder blocks to remove (rounded to a whole number of blocks, at least one).
+    samples: calibration windows used to score candidates (SLEB's score is a full forward per
+    candidate; fewer windows keep it affordable on a CPU).
+    """
+
+    ratio: float
+    samples: int = 8
+
+    def __post_init__(self) -> None:
+        from ..types import check_ratio
+
+        check_ratio(self.ratio, "block removal ratio")
+        if self.ratio <= 0:
+            raise ConfigError("sleb needs a ratio > 0")
+        if self.samples < 1:
+            raise ConfigError(f"sleb samples must be >= 1, got {self.samples}")
+
+    def spec(self) -> str:
+        return f"sleb:{self.ratio:g}" + (f",samples={self.samples}" if self.samples != 8 else "")
+
+
+def _parse_sleb(name: str, positional: list[str], keyword: dict[str, str]) -> SLEBConfig:
+    if len(positional) != 1:
+        raise ConfigError("sleb needs one ratio, e.g. sleb:0.1")
+    samples = A.parse_int(keyword.pop("samples"), "samples") if "samples" in keyword else 8
+    A.reject_leftovers(name, [], keyword)
+    return SLEBConfig(A.parse_float(positional[0], "block removal ratio"), samples)
+
+
+def sleb_model(model, adapter, config: SLEBConfig, calibration, progress: bool = True) -> None:
+    from ..engine.block_removal import remove_blocks_, select_blocks_greedy
+
+    n_blocks = len(adapter.blocks(model))
+    n_remove = max(1, int(round(config.ratio * n_blocks)))
+    if n_remove >= n_blocks:
+        raise ConfigError(f"sleb:{config.ratio:g} would remove all {n_blocks} blocks")
+    chosen = select_blocks_greedy(model, adapter, calibration[: config.samples], n_remove, progress=progress)
+    remove_blocks_(model, adapter, chosen)
+
+
+register_method(
+    MethodSpec("sleb", "prune", SLEBConfig, _parse_sleb, apply_model=sleb_model, needs_calibration=True)
+)

@@ -1,0 +1,199 @@
+"""`load`: rebuild the exact compressed model from a `save_packed` directory.
+
+Only JSON and safetensors are read: the config is parsed by the config class registered in
+transformers for its `model_type` (an `auto_map` pointing at code in the directory is ignored), the
+model is built with `AutoModelForCausalLM.from_config`, and no file is unpickled or imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import ModelError, VerifyError
+from ..methods.base import LinearRecord
+from ..models.adapters import is_transposed, set_weight_
+from .layout import dtype_of, linear_tensor_names, unpack_linear
+from .packing import grid_from_dict
+from .save import FORMAT, MANIFEST, METADATA
+from .transforms import attach_transforms_
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ModelError naming the file when it is missing or malformed."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path} not found") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_manifest(directory: Path) -> dict:
+    manifest = read_json(directory / MANIFEST)
+    if manifest.get("format") != FORMAT:
+        raise ModelError(f"{directory / MANIFEST} is not a {FORMAT} manifest")
+    return manifest
+
+
+def read_tensors(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """Every tensor of the weights file (safetensors only; a damaged file raises ModelError)."""
+    path = directory / str(manifest.get("weights", ""))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"file {path.name} cannot be read: {e}") from None
+
+
+def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The architecture of config.json with fresh weights, from transformers' own classes only."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    config_dict = read_json(directory / "config.json")
+    config_dict.pop("quantization_config", None)  # describes the packed tensors, not the model to build
+    config_dict.pop("auto_map", None)  # never code from the directory
+    model_type = config_dict.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelError(f"config.json names model type {model_type!r}, which this transformers does not know")
+    config = CONFIG_MAPPING[model_type].from_dict(config_dict)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _module_tensor(model: nn.Module, key: str) -> torch.Tensor:
+    module_name, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        raise ModelError(f"the saved tensor {key} has no place in the model") from None
+    t = getattr(module, attr, None)
+    if not isinstance(t, torch.Tensor):
+        raise ModelError(f"the saved tensor {key} has no place in the model")
+    return t
+
+
+@torch.no_grad()
+def _assign_(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    target = _module_tensor(model, key)
+    if target.shape != value.shape:
+        raise ModelError(f"tensor {key} is {tuple(value.shape)}, the model expects {tuple(target.shape)}")
+    if target.dtype == value.dtype:
+        target.copy_(value)
+    else:  # keep the saved dtype (a float32 norm in a bfloat16 model); .data keeps tied params tied
+        target.data = value.clone()
+
+
+def _load_linears(model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    def get(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise VerifyError(f"tensor {name} is missing from the weights file")
+        return tensors[name]
+
+    modules = dict(model.named_modules())
+    out = {}
+    for name, entry in manifest["linears"].items():
+        module = modules.get(name)
+        if module is None or not hasattr(module, "weight"):
+            raise ModelError(f"the manifest packs {name!r}, which the model does not have")
+        weight, mask, grid, params, _ = unpack_linear(f"{name}.weight", entry, get)
+        shape = tuple(module.weight.t().shape if is_transposed(module) else module.weight.shape)
+        if shape != tuple(weight.shape):
+            raise ModelError(f"{name}: saved weight is {tuple(weight.shape)}, the module's is different")
+        dtype = dtype_of(entry["dtype"])
+        if module.weight.dtype != dtype:
+            module.weight.data = module.weight.data.to(dtype)
+        set_weight_(module, weight)  # casts the exact float32 values to the saved dtype
+        out[name] = (mask, grid, params)
+    return out
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict]:
+    """Rebuild a model saved by `save_packed`: identical weights, records and quantizers.
+
+    Returns (model, tokenizer or None, metadata from crescendo.json). The model is in eval mode on
+    `device`, with `model.crescendo_records` rebuilt (mask, grid, grid parameters, activation grid,
+    KV bits, history) and every activation / KV quantizer and online Hadamard re-attached, so its
+    logits equal the in-memory compressed model's bit for bit (same device and dtype).
+
+    Raises:
+        ModelError: a missing or damaged file, or tensors that do not fit the architecture.
+        VerifyError: packed tensors that do not match their manifest entry.
+
+    Example:
+        >>> model, tokenizer, meta = load("out/llama-w4-s50")
+        >>> meta["recipe"]
+        'sparsegpt:0.5 > gptq:w4,g128'
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    model = build_empty_model(directory, dtype_of(manifest["dtype"]))
+    tensors = read_tensors(directory, manifest)
+    rebuilt = _load_linears(model, manifest, tensors)
+    packed_keys = {f"{n}.weight" for n in manifest["linears"]}
+    plain = set(manifest.get("plain", []))
+    expected = set(plain)
+    for name, entry in manifest["linears"].items():
+        expected.update(linear_tensor_names(f"{name}.weight", entry))
+    extra = set(tensors) - expected
+    if extra:
+        raise ModelError(f"the weights file holds tensors the manifest does not list: {sorted(extra)[:3]}")
+    for key in manifest.get("plain", []):
+        if key not in tensors:
+            raise ModelError(f"tensor {key} is missing from the weights file")
+        _assign_(model, key, tensors[key])
+    for alias, source in manifest.get("aliases", {}).items():
+        a, s = _module_tensor(model, alias), _module_tensor(model, source)
+        if a.data_ptr() != s.data_ptr():  # not tied in the rebuilt model: give it the same values
+            _assign_(model, alias, s.detach().clone())
+    covered = packed_keys | plain | set(manifest.get("aliases", {}))
+    missing = [k for k in model.state_dict() if k not in covered]
+    if missing:
+        raise ModelError(f"the saved model lacks tensors the architecture needs: {missing[:3]}")
+
+    records: dict[str, LinearRecord] = {}
+    for name, r in manifest.get("records", {}).items():
+        mask, grid, params = rebuilt.get(name, (None, None, None))
+        records[name] = LinearRecord(name=name, mask=mask, grid=grid, grid_params=params,
+                                     act_grid=grid_from_dict(r.get("act_grid")), kv_bits=r.get("kv_bits"),
+                                     history=list(r.get("history", [])))
+    attach_transforms_(model, manifest.get("transforms", {}))
+    _cast_buffers_(model, manifest.get("buffer_dtypes", {}))
+    model.eval().to(device)
+    for rec in records.values():
+        rec.mask = rec.mask.to(device) if rec.mask is not None else None
+        if rec.grid_params is not None:
+            rec.grid_params = {k: v.to(device) for k, v in rec.grid_params.items()}
+    model.crescendo_records = records
+    tokenizer = _load_tokenizer(directory)
+    metadata = read_json(directory / METADATA) if (directory / METADATA).exists() else {}
+    return model, tokenizer, metadata
+
+
+def _cast_buffers_(model: nn.Module, dtypes: dict[str, str]) -> None:
+    """Give rebuilt non-persistent buffers the dtype they had when saved."""
+    for name, dtype_str in dtypes.items():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        buffer = module._buffers.get(attr)
+        if buffer is None:
+            raise ModelError(f"the saved model had a buffer {name!r} that the rebuilt one lacks")
+        module._buffers[attr] = buffer.to(dtype_of(dtype_str))
+
+
+def _load_tokenizer(directory: Path) -> Any:
+    if not any((directory / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)

@@ -1,0 +1,217 @@
+"""`save_packed`: write a compressed model as packed integer codes, scales and sparsity bitmasks.
+
+The directory holds (see the README for the full layout):
+
+    config.json                  the model config, plus `quantization_config` (compressed-tensors layout)
+    generation_config.json       when the model has one
+    tokenizer files              whatever `tokenizer.save_pretrained` writes
+    crescendo-packed.safetensors packed linears (layout.py) and every other tensor as it is
+    crescendo_export.json        the manifest: per-linear grid, shape, mask, records, transforms, aliases
+    crescendo.json               the run's metadata: recipe, protocol, metrics, crescendo version
+
+Nothing in it is code or a pickle: `crescendo.load` reads JSON and safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import __version__
+from ..errors import ConfigError, CrescendoError, ModelError, VerifyError
+from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
+from .layout import dtype_name, pack_linear, unpack_linear
+from .packing import grid_to_dict
+from .qconfig import build_quantization_config
+from .transforms import describe_transforms
+
+FORMAT = "crescendo-packed"
+VERSION = 1
+MANIFEST = "crescendo_export.json"
+METADATA = "crescendo.json"
+WEIGHTS = "crescendo-packed.safetensors"
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """The target must not exist yet or be an empty directory, and its parent must exist."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output directory {out} exists and is not empty")
+    if not out.parent.exists():
+        raise ConfigError(f"parent directory of {out} does not exist")
+    return out
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """Identity of the memory a tensor views: tied weights (lm_head / embeddings) share one."""
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> int:
+    diff = (a != b).reshape(-1).nonzero()
+    return int(diff[0]) if len(diff) else -1
+
+
+def _pack_linears(model: nn.Module, records: dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Packed tensors and manifest entries of every linear whose record has a grid or a mask."""
+    modules = dict(model.named_modules())
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    for name, rec in records.items():
+        if rec.grid is None and rec.mask is None:
+            continue
+        module = modules.get(name)
+        if module is None or not isinstance(module, LINEAR_TYPES):
+            raise ModelError(f"record {name!r} names no linear module of this model")
+        key = f"{name}.weight"
+        weight = get_weight(module)  # (out, in) float32, exact upcast of the module's dtype
+        dtype = module.weight.dtype
+        packed, entry = pack_linear(key, weight, rec.mask, rec.grid, rec.grid_params, dtype)
+        # what load() will rebuild must be what the module holds, bit for bit: refuse otherwise
+        rebuilt = unpack_linear(key, entry, packed.__getitem__)[0].to(dtype)
+        expected = weight.to(dtype)
+        if not torch.equal(rebuilt, expected):
+            i = _first_mismatch(rebuilt, expected)
+            raise VerifyError(f"tensor {key} index {i}: weight {expected.reshape(-1)[i].item()!r} is not on "
+                              f"its recorded grid / mask (packs to {rebuilt.reshape(-1)[i].item()!r})")
+        entry["transposed"] = is_transposed(module)
+        tensors.update(packed)
+        entries[name] = entry
+    return tensors, entries
+
+
+def _plain_tensors(model: nn.Module, packed: dict[str, dict]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every other state-dict tensor, stored once per shared memory, plus {alias: stored name}."""
+    state = model.state_dict()
+    packed_keys = {f"{name}.weight" for name in packed}
+    # a packed weight owns its memory: names tied to it (an embedding) are rebuilt from it
+    owner: dict[tuple, str] = {_storage_key(state[k]): k for k in packed_keys}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for key, t in state.items():
+        sk = _storage_key(t)
+        if key in packed_keys:
+            continue
+        if sk in owner:
+            aliases[key] = owner[sk]
+            continue
+        owner[sk] = key
+        tensors[key] = t.detach().cpu().clone()  # safetensors refuses tensors that share memory
+    return tensors, aliases
+
+
+def _buffer_dtypes(model: nn.Module) -> dict[str, str]:
+    """Dtypes of the non-persistent buffers (rotary inv_freq, online Hadamards): they are rebuilt, not
+    saved, and `model.to(dtype)` may have cast them, which changes the logits."""
+    persistent = set(model.state_dict())
+    return {n: dtype_name(b.dtype) for n, b in model.named_buffers() if n not in persistent and b.is_floating_point()}
+
+
+def _linear_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    every = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+    try:
+        blocks = list(get_adapter(model).all_block_linears(model))
+    except ModelError:
+        blocks = []
+    return every, blocks
+
+
+def _sparsity(entries: dict[str, dict], recipe: str | None) -> dict[str, Any]:
+    masked = {n: e for n, e in entries.items() if e["masked"]}
+    if not masked:
+        return {"structure": None}
+    total = sum(e["shape"][0] * e["shape"][1] for e in masked.values())
+    kept = sum(e["kept"] for e in masked.values())
+    structure = "unstructured"
+    if recipe:
+        from ..recipe import parse_recipe
+
+        try:
+            stages = parse_recipe(recipe).stages
+        except CrescendoError:  # metadata only here; `verify` reports a recipe that does not parse
+            stages = ()
+        nms = {str(s.config.nm) for s in stages if getattr(s.config, "nm", None) is not None}
+        structure = nms.pop() if len(nms) == 1 else structure
+    return {"global_sparsity": 1.0 - kept / total, "structure": structure, "targets": sorted(masked)}
+
+
+def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Save a compressed model with packed integer weights, grid parameters and sparsity bitmasks.
+
+    Every linear whose `crescendo_records` entry has a grid and/or a mask is stored as the bit-packed
+    codes of its kept elements, its scales / zero points / exponents and a 1-bit-per-weight mask;
+    everything else (embeddings, norms, biases, an untied lm_head) is stored as it is. The directory
+    is written to a temporary sibling and renamed at the end, so a failed save leaves nothing behind.
+    The packed format is reloaded with `crescendo.export.load`; transformers' `from_pretrained`
+    cannot read it (its `quantization_config` describes the schemes, not this tensor layout).
+
+    Args:
+        model: a compressed model (records attached by `crescendo.compress`).
+        tokenizer: its tokenizer, or None.
+        out_dir: the target directory; must not exist or be empty (else ConfigError).
+        metadata: JSON-able run metadata; `metadata["recipe"]` (the recipe text) is checked by `verify`.
+
+    Raises:
+        ConfigError: bad target directory, or a transform that cannot be saved.
+        VerifyError: a weight that is not on its recorded grid (it could not be reloaded exactly).
+
+    Example:
+        >>> compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
+        >>> save_packed(model, tokenizer, "out/llama-w4-s50", {"recipe": "sparsegpt:0.5 > gptq:w4,g128"})
+    """
+    out = check_output_dir(out_dir)
+    records = getattr(model, "crescendo_records", None) or {}
+    packed, entries = _pack_linears(model, records)
+    plain, aliases = _plain_tensors(model, entries)
+    every, blocks = _linear_names(model)
+    recipe = metadata.get("recipe")
+    recipe = str(recipe) if recipe is not None else None
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    manifest = {
+        "format": FORMAT, "version": VERSION, "crescendo_version": __version__,
+        "weights": WEIGHTS, "dtype": dtype_name(dtype), "recipe": recipe,
+        "linears": entries,
+        "records": {n: {"packed": n in entries, "act_grid": grid_to_dict(r.act_grid), "kv_bits": r.kv_bits,
+                        "history": list(r.history)} for n, r in records.items()},
+        "plain": sorted(plain), "aliases": aliases,
+        "transforms": describe_transforms(model),
+        "buffer_dtypes": _buffer_dtypes(model),
+        "all_linears": every, "block_linears": blocks,
+    }
+    grids = {n: (r.grid, r.act_grid) for n, r in records.items()}
+    kv = {n: {"kv_bits": r.kv_bits} for n, r in records.items()}
+    qconfig = build_quantization_config(kv, grids, _sparsity(entries, recipe))
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        described = qconfig["crescendo"]
+        if qconfig["config_groups"] or qconfig["sparsity_config"] or described["groups"] or described["kv_cache"]:
+            config["quantization_config"] = qconfig
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file({**plain, **packed}, str(tmp / WEIGHTS), metadata={"format": "pt", "layout": FORMAT})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (tmp / METADATA).write_text(json.dumps({**metadata, "crescendo_version": __version__, "format": "packed"},
+                                               indent=2, default=str))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
