@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -85,8 +86,8 @@ class Workbench:
     ) -> Workbench:
         """Load a model by spec and prepare a protocol's data for it."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
-        net, tokenizer, info = load_any(model, dtype=dtype, device=device)
+        protocol = resolve_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
+        net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
         return cls(net, tokenizer, info, protocol, prepare(protocol, tokenizer), dtype=dtype, device=device, **kwargs)
 
     @property
@@ -97,8 +98,16 @@ class Workbench:
     def calibration(self) -> list[torch.Tensor]:
         return [ids.to(self.device) for ids in self.data.calibration]
 
+    def compute(self) -> contextlib.AbstractContextManager:
+        """bfloat16 runs matmuls under autocast while the weights stay float32, so every quantized
+        weight stays exactly on its grid; float32 (the protocols' reference) changes nothing."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.dtype))
+
     def evaluate(self, model: nn.Module) -> PerplexityResult:
-        return perplexity(model, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
+        with self.compute():
+            return perplexity(model, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
 
     def dense(self) -> PerplexityResult:
         if self._dense is None:
@@ -111,11 +120,11 @@ class Workbench:
     def compress(self, recipe: str | Recipe, base: nn.Module | None = None) -> tuple[nn.Module, CompressionResult]:
         """A compressed copy of `base` (default: the dense model)."""
         model = copy.deepcopy(base if base is not None else self.model)
-        result = compress(model, recipe, self.calibration, progress=self.progress)
-        return model, result
+        return model, self.compress_inplace(model, recipe)
 
     def compress_inplace(self, model: nn.Module, recipe: str | Recipe) -> CompressionResult:
-        return compress(model, recipe, self.calibration, progress=self.progress)
+        with self.compute():
+            return compress(model, recipe, self.calibration, progress=self.progress)
 
     def run(self, recipe: str | Recipe) -> tuple[nn.Module, RunOutcome]:
         recipe = parse_recipe(recipe)
@@ -140,7 +149,7 @@ class Workbench:
         return -self.evaluate(model).perplexity
 
     def apply(self, model: nn.Module, stage) -> None:
-        compress(model, Recipe((stage,)), self.calibration, progress=self.progress)
+        self.compress_inplace(model, Recipe((stage,)))
 
     def layer_errors(self, model: nn.Module) -> dict[str, Any] | None:
         """Layer-wise error against the dense model on the first `layerwise_samples` calibration windows."""
@@ -150,10 +159,37 @@ class Workbench:
             return None  # blocks were removed: there is no block-by-block correspondence
         rotated = getattr(model.config, "crescendo_rotation", None) is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
-        return layerwise_error(self.model, model, calib, per_linear=not rotated).to_dict()
+        with self.compute():
+            return layerwise_error(self.model, model, calib, per_linear=not rotated).to_dict()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "protocol": self.protocol.name, "dtype": self.dtype, "device": self.device}
+
+
+def resolve_protocol(
+    spec: str, seqlen: int | None = None, eval_windows: int | None = None, nsamples: int | None = None
+) -> Protocol:
+    """A named protocol, or one built on a corpus spec (`text:TEST[,CALIB]`, `wikitext2:DIR`).
+
+    Overriding a named protocol's settings gives it a distinct name (`sotu-v1-quick[seqlen=256]`), so
+    results measured under different settings never share a name or a results-store key.
+    """
+    from dataclasses import replace
+
+    from .data import custom_protocol
+    from .data.protocols import list_protocols
+
+    if spec in list_protocols():
+        base = get_protocol(spec)
+        over = {k: v for k, v in (("seqlen", seqlen), ("n_eval_windows", eval_windows),
+                                  ("n_calibration", nsamples)) if v is not None}
+        if not over:
+            return base
+        suffix = ",".join(f"{k}={v}" for k, v in over.items())
+        return replace(base, name=f"{base.name}[{suffix}]", **over)
+    if ":" not in spec:
+        get_protocol(spec)  # raises the unknown-protocol error listing the known names
+    return custom_protocol(spec, seqlen or 512, eval_windows, 32 if nsamples is None else nsamples)
 
 
 def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Module, Any, ModelInfo]:

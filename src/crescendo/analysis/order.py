@@ -154,7 +154,7 @@ def run_order_study(
     visit(evaluator.fresh(), ())
 
     curve_points = [(c, m) for _, c, m in curve]
-    cer = {n: compression_equivalent_ratio(singles[n], curve_points) for n in names}
+    cer = {n: compression_equivalent_ratio(singles[n], curve_points) for n in names} if curve_points else {}
     gaps = {f"{a} | {b}": performance_gap(singles[a], singles[b]) for a, b in itertools.permutations(names, 2)}
     ordered = sorted(finals.items(), key=lambda kv: kv[1], reverse=True)
     advantage = {
@@ -172,7 +172,7 @@ def run_order_study(
         gaps=gaps,
         advantage=advantage,
         best_order=list(ordered[0][0]),
-        predicted_order=progressive_intensity_order(cer),
+        predicted_order=progressive_intensity_order(cer) if cer else [],
         stage_applications=applications,
         naive_stage_applications=len(names) * len(list(itertools.permutations(names))),
         layer_errors=errors,

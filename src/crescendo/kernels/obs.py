@@ -88,30 +88,35 @@ def obs_sweep(
 
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()  # (out, b)
+        # Block buffers are kept transposed, (b, out): column i of the block is the contiguous row
+        # W1[i], so the per-column rank-1 update touches contiguous memory (half the time of a
+        # strided column slice on a CPU).
+        W1 = W[:, i1:i2].t().contiguous()  # (b, out)
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)  # (b,)
-        mask1 = mask[:, i1:i2].clone(memory_format=torch.contiguous_format)  # (out, b), written back after the block
+        mask1 = mask[:, i1:i2].t().contiguous()  # (b, out), written back after the block
 
         if prune and nm is None:
-            saliency = W1**2 / d[None, :] ** 2  # (out, b)
+            saliency = W1**2 / d[:, None] ** 2  # (b, out)
             saliency[mask1] = float("-inf")  # already pruned: counted in k, not re-chosen
             k = int(mask1.sum()) + int(round(saliency.numel() * sparsity))
             if k > 0:
-                idx = torch.argsort(saliency.flatten(), stable=True)[:k]
-                mask1.view(-1)[idx] = True  # mask1 is a contiguous clone
+                idx = torch.topk(saliency.flatten(), k, largest=False, sorted=False).indices
+                mask1.view(-1)[idx] = True
 
+        d_host = d.tolist()  # python floats: no tensor indexing per column
         for i in range(i2 - i1):
             j = i1 + i
-            w = W1[:, i]
+            w = W1[i]  # (out,)
             if nm is not None and i % nm.m == 0:
-                sal = W1[:, i : i + nm.m] ** 2 / d[None, i : i + nm.m] ** 2
-                sal = sal.masked_fill(mask1[:, i : i + nm.m], float("-inf"))
+                sal = (W1[i : i + nm.m] ** 2 / d[i : i + nm.m, None] ** 2).t()  # (out, m)
+                sal = sal.masked_fill(mask1[i : i + nm.m].t(), float("-inf"))
                 pick = torch.topk(sal, nm.n, dim=1, largest=False).indices
-                mask1[:, i : i + nm.m] |= torch.zeros_like(sal, dtype=torch.bool).scatter_(1, pick, True)
-            q = w.clone()
+                chosen = torch.zeros_like(sal, dtype=torch.bool).scatter_(1, pick, True)
+                mask1[i : i + nm.m] |= chosen.t()
+            q = w
             if grid is not None:
                 c = col_index[j]
                 gi = c // group
@@ -120,19 +125,19 @@ def obs_sweep(
                 else:
                     if gi not in fitted:  # first column of a group: fit on the current (updated) weights
                         width = min(group, cols - j)
-                        current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :width]
+                        current = torch.cat([W1[i:].t(), W[:, i2:]], dim=1)[:, :width]
                         fitted[gi] = grid.fit(current)
                     params = fitted[gi]
                 q = grid.project(q[:, None], params)[:, 0]
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
+            q = q.masked_fill(mask1[i], 0.0)
+            Q1[i] = q
+            err = (w - q).div_(d_host[i])
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)  # spread the error over later columns
+            Err1[i] = err
 
-        W[:, i1:i2] = Q1
-        mask[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i1:i2] = Q1.t()
+        mask[:, i1:i2] = mask1.t()
+        W[:, i2:] -= Err1.t() @ Hinv[i1:i2, i2:]
 
     if invperm is not None:
         W, mask = W[:, invperm], mask[:, invperm]

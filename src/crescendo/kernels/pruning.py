@@ -22,7 +22,7 @@ def select_smallest(scores: torch.Tensor, ratio: float, prior: torch.Tensor | No
 
     scores: (out, in). per_row=False uses one threshold for the whole matrix (SparseGPT's `--gmp`
     magnitude baseline); per_row=True compares within each output row (Wanda's comparison group).
-    Ties are broken by position (stable sort), so the pruned count is exact.
+    The pruned count is exact (ties are broken by the selection, deterministically).
     """
     scores = scores.float()
     if prior is not None:
@@ -38,7 +38,7 @@ def select_smallest(scores: torch.Tensor, ratio: float, prior: torch.Tensor | No
     else:
         k = (int(prior.sum()) if prior is not None else 0) + _extra_count(scores.numel(), ratio)
         if k > 0:
-            idx = torch.argsort(scores.flatten(), stable=True)[:k]
+            idx = torch.topk(scores.flatten(), k, largest=False, sorted=False).indices
             mask.view(-1)[idx] = True
     return mask
 

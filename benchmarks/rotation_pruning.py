@@ -1,0 +1,61 @@
+"""003's Table 4 on the embedded model: SparseGPT and SLEB at several ratios, with and without
+QuaRot-style rotation (perplexity; Difference = rotated - unrotated).
+
+    python benchmarks/rotation_pruning.py --out docs/results/table4.md [--methods sparsegpt sleb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from crescendo.workflow import Workbench, resolve_protocol
+
+RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--protocol", default="sotu-v1-quick")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seqlen", type=int, default=None)
+    parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--nsamples", type=int, default=None)
+    parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"])
+    parser.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
+    parser.add_argument("--out", default="docs/results/table4.md")
+    args = parser.parse_args()
+    bench = Workbench.load(args.model, resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples),
+                           device=args.device, progress=False)
+    device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
+    dense = bench.dense().perplexity
+    rows = {}
+    for method in args.methods:
+        for r in args.ratios:
+            plain = bench.run(f"{method}:{r:g}")[1].perplexity
+            rotated = bench.run(f"rotate > {method}:{r:g}")[1].perplexity
+            rows[(method, r)] = (plain, rotated)
+            print(f"{method}:{r:g}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
+    head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in args.methods)
+    lines = [f"# Table 4 analogue: pruning with and without rotation ({bench.model_name}, {bench.protocol.name}, "
+             f"float32, {device})", "", f"Dense perplexity {dense:.3f}. SLEB ratio = fraction of the "
+             f"{len(bench.model.model.layers)} decoder blocks removed (rounded to whole blocks).", "",
+             f"| ratio | {head} |", "|---" * (1 + 3 * len(args.methods)) + "|"]
+    for r in args.ratios:
+        cells = " | ".join(f"{rows[(m, r)][0]:.3f} | {rows[(m, r)][1]:.3f} | {rows[(m, r)][1] - rows[(m, r)][0]:+.3f}"
+                           for m in args.methods)
+        lines.append(f"| {r:g} | {cells} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {"dense": dense, "device": device, "rows": [{"method": m, "ratio": r, "plain": p, "rotated": q}
+                                                    for (m, r), (p, q) in rows.items()]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

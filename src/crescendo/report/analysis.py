@@ -1,0 +1,220 @@
+"""Order quantities of one experiment: CER per pruning ratio, A(Q -> P) per cell, and whether the
+Progressive Intensity Hypothesis (003, Hypothesis 1) holds. Pure functions on `Experiment`s.
+
+Notation, as in 003: "f1 -> f2" means f1 is applied first, and
+    A(f1 -> f2) = M(f2 o f1) - M(f1 o f2).
+So, with M = -perplexity,
+    A(Q -> P) = M(quantize first, then prune) - M(prune first, then quantize)
+              = M(recipe "Q > P") - M(recipe "P > Q")
+              = perplexity("P > Q") - perplexity("Q > P").
+A > 0: quantizing first wins. The hypothesis predicts it does exactly when quantization is the weaker
+method, i.e. when C_Q < C*_P (x = C*_P - C_Q > 0), and that A grows with x.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from ..analysis.metrics import (
+    CER,
+    ExpFit,
+    compression_equivalent_ratio,
+    fit_exponential,
+    order_advantage,
+)
+from .data import Experiment
+
+MIN_RANK_POINTS = 3  # a rank correlation of 2 points is always +-1: not evidence
+
+
+def cer_by_ratio(exp: Experiment) -> dict[float, CER | None]:
+    """C*_P of P(r) alone against the experiment's quantizer curve; None where it is undefined
+    (no quantizer curve, or P(r) alone has a NaN perplexity)."""
+    curve = exp.quant_curve()
+    out: dict[float, CER | None] = {}
+    for ratio, measured in exp.prune.items():
+        ok = curve and not math.isnan(measured.perplexity)
+        out[ratio] = compression_equivalent_ratio(measured.metric, curve) if ok else None
+    return out
+
+
+def _side(difference: float) -> str | None:
+    return "quant" if difference > 0 else "prune" if difference < 0 else None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (pruning ratio, bit-width) cell with both orders measured."""
+
+    ratio: float
+    bits: int
+    cer: CER | None  # C*_P of P(ratio) alone
+    ppl_prune_first: float  # perplexity of "P > Q"
+    ppl_quant_first: float  # perplexity of "Q > P"
+
+    @property
+    def c_q(self) -> float:
+        return 16.0 / self.bits
+
+    @property
+    def c_p(self) -> float:
+        return 1.0 / (1.0 - self.ratio)
+
+    @property
+    def advantage(self) -> float:
+        """A(Q -> P) = M(Q first) - M(P first); inf when only one order collapsed, NaN when both."""
+        return order_advantage(-self.ppl_quant_first, -self.ppl_prune_first)
+
+    @property
+    def cer_difference(self) -> float | None:
+        """x = C*_P - C_Q; when C*_P is a bound, x is the same kind of bound."""
+        return None if self.cer is None else self.cer.value - self.c_q
+
+    @property
+    def predicted_first(self) -> str | None:
+        """The hypothesis' order: the weaker method first ("quant" iff C_Q < C*_P); None when a tie
+        or a CER bound leaves the comparison open."""
+        x = self.cer_difference
+        if x is None or x == 0:
+            return None
+        bound = self.cer.bound if self.cer is not None else "exact"
+        if (bound == "upper" and x > 0) or (bound == "lower" and x < 0):
+            return None  # C*_P <= v with v > C_Q (or >= v with v < C_Q) can lie either side
+        return _side(x)
+
+    @property
+    def measured_first(self) -> str | None:
+        """The order that measured better; None on a tie or when both orders collapsed."""
+        a = self.advantage
+        return None if math.isnan(a) else _side(a)
+
+    @property
+    def agrees(self) -> bool | None:
+        if self.predicted_first is None or self.measured_first is None:
+            return None
+        return self.predicted_first == self.measured_first
+
+
+def cells(exp: Experiment) -> list[Cell]:
+    """Every cell with both orders measured, by ratio then bits (high to low)."""
+    cers = cer_by_ratio(exp)
+    found = {(r, b) for r, b, _ in exp.orders}
+    out = []
+    for r, b in sorted(found, key=lambda rb: (rb[0], -rb[1])):
+        pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
+        if pf is not None and qf is not None:
+            out.append(Cell(r, b, cers.get(r), pf.perplexity, qf.perplexity))
+    return out
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rho of A(Q -> P) against x = C*_P - C_Q; rho is None below MIN_RANK_POINTS."""
+
+    label: str
+    n: int
+    rho: float | None
+    pvalue: float | None
+
+
+def spearman(label: str, xs: list[float], ys: list[float]) -> Correlation:
+    """Spearman rank correlation, None when there are too few points or one side is constant."""
+    if len(xs) < MIN_RANK_POINTS:
+        return Correlation(label, len(xs), None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
+        result = stats.spearmanr(xs, ys)
+    rho, p = float(result.statistic), float(result.pvalue)
+    return Correlation(label, len(xs), None if math.isnan(rho) else rho,
+                       None if math.isnan(p) else p)
+
+
+def _finite(c: Cell) -> bool:
+    return c.cer_difference is not None and math.isfinite(c.advantage) and \
+        math.isfinite(c.cer_difference)
+
+
+def _xy(use: list[Cell]) -> tuple[list[float], list[float]]:
+    """(x = C*_P - C_Q, A) of cells that passed `_finite`."""
+    return [float(c.cer_difference or 0.0) for c in use], [c.advantage for c in use]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Does the Progressive Intensity Hypothesis hold in one experiment?"""
+
+    per_ratio: list[Correlation]
+    pooled: Correlation
+    agree: int  # cells whose predicted order is the measured better one
+    decided: int  # cells where both the prediction and the measurement name an order
+    total: int  # cells with both orders measured
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.decided if self.decided else None
+
+    @property
+    def verdict(self) -> str:
+        """"supported" when A rises with x in most ratios and the predicted order is right in at
+        least half the decided cells, "not supported" when neither, "mixed" otherwise."""
+        rhos = [c.rho for c in self.per_ratio if c.rho is not None]
+        if not rhos and self.agreement is None:
+            return "insufficient data"
+        rising = bool(rhos) and sum(rho > 0 for rho in rhos) > len(rhos) / 2
+        ordered = self.agreement is not None and self.agreement >= 0.5
+        if rising and ordered:
+            return "supported"
+        return "mixed" if rising or ordered else "not supported"
+
+
+def summarize(all_cells: list[Cell]) -> Summary:
+    """Per-ratio and pooled Spearman of A against x, and the share of correctly predicted orders.
+
+    Within one ratio every cell shares C*_P, so a CER bound shifts all its x by one unknown constant
+    and leaves the ranks, hence rho, unchanged: bound ratios count per ratio. Pooled over ratios the
+    shifts differ, so the pooled rho uses exact CERs only. Non-finite A (a collapsed order) is left
+    out of both: its rank would be real, but inf - inf is not.
+    """
+    per_ratio = []
+    for ratio in sorted({c.ratio for c in all_cells}):
+        use = [c for c in all_cells if c.ratio == ratio and _finite(c)]
+        per_ratio.append(spearman(f"p = {ratio:g}", *_xy(use)))
+    exact = [c for c in all_cells if _finite(c) and c.cer is not None and c.cer.is_exact]
+    pooled = spearman("all ratios (exact CER only)", *_xy(exact))
+    decided = [c for c in all_cells if c.agrees is not None]
+    return Summary(per_ratio, pooled, sum(bool(c.agrees) for c in decided), len(decided),
+                   len(all_cells))
+
+
+def fit_by_ratio(all_cells: list[Cell]) -> dict[float, ExpFit]:
+    """One y = a exp(b x) + c fit of A against x per pruning ratio (Figure 3), on finite points."""
+    fits = {}
+    for ratio in sorted({c.ratio for c in all_cells}):
+        use = [c for c in all_cells if c.ratio == ratio and _finite(c)]
+        if len(use) >= 2:
+            xs, ys = _xy(use)
+            fits[ratio] = fit_exponential(np.array(xs), np.array(ys))
+    return fits
+
+
+def multistage_series(exp: Experiment, total: float) -> dict[int, list[tuple[float, float, float]]]:
+    """bits -> [(p2, perplexity, A)] for P(total - p2) > Q(bits) > P(p2), by p2 (Figure 7).
+
+    A is relative to p2 = 0 (all pruning before the quantizer): M(p2) - M(0), so A > 0 says that
+    moving pruning after the quantizer helped. NaN where p2 = 0 was not measured.
+    """
+    out: dict[int, list[tuple[float, float, float]]] = {}
+    for bits in sorted({b for t, b, _ in exp.multistage if t == total}, reverse=True):
+        points = exp.multistage_points(total, bits)
+        base = points.get(0.0)
+        series = []
+        for p2, measured in points.items():
+            a = order_advantage(measured.metric, base.metric) if base is not None else math.nan
+            series.append((p2, measured.perplexity, a))
+        out[bits] = series
+    return out

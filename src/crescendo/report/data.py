@@ -1,0 +1,265 @@
+"""Rows of the results store -> one `Experiment` per method pair, as pure functions (no I/O, no plots).
+
+An experiment is every sweep row sharing (model, protocol, prune template, quant template), the
+templates being the ones `crescendo sweep` expands (`sparsegpt:{r}`, `rtn:w{b}a{b}`). Rows written
+without templates in `extra` get them inferred from the recipe text and the row's ratio / bits, so a
+store from an older sweep still reports. Dense rows carry no template: they belong to every
+experiment of their (model, protocol).
+
+Repeated runs of one recipe are reduced in two steps: per seed the newest row wins (a rerun under a
+newer package version replaces the old one), then seeds are averaged. A collapsed seed (perplexity
+inf) makes the mean inf, which is what a reader should see, not a mean that hides the collapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..store import Row
+
+log = logging.getLogger(__name__)
+
+SWEEP_KINDS = ("dense", "single", "order", "multistage")
+FIRST_VALUES = ("prune", "quant")
+_KEY_DIGITS = 6  # ratios are rounded to this many decimals before being used as dict keys
+
+
+def ratio_key(value: Any) -> float:
+    """A ratio as a dict key: 0.1 + 0.2 and 0.3 must land on one cell."""
+    return round(float(value), _KEY_DIGITS)
+
+
+def fmt_ratio(ratio: float) -> str:
+    """How `crescendo sweep` writes a ratio into a recipe (`sparsegpt:0.05`)."""
+    return f"{ratio:g}"
+
+
+def method_name(template: str) -> str:
+    """`sparsegpt:{r}` -> `sparsegpt`: the part of a stage template before its arguments."""
+    return template.split(":", 1)[0]
+
+
+def templatize(stage: str, value: str, placeholder: str) -> str:
+    """Replace a number in a stage text by its placeholder: (`rtn:w4a4`, "4", "{b}") -> `rtn:w{b}a{b}`.
+
+    Only whole numbers are replaced, so the 8 of `g128` stays when bits=8.
+    """
+    return re.sub(rf"(?<![\d.]){re.escape(value)}(?![\d.])", placeholder, stage)
+
+
+@dataclass(frozen=True)
+class ExperimentKey:
+    """What identifies one experiment: model, protocol and the two stage templates."""
+
+    model: str
+    protocol: str
+    prune: str  # stage template with {r}, e.g. "sparsegpt:{r}"
+    quant: str  # stage template with {b}, e.g. "rtn:w{b}a{b}"
+
+    @property
+    def prune_name(self) -> str:
+        return method_name(self.prune)
+
+    @property
+    def quant_name(self) -> str:
+        return method_name(self.quant)
+
+    @property
+    def label(self) -> str:
+        return f"{self.prune} × {self.quant} on {self.model} ({self.protocol})"
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier, unique per experiment."""
+        text = "_".join((self.model, self.protocol, self.prune, self.quant))
+        return re.sub(r"[^A-Za-z0-9]+", "-", text.replace("{", "").replace("}", "")).strip("-")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One recipe's result, reduced over seeds."""
+
+    perplexity: float  # mean over seeds; inf if any seed collapsed, nan if any is missing/nan
+    seeds: tuple[int, ...]
+    per_block_error: tuple[float, ...] | None = None  # by depth, mean over seeds
+    layer_error_total: float | None = None
+
+    @property
+    def metric(self) -> float:
+        """M = -perplexity (higher is better), the metric every order quantity uses."""
+        return -self.perplexity
+
+
+@dataclass
+class Experiment:
+    """Everything measured for one method pair; keys are (rounded) ratios and integer bit-widths."""
+
+    key: ExperimentKey
+    dense: Measurement | None = None
+    quant: dict[int, Measurement] = field(default_factory=dict)  # bits -> Q(b) alone
+    prune: dict[float, Measurement] = field(default_factory=dict)  # ratio -> P(r) alone
+    orders: dict[tuple[float, int, str], Measurement] = field(default_factory=dict)  # (r, b, first)
+    multistage: dict[tuple[float, int, float], Measurement] = field(default_factory=dict)  # (total, b, p2)
+
+    @property
+    def ratios(self) -> list[float]:
+        return sorted({r for r, _, _ in self.orders} | set(self.prune))
+
+    @property
+    def bits(self) -> list[int]:
+        return sorted({b for _, b, _ in self.orders} | set(self.quant), reverse=True)
+
+    def quant_curve(self) -> list[tuple[float, float]]:
+        """The reference quantizer's points (C_Q = 16 / bits, M); NaN runs are left out (unknown)."""
+        return [(16.0 / b, m.metric) for b, m in sorted(self.quant.items())
+                if not math.isnan(m.perplexity)]
+
+    def multistage_points(self, total: float, bits: int) -> dict[float, Measurement]:
+        """p2 -> result of P(total - p2) > Q(bits) > P(p2), endpoints included.
+
+        The endpoints p2 = 0 (`P(total) > Q`) and p2 = total (`Q > P(total)`) are the same recipes
+        as two order rows, which the sweep stores once, as order rows; they are taken from there.
+        """
+        points = {p2: m for (t, b, p2), m in self.multistage.items() if t == total and b == bits}
+        r = ratio_key(total)
+        if 0.0 not in points and (r, bits, "prune") in self.orders:
+            points[0.0] = self.orders[(r, bits, "prune")]
+        if r not in points and (r, bits, "quant") in self.orders:
+            points[r] = self.orders[(r, bits, "quant")]
+        return dict(sorted(points.items()))
+
+    @property
+    def multistage_totals(self) -> list[float]:
+        return sorted({t for t, _, _ in self.multistage})
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean over seeds that keeps a collapse visible: any NaN gives NaN, any inf gives that inf."""
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    infinite = {v for v in values if math.isinf(v)}
+    if infinite:
+        return infinite.pop() if len(infinite) == 1 else math.nan  # +inf and -inf: undefined
+    return math.fsum(values) / len(values)
+
+
+def _measurement(rows: Sequence[Row]) -> Measurement:
+    ppls = [float(r.metrics.get("perplexity", math.nan)) for r in rows]
+    blocks = [r.metrics.get("per_block_error") for r in rows]
+    per_block: tuple[float, ...] | None = None
+    if all(isinstance(b, list) and b for b in blocks) and len({len(b) for b in blocks}) == 1:
+        per_block = tuple(_mean([float(b[i]) for b in blocks]) for i in range(len(blocks[0])))
+    totals = [r.metrics.get("layer_error_total") for r in rows]
+    total = _mean([float(t) for t in totals]) if all(t is not None for t in totals) else None
+    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, total)
+
+
+def _split(recipe: str) -> list[str]:
+    return [s.strip() for s in recipe.split(">")]
+
+
+def _templates(row: Row) -> tuple[str, str]:
+    """(prune template, quant template) from `extra`, else inferred from the recipe text."""
+    extra = row.extra
+    prune, quant = extra.get("prune"), extra.get("quant")
+    if isinstance(prune, str) and isinstance(quant, str):
+        return prune, quant
+    stages = _split(row.recipe)
+    if row.kind == "single":
+        p = templatize(stages[0], fmt_ratio(extra["ratio"]), "{r}") if "ratio" in extra else None
+        q = templatize(stages[0], str(extra["bits"]), "{b}") if "bits" in extra else None
+        return (prune or p or "?"), (quant or q or "?")
+    if row.kind == "order":
+        i_p = 0 if extra["first"] == "prune" else 1
+        p = templatize(stages[i_p], fmt_ratio(extra["ratio"]), "{r}")
+        return prune or p, quant or templatize(stages[1 - i_p], str(extra["bits"]), "{b}")
+    # multistage: [P(p1) >] Q > [P(p2)]; an absent stage had ratio 0
+    i_q = 1 if float(extra["p1"]) > 0 else 0
+    value, stage = (extra["p1"], stages[0]) if i_q == 1 else (extra["p2"], stages[-1])
+    p = templatize(stage, fmt_ratio(float(value)), "{r}")
+    return prune or p, quant or templatize(stages[i_q], str(extra["bits"]), "{b}")
+
+
+def _slot(row: Row) -> tuple[str, tuple[Any, ...]]:
+    """Where a row goes in its experiment: ("quant", (bits,)), ("orders", (r, b, first)), ..."""
+    extra = row.extra
+    if row.kind == "single":
+        if extra.get("method") == "quant" or ("bits" in extra and "ratio" not in extra):
+            return "quant", (int(extra["bits"]),)
+        return "prune", (ratio_key(extra["ratio"]),)
+    if row.kind == "order":
+        if extra["first"] not in FIRST_VALUES:
+            raise ValueError(f"first must be one of {FIRST_VALUES}, got {extra['first']!r}")
+        return "orders", (ratio_key(extra["ratio"]), int(extra["bits"]), extra["first"])
+    return "multistage", (ratio_key(extra["total"]), int(extra["bits"]), ratio_key(extra["p2"]))
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The result of `group_rows`: experiments, and the rows that could not be placed (with why)."""
+
+    experiments: list[Experiment]
+    skipped: list[str]
+    seeds: tuple[int, ...]
+    versions: tuple[str, ...]
+
+
+def _latest_per_seed(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
+    newest: dict[tuple[str, str, str, int], Row] = {}
+    for row in sorted(rows, key=lambda r: (r.created, r.key)):
+        newest[(row.model, row.protocol, row.recipe, row.seed)] = row  # later rows replace earlier
+    by_recipe: dict[tuple[str, str, str], list[Row]] = {}
+    for (model, protocol, recipe, _), row in newest.items():
+        by_recipe.setdefault((model, protocol, recipe), []).append(row)
+    return by_recipe
+
+
+def group_rows(rows: Iterable[Row]) -> Grouping:
+    """Sweep rows (kinds dense/single/order/multistage) -> experiments, sorted by key.
+
+    Experiments are the (prune, quant) pairs of the order and multistage rows (and of single rows
+    that name both templates). Single runs attach by their own method's template alone: two sweeps
+    sharing a quantizer (SparseGPT x RTN, SLEB x RTN) store `rtn:w4a4` once, under one key, and both
+    experiments need it. Rows of other kinds (order studies, searches) are ignored; a sweep row whose
+    `extra` lacks the fields its kind needs is skipped and named in `skipped`.
+    """
+    rows = [r for r in rows if r.kind in SWEEP_KINDS]
+    experiments: dict[ExperimentKey, Experiment] = {}
+    dense: dict[tuple[str, str], Measurement] = {}
+    singles: dict[tuple[str, str, str, str], dict[Any, Measurement]] = {}  # (m, p, slot, tpl)
+    skipped: list[str] = []
+    for (model, protocol, recipe), group in _latest_per_seed(rows).items():
+        first = group[0]
+        measured = _measurement(group)
+        if first.kind == "dense":
+            dense[(model, protocol)] = measured
+            continue
+        try:
+            prune_tpl, quant_tpl = _templates(first)
+            slot, key = _slot(first)
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            skipped.append(f"{recipe} ({first.kind}): {type(err).__name__} {err}")
+            log.warning("report: skipping row %s (%s): %s", recipe, first.kind, err)
+            continue
+        if first.kind == "single":
+            own = prune_tpl if slot == "prune" else quant_tpl
+            singles.setdefault((model, protocol, slot, own), {})[key[0]] = measured
+            if "?" in (prune_tpl, quant_tpl):
+                continue  # an inferred single names only its own method: no pair to found
+        exp_key = ExperimentKey(model, protocol, prune_tpl, quant_tpl)
+        experiment = experiments.setdefault(exp_key, Experiment(exp_key))
+        if first.kind != "single":
+            getattr(experiment, slot)[key] = measured
+    for k, exp in experiments.items():
+        exp.dense = dense.get((k.model, k.protocol))
+        exp.prune = dict(sorted(singles.get((k.model, k.protocol, "prune", k.prune), {}).items()))
+        exp.quant = dict(sorted(singles.get((k.model, k.protocol, "quant", k.quant), {}).items()))
+    ordered = [experiments[k] for k in sorted(experiments, key=lambda k: (k.model, k.protocol,
+                                                                        k.quant, k.prune))]
+    return Grouping(ordered, skipped, tuple(sorted({r.seed for r in rows})),
+                    tuple(sorted({r.version for r in rows})))

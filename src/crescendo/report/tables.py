@@ -1,0 +1,230 @@
+"""Report tables as values (title, header, rows), rendered to Markdown or HTML by the same object.
+
+Numbers are formatted once, here: perplexities with 2 decimals, A(Q -> P) with 3 (as 003's Table 1)
+and an exact 0 as "0" (SLEB's "no interference" is an exact zero and must not read as 0.000), CERs
+with their bound ("<= 2.00", ">= 4.00"). Non-finite values print as "inf", "-inf", "nan".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..analysis.metrics import CER
+from .analysis import Cell, Summary, cer_by_ratio, multistage_series
+from .data import Experiment, Measurement, method_name
+
+
+def md_escape(text: str) -> str:
+    """Plain text for Markdown: `C*_P` must not open an emphasis, `|` must not split a cell."""
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
+
+
+def fmt_number(value: float | None, digits: int = 2) -> str:
+    """A number for a table; "-" for missing, "inf" / "-inf" / "nan" for non-finite values."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def fmt_advantage(value: float | None) -> str:
+    """A(Q -> P) with 3 decimals; an exact zero as "0", tiny values in scientific notation."""
+    if value is not None and math.isfinite(value):
+        if value == 0:
+            return "0"
+        if abs(value) < 0.001:
+            return f"{value:.1e}"
+    return fmt_number(value, 3)
+
+
+def fmt_cer(cer: CER | None) -> str:
+    return "-" if cer is None else {"exact": "", "upper": "<= ", "lower": ">= "}[cer.bound] + \
+        f"{cer.value:.2f}"
+
+
+def _ppl(m: Measurement | None) -> str:
+    return fmt_number(None if m is None else m.perplexity)
+
+
+def bits_label(bits: int) -> str:
+    return f"{16 / bits:.2f} ({bits})"
+
+
+def ratio_label(ratio: float) -> str:
+    return f"{ratio:g} ({1 / (1 - ratio):.2f})"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A rectangular table: every row has as many cells as the header."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [i for i, row in enumerate(self.rows) if len(row) != len(self.header)]
+        if bad:
+            raise ValueError(f"table {self.title!r}: rows {bad} do not match the header width")
+
+    def to_markdown(self) -> str:
+        def line(cells: tuple[str, ...]) -> str:
+            return "| " + " | ".join(md_escape(c) for c in cells) + " |"
+
+        out = [f"**{md_escape(self.title)}**", "", line(self.header),
+               "|" + "|".join(["---"] + ["---:"] * (len(self.header) - 1)) + "|"]
+        out += [line(row) for row in self.rows]
+        if self.note:
+            out += ["", f"*{md_escape(self.note)}*"]
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in self.rows)
+        note = f"<p class=\"note\">{html.escape(self.note)}</p>" if self.note else ""
+        return (f"<table><caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{note}")
+
+
+def perplexity_tables(exp: Experiment) -> list[Table]:
+    """The full perplexity grid: ratio x bits for each order, the singles in the margins."""
+    k, bits = exp.key, exp.bits
+    header = ("p (C_P)", f"{k.prune_name} alone") + tuple(f"B={b}" for b in bits)
+    dense = _ppl(exp.dense)
+    tables = []
+    for first, recipe in (("prune", f"{k.prune} > {k.quant}"), ("quant", f"{k.quant} > {k.prune}")):
+        rows = [(f"{k.quant_name} alone", dense) + tuple(_ppl(exp.quant.get(b)) for b in bits)]
+        for r in exp.ratios:
+            rows.append((ratio_label(r), _ppl(exp.prune.get(r)))
+                        + tuple(_ppl(exp.orders.get((r, b, first))) for b in bits))
+        tables.append(Table(f"Perplexity, {first} first ({recipe})", header, tuple(rows),
+                            f"dense perplexity {dense} (shown where no method is applied); "
+                            "- = not measured"))
+    return tables
+
+
+def cer_table(exp: Experiment) -> Table:
+    """C*_P per pruning ratio against the quantizer curve."""
+    cers = cer_by_ratio(exp)
+    rows = tuple((ratio_label(r), _ppl(exp.prune.get(r)), fmt_cer(cers.get(r))) for r in exp.prune)
+    return Table(f"CER of {exp.key.prune_name} per pruning ratio", ("p (C_P)", "perplexity", "C*_P"),
+                 rows, f"reference curve: {exp.key.quant} at B = {sorted(exp.quant)}, C_Q = 16/B; "
+                 "<= / >= : outside the measured curve, only a bound")
+
+
+def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
+    """The A(Q -> P) grid, ratio x bits."""
+    by = {(c.ratio, c.bits): c for c in all_cells}
+    bits = exp.bits
+    rows = tuple((ratio_label(r),) + tuple(fmt_advantage(by[(r, b)].advantage) if (r, b) in by
+                                           else "-" for b in bits) for r in exp.ratios)
+    header = ("p (C_P)",) + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in bits)
+    return Table("A(Q->P) = M(Q first) - M(P first), M = -perplexity", header, rows,
+                 "A > 0: quantizing first is better; +inf: only prune-first collapsed, "
+                 "-inf: only quantize-first collapsed, nan: both")
+
+
+def order_table(exp: Experiment, all_cells: list[Cell]) -> Table:
+    """Predicted (weaker first) vs measured better order per cell."""
+    by = {(c.ratio, c.bits): c for c in all_cells}
+    letter = {"quant": "Q", "prune": "P", None: "?"}
+
+    def cell(c: Cell) -> str:
+        mark = {True: "ok", False: "MISS", None: ""}[c.agrees]
+        return f"{letter[c.predicted_first]}/{letter[c.measured_first]} {mark}".strip()
+
+    cers = cer_by_ratio(exp)
+    rows = tuple((ratio_label(r), fmt_cer(cers.get(r)))
+                 + tuple(cell(by[(r, b)]) if (r, b) in by else "-" for b in exp.bits)
+                 for r in exp.ratios)
+    header = ("p (C_P)", "C*_P") + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in exp.bits)
+    return Table("Predicted / measured first method (Q or P)", header, rows,
+                 "predicted: the weaker method first (Q iff C_Q < C*_P); ?: undecided "
+                 "(tie, or a CER bound on the wrong side)")
+
+
+def summary_table(summary: Summary) -> Table:
+    rows = [(c.label, str(c.n), fmt_number(c.rho, 3), fmt_number(c.pvalue, 3))
+            for c in summary.per_ratio + [summary.pooled]]
+    share = "-" if summary.agreement is None else f"{100 * summary.agreement:.0f}%"
+    return Table("Spearman rank correlation of A(Q->P) with C*_P - C_Q",
+                 ("points", "n", "rho", "p-value"), tuple(rows),
+                 f"predicted order matches the measured better order in {summary.agree} of "
+                 f"{summary.decided} decided cells ({share}; {summary.total} cells in all). "
+                 f"Verdict: {summary.verdict}")
+
+
+def multistage_table(exp: Experiment, total: float) -> Table:
+    series = multistage_series(exp, total)
+    p2s = sorted({p2 for points in series.values() for p2, _, _ in points})
+    rows = []
+    for bits, points in series.items():
+        by = {p2: (ppl, a) for p2, ppl, a in points}
+        rows.append((f"B={bits}",) + tuple(
+            f"{fmt_number(by[p][0])} ({fmt_advantage(by[p][1])})" if p in by else "-" for p in p2s))
+    return Table(f"Multi-stage P(p1) > Q > P(p2), p1 + p2 = {total:g}: perplexity (A vs p2 = 0)",
+                 ("bits",) + tuple(f"p2={p:g}" for p in p2s), tuple(rows),
+                 "A = M(p2) - M(p2 = 0): > 0 means pruning later helped")
+
+
+def layer_error_table(exp: Experiment) -> Table | None:
+    """Total layer-wise error of both orders per cell, when the sweep recorded it."""
+    rows = []
+    for r in exp.ratios:
+        for b in exp.bits:
+            pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
+            if pf and qf and pf.layer_error_total is not None and qf.layer_error_total is not None:
+                rows.append((f"p={r:g}, B={b}", f"{pf.layer_error_total:.4g}",
+                             f"{qf.layer_error_total:.4g}"))
+    if not rows:
+        return None
+    return Table("Total layer-wise error", ("cell", "S->Q (P first)", "Q->S (Q first)"), tuple(rows))
+
+
+def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> list[Table]:
+    """003's Table 1: A(Q -> P) by C_Q, one column per pruning method, for every ratio measured by
+    at least two pruning methods with one quantizer. Without such a pair: one table per experiment,
+    one column per ratio."""
+    groups: dict[tuple[str, str, str], list[Experiment]] = defaultdict(list)
+    for exp in experiments:
+        groups[(exp.key.model, exp.key.protocol, exp.key.quant)].append(exp)
+    tables = []
+    for (model, protocol, quant), exps in groups.items():
+        names = [e.key.prune_name for e in exps]
+        labels = [e.key.prune_name if names.count(e.key.prune_name) == 1 else e.key.prune
+                  for e in exps]
+        ratios = sorted({r for e in exps for r in e.ratios})
+        for r in ratios:
+            having = [(lab, e) for lab, e in zip(labels, exps) if any(c.ratio == r
+                                                                     for c in cells_of[e.key.slug])]
+            if len(having) < 2:
+                continue
+            by = {(lab, c.bits): c.advantage for lab, e in having for c in cells_of[e.key.slug]
+                  if c.ratio == r}
+            bits = sorted({b for _, b in by}, reverse=True)
+            rows = tuple((bits_label(b),) + tuple(fmt_advantage(by.get((lab, b))) for lab, _ in having)
+                         for b in bits)
+            tables.append(Table(f"Table 1: A(Q->P) by C_Q, {method_name(quant)}, p = {r:g}, "
+                                f"{model}, {protocol}", ("C_Q (B_Q)",) + tuple(lab for lab, _ in having),
+                                rows))
+    if tables:
+        return tables
+    for exp in experiments:
+        use = cells_of[exp.key.slug]
+        ratios = sorted({c.ratio for c in use})
+        by = {(c.ratio, c.bits): c.advantage for c in use}
+        bits = sorted({c.bits for c in use}, reverse=True)
+        rows = tuple((bits_label(b),) + tuple(fmt_advantage(by.get((r, b))) for r in ratios)
+                     for b in bits)
+        tables.append(Table(f"Table 1 (single pruning method): A(Q->P) by C_Q, {exp.key.label}",
+                            ("C_Q (B_Q)",) + tuple(f"{exp.key.prune_name} p={r:g}" for r in ratios),
+                            rows))
+    return tables
