@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .budget.accounting import LayerCost, model_bops, model_size_bits
 from .engine.sequential import StageReport, apply_stage_, records_of
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
@@ -25,6 +26,8 @@ class CompressionSummary:
     avg_weight_bits: float  # storage bits per stored weight, shared scales included (16 = unquantized)
     compression_ratio: float  # 16-bit dense memory / compressed memory = 1/(1-p) * 16/B (003, Section 2)
     params: int
+    bop_reduction: float = 1.0  # dense W16A16 BOPs / compressed BOPs (N:M halves MACs, as in OBC)
+    size_reduction: float = 1.0  # dense 16-bit size / compressed size, sparsity metadata included
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +59,42 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     sparsity = pruned / total if total else 0.0
     avg_bits = bits / total if total else 16.0
     ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
-    return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total)
+    bops, size = _reductions(model, adapter, records)
+    return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
+                              bop_reduction=bops, size_reduction=size)
+
+
+def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool = True) -> list[LayerCost]:
+    """BOP/size description of every decoder-block linear as compressed (budget.accounting).
+
+    storage=True counts shared scales in the weight bits (for sizes); False counts the arithmetic's
+    element bits only (for BOPs: a W8 layer multiplies 8-bit values whatever its scales cost)."""
+    adapter = adapter or get_adapter(model)
+    records = records_of(model)
+    costs = []
+    for name, module in adapter.all_block_linears(model).items():
+        n_in = in_features(module)
+        n_out = module.weight.numel() // n_in
+        rec = records.get(name)
+        if rec is None:
+            costs.append(LayerCost.linear(name, n_in, n_out))
+            continue
+        act_bits = rec.act_grid.bits_per_element if rec.act_grid is not None else 16.0
+        nm = rec.nm if rec.nm is not None and abs(rec.sparsity - rec.nm.ratio) < 1e-9 else None
+        if rec.grid is None:
+            weight_bits = 16.0
+        else:
+            weight_bits = rec.weight_bits(n_in) if storage else rec.grid.bits_per_element
+        costs.append(LayerCost.linear(name, n_in, n_out, weight_bits=weight_bits, act_bits=act_bits,
+                                      sparsity=0.0 if nm is not None else rec.sparsity, nm=nm))
+    return costs
+
+
+def _reductions(model: nn.Module, adapter: Adapter, records) -> tuple[float, float]:
+    stored, arithmetic = layer_costs(model, adapter), layer_costs(model, adapter, storage=False)
+    dense = [c.dense_baseline() for c in stored]
+    dense += [LayerCost.linear("removed", i, o) for i, o in getattr(model, "crescendo_removed_linears", [])]
+    return model_bops(dense) / model_bops(arithmetic), model_size_bits(dense) / model_size_bits(stored)
 
 
 def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:

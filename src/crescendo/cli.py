@@ -130,7 +130,8 @@ def _cmd_compress(args) -> int:
         "recipe": outcome.recipe,
         "dense_perplexity": dense.perplexity if dense else None,
         "perplexity": outcome.perplexity,
-        **{k: outcome.summary[k] for k in ("sparsity", "avg_weight_bits", "compression_ratio")},
+        **{k: outcome.summary[k] for k in ("sparsity", "avg_weight_bits", "compression_ratio", "bop_reduction",
+                                           "size_reduction")},
         "stages": outcome.stages,
         "compress_seconds": outcome.compress_seconds,
         "eval_seconds": outcome.eval_seconds,
@@ -151,6 +152,8 @@ def _cmd_compress(args) -> int:
         print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
     print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "
           f"compression ratio {result['compression_ratio']:.2f}x")
+    print(f"  BOP reduction {result['bop_reduction']:.2f}x  size reduction {result['size_reduction']:.2f}x "
+          f"(vs dense W16A16; N:M halves MACs as in OBC, bitmasks counted in size)")
     if dense:
         print(f"  dense perplexity      {dense.perplexity:.3f}")
     print(f"  compressed perplexity {outcome.perplexity:.3f}   [{result['protocol']}]")

@@ -184,3 +184,13 @@ def test_sleb_picks_the_least_harmful_block(calibration):
         model.model.layers[1].self_attn.o_proj.weight.zero_()
         model.model.layers[1].mlp.down_proj.weight.zero_()
     assert select_blocks_greedy(model, get_adapter(model), calibration, 1, progress=False) == [1]
+
+
+def test_bop_and_size_reduction_reported(calibration):
+    model = tiny_model("llama")
+    s = compress(model, "magnitude:2:4 > rtn:w8a8", None, progress=False).summary
+    # 2:4 halves MACs, W8A8 divides bits by 2 * 2: 16*16 / (8*8) * 2 = 8
+    assert s.bop_reduction == pytest.approx(8.0)
+    assert 1.0 < s.size_reduction < 4.0  # 8-bit weights, half kept, plus scales and 2:4 metadata
+    dense = summarize(tiny_model("llama"))
+    assert dense.bop_reduction == 1.0 and dense.size_reduction == 1.0

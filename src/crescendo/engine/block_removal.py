@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.adapters import Adapter
+from ..models.adapters import Adapter, in_features
 from .capture import BlockInputs, capture_first_block_inputs, run_block
 
 
@@ -76,6 +76,8 @@ def remove_blocks_(model: nn.Module, adapter: Adapter, indices: list[int]) -> No
     n_before = len(blocks)
     keep = [i for i in range(n_before) if i not in set(indices)]
     removed_params = sum(p.numel() for i in indices for p in blocks[i].parameters())
+    removed_linears = [(int(in_features(m)), int(m.weight.numel() // in_features(m)))
+                       for i in indices for m in adapter.block_linears(model, i).values()]
     new_blocks = nn.ModuleList([blocks[i] for i in keep])
     parent_path, _, attr = adapter.blocks_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -95,6 +97,7 @@ def remove_blocks_(model: nn.Module, adapter: Adapter, indices: list[int]) -> No
     original["removed"] = sorted(original["removed"] + [survivors[i] for i in indices])
     config.crescendo_removed_blocks = original
     model.crescendo_removed_params = getattr(model, "crescendo_removed_params", 0) + removed_params
+    model.crescendo_removed_linears = getattr(model, "crescendo_removed_linears", []) + removed_linears
 
     records = getattr(model, "crescendo_records", None)
     if records:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from ..registry import Registry
-from ..types import Grid, Params
+from ..types import NM, Grid, Params
 
 Kind = Literal["prune", "quantize", "rotate", "share", "adapt"]
 Statistic = Literal["hessian", "input_sq_norm"]
@@ -29,6 +29,7 @@ class LinearRecord:
 
     name: str
     mask: torch.Tensor | None = None  # (out, in) bool, True = pruned (held at exactly zero)
+    nm: NM | None = None  # the N:M pattern the mask follows, when a pruner imposed one
     grid: Grid | None = None  # the grid the weights lie on
     grid_params: Params | None = None  # {name: (out, n_groups)}
     act_grid: Grid | None = None  # per-token activation quantizer on the input

@@ -81,9 +81,10 @@ def _check_nm_fits(weight: torch.Tensor, nm: NM | None) -> None:
         raise ConfigError(f"N:M {nm} needs in_features divisible by {nm.m}, got {weight.shape[1]}")
 
 
-def _apply_mask(weight: torch.Tensor, mask: torch.Tensor, record: LinearRecord) -> torch.Tensor:
+def _apply_mask(weight: torch.Tensor, mask: torch.Tensor, record: LinearRecord, nm: NM | None = None) -> torch.Tensor:
     weight = weight.masked_fill(mask, 0.0)
     record.mask = mask
+    record.nm = nm if nm is not None else record.nm
     return weight  # zero is on every grid, so an earlier quantizer's grid still holds
 
 
@@ -95,12 +96,12 @@ def _select(scores: torch.Tensor, config: PruneConfig, record: LinearRecord, per
 
 def magnitude_linear(weight, stats, record: LinearRecord, config: MagnitudeConfig) -> torch.Tensor:
     _check_nm_fits(weight, config.nm)
-    return _apply_mask(weight, _select(magnitude_scores(weight), config, record, per_row=False), record)
+    return _apply_mask(weight, _select(magnitude_scores(weight), config, record, per_row=False), record, config.nm)
 
 
 def wanda_linear(weight, stats, record: LinearRecord, config: WandaConfig) -> torch.Tensor:
     _check_nm_fits(weight, config.nm)
-    return _apply_mask(weight, _select(wanda_scores(weight, stats), config, record, per_row=True), record)
+    return _apply_mask(weight, _select(wanda_scores(weight, stats), config, record, per_row=True), record, config.nm)
 
 
 def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTConfig) -> torch.Tensor:
@@ -117,6 +118,7 @@ def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTCon
         dampening_fraction=config.dampening_fraction,
     )
     record.mask = result.mask
+    record.nm = config.nm if config.nm is not None else record.nm
     return result.weight
 
 
