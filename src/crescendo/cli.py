@@ -117,7 +117,8 @@ def _workbench(args):
 
 def _cmd_compress(args) -> int:
     from .recipe import load_recipe
-    from .workflow import check_output_dir, save_hf
+    from .outputs import check_output_dir
+    from .workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
     if args.save:

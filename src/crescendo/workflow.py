@@ -6,9 +6,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +17,7 @@ from torch import nn
 from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
-from .errors import ConfigError
+from .outputs import atomic_output_dir
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .recipe import Recipe, parse_recipe
@@ -211,34 +208,16 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     return net, tokenizer, info
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """An output directory must not exist yet or be empty: refuse before any work is done."""
-    out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output directory {out} exists and is not empty")
-    if not out.parent.exists():
-        raise ConfigError(f"parent directory of {out} does not exist")
-    return out
-
-
-def save_hf(model: nn.Module, tokenizer: Any, out: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
     """Write a directory transformers' from_pretrained loads (weights as they are after compression).
 
     Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
     """
-    out = check_output_dir(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "crescendo.json").write_text(json.dumps({**metadata, "crescendo_version": __version__}, indent=2))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def dense_summary(model: nn.Module) -> dict[str, Any]:

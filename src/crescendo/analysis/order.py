@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..recipe import Recipe, Stage, parse_recipe, parse_stage
+from ..recipe import Stage, parse_recipe, parse_stage
 from .metrics import (
     CER,
     compression_equivalent_ratio,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
-from ..errors import ConfigError, CrescendoError, ModelError, VerifyError
+from ..outputs import atomic_output_dir, check_output_dir
+from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from .layout import dtype_name, pack_linear, unpack_linear
 from .packing import grid_to_dict
@@ -38,16 +37,6 @@ VERSION = 1
 MANIFEST = "crescendo_export.json"
 METADATA = "crescendo.json"
 WEIGHTS = "crescendo-packed.safetensors"
-
-
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """The target must not exist yet or be an empty directory, and its parent must exist."""
-    out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output directory {out} exists and is not empty")
-    if not out.parent.exists():
-        raise ConfigError(f"parent directory of {out} does not exist")
-    return out
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -190,8 +179,7 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
     kv = {n: {"kv_bits": r.kv_bits} for n, r in records.items()}
     qconfig = build_quantization_config(kv, grids, _sparsity(entries, recipe))
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as tmp:
         model.config.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text())
         described = qconfig["crescendo"]
@@ -207,11 +195,4 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         (tmp / METADATA).write_text(json.dumps({**metadata, "crescendo_version": __version__, "format": "packed"},
                                                indent=2, default=str))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -14,15 +14,13 @@ PosixPath('report/report.html')
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from ..errors import ConfigError, StoreError
+from ..errors import StoreError
+from ..outputs import atomic_output_dir, check_output_dir
 from ..store import ResultStore
 from . import figures, tables
 from .analysis import Cell, Summary, cells, summarize
@@ -42,11 +40,6 @@ class ReportIndex:
     figures: tuple[Path, ...]  # every PNG and SVG
     experiments: tuple[str, ...]  # one label per experiment, in report order
     summaries: Mapping[str, Summary]  # experiment label -> hypothesis summary
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"report folder {out} exists and is not empty; choose a new folder")
 
 
 def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Grouping, int]:
@@ -155,11 +148,10 @@ def build_report(
     empty, or holds no sweep rows matching the filters.
     """
     store_path, out = Path(store_path), Path(out_dir)
-    _check_out_dir(out)
+    check_output_dir(out)
     grouping, n_rows = _load(store_path, model, protocol)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as tmp:
         folder = tmp / "figures"
         folder.mkdir()
         sections = [_overview(store_path, grouping, n_rows)]
@@ -179,12 +171,6 @@ def build_report(
         (tmp / "report.md").write_text(render_markdown(title, sections, tmp), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(title, sections), encoding="utf-8")
         written = sorted(p.relative_to(tmp) for p in folder.iterdir())
-        if out.exists():
-            out.rmdir()  # checked empty above; os.replace cannot replace a directory on every OS
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ReportIndex(out, out / "report.md", out / "report.html",
                        tuple(out / p for p in written),
                        tuple(e.key.label for e in grouping.experiments), summaries)
