@@ -51,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     p.set_defaults(func=_cmd_compress)
 
-    p = sub.add_parser("eval", help="perplexity of a model under a protocol")
+    p = sub.add_parser("eval", help="perplexity of a model under a protocol, or lm-eval task metrics (--tasks)")
     _common(p)
-    p.set_defaults(func=_cmd_eval)
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks instead of perplexity, e.g. "
+                   "arc_easy,hellaswag (needs the lmeval extra)")
+    p.add_argument("--tasks-include", default=None, metavar="DIR",
+                   help="directory of task YAMLs in lm-eval's format (tasks with local data)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N documents per task (smoke tests)")
+    p.set_defaults(func=_cmd_eval_tasks)
 
     p = sub.add_parser("order", help="every order of n methods, CER, order advantage, PIH prediction")
     _common(p)
@@ -75,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multistage", type=float, default=None, help="also P(p1) > Q > P(p2) with p1 + p2 = this")
     p.add_argument("--multistage-step", type=float, default=0.05)
     p.add_argument("--layerwise", action="store_true", help="store per-block error through depth for every row")
+    p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
     p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
     p.add_argument("--backend", default="local", choices=["local", "ray"])
     p.add_argument("--seed", type=int, default=0)
@@ -204,6 +210,37 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_eval_tasks(args) -> int:
+    """`eval --tasks`: lm-eval metrics of the loaded model; without --tasks, `_cmd_eval`'s perplexity."""
+    if not args.tasks:
+        return _cmd_eval(args)
+    from .errors import ConfigError
+    from .eval.zeroshot import check_tasks, zero_shot
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--tasks needs at least one task name")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of documents, got {args.limit}")
+    check_tasks(tasks, args.tasks_include)  # unknown names and unreachable hub data fail before loading the model
+    bench = _workbench(args)
+    with bench.compute():
+        scores = zero_shot(bench.model, bench.tokenizer, tasks, include_path=args.tasks_include, limit=args.limit)
+    result = {**bench.describe(), "tasks": scores, "limit": args.limit}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']}  {result['dtype']}  lm-eval" + (f" (limit {args.limit} per task)" if args.limit else ""))
+    for task, metrics in scores.items():
+        samples = f"  ({metrics['samples']:.0f} samples)" if "samples" in metrics else ""
+        for metric, value in metrics.items():
+            if metric != "samples" and "_stderr" not in metric:
+                stderr = metrics.get(metric.replace("/", "_stderr/", 1) if "/" in metric else f"{metric}_stderr")
+                spread = f" ± {stderr:.4f}" if stderr is not None else ""
+                print(f"  {task:<28} {metric:<16} {value:8.4f}{spread}{samples}")
+    return 0
+
+
 def _ints(text: str, what: str) -> list[int]:
     from .errors import ConfigError
 
@@ -261,7 +298,7 @@ def _recorder(store, bench, args):
     from .store import Row
 
     def record(kind: str, recipe: str, metric: float) -> None:
-        store.put(Row.create(bench.model_name, bench.protocol.name, recipe, 0, __version__, kind,
+        store.put(Row.create(bench.model_name, bench.protocol_id, recipe, 0, __version__, kind,
                              metrics={"perplexity": -metric}))
 
     return record
@@ -303,9 +340,12 @@ def _cmd_sweep(args) -> int:
                        multistage_step=args.multistage_step)  # validates every recipe first
     store = _open_store(args.store)
     protocol = _protocol(args)
-    factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise)
+    factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,
+                           args.layerwise_samples)
     model_name = _model_name(args.model)
-    counts = run_sweep(factory, model_name, protocol.name, tasks, store, seed=args.seed, backend=args.backend,
+    from .workflow import protocol_id
+
+    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype), tasks, store, seed=args.seed, backend=args.backend,
                        on_row=None if args.json else _print_row)
     if args.json:
         print(json.dumps({"store": args.store, **counts}))
@@ -329,14 +369,15 @@ def _model_name(spec: str) -> str:
 class BenchFactory:
     """A picklable recipe for a Workbench (Ray tasks rebuild it in their own process)."""
 
-    def __init__(self, model, protocol, dtype, device, progress, layerwise=False):
+    def __init__(self, model, protocol, dtype, device, progress, layerwise=False, layerwise_samples=4):
         self.model, self.protocol, self.dtype, self.device = model, protocol, dtype, device
-        self.progress, self.layerwise = progress, layerwise
+        self.progress, self.layerwise, self.layerwise_samples = progress, layerwise, layerwise_samples
 
     def __call__(self):
         from .workflow import Workbench
 
-        bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress)
+        bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress,
+                               layerwise_samples=self.layerwise_samples)
         bench.store_layerwise = self.layerwise
         return bench
 

@@ -131,9 +131,9 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[Sw
         ppl = bench.evaluate(model)
         metrics = {"perplexity": ppl.perplexity, **summary.to_dict()}
         if getattr(bench, "store_layerwise", False):
-            errors = bench.layer_errors(model)
-            metrics["per_block_error"] = errors["per_block"]
-            metrics["layer_error_total"] = errors["total"]
+            errors = bench.layer_errors(model, per_linear=False)  # error through depth, per block
+            if errors is not None:
+                metrics["per_block_error"] = errors["per_block"]
         stage_seconds = [first_seconds] + ([s.seconds for s in result.stages] if result else [])
         yield task, metrics, {"compress_seconds": seconds, "eval_seconds": ppl.seconds, "stages": stage_seconds}
         del model

@@ -88,6 +88,12 @@ class Workbench:
         return cls(net, tokenizer, info, protocol, prepare(protocol, tokenizer), dtype=dtype, device=device, **kwargs)
 
     @property
+    def protocol_id(self) -> str:
+        """The protocol name plus the compute dtype when it is not the protocols' float32 reference:
+        results measured differently must never share a results-store key."""
+        return protocol_id(self.protocol.name, self.dtype)
+
+    @property
     def model_name(self) -> str:
         return self.info.name
 
@@ -148,8 +154,9 @@ class Workbench:
     def apply(self, model: nn.Module, stage) -> None:
         self.compress_inplace(model, Recipe((stage,)))
 
-    def layer_errors(self, model: nn.Module) -> dict[str, Any] | None:
-        """Layer-wise error against the dense model on the first `layerwise_samples` calibration windows."""
+    def layer_errors(self, model: nn.Module, per_linear: bool = True) -> dict[str, Any] | None:
+        """Layer-wise error against the dense model on the first `layerwise_samples` calibration windows
+        (per linear and per block; `per_linear=False` keeps only the cheaper per-block view)."""
         from .eval.layerwise import layerwise_error
 
         if getattr(model.config, "crescendo_removed_blocks", None):
@@ -157,10 +164,14 @@ class Workbench:
         rotated = getattr(model.config, "crescendo_rotation", None) is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
         with self.compute():
-            return layerwise_error(self.model, model, calib, per_linear=not rotated).to_dict()
+            return layerwise_error(self.model, model, calib, per_linear=per_linear and not rotated).to_dict()
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "protocol": self.protocol.name, "dtype": self.dtype, "device": self.device}
+        return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype, "device": self.device}
+
+
+def protocol_id(name: str, dtype: str) -> str:
+    return name if dtype == "float32" else f"{name}@{dtype}"
 
 
 def resolve_protocol(

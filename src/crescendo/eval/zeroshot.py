@@ -1,20 +1,17 @@
-"""Zero-shot (or few-shot) task accuracy of an in-memory model through EleutherAI's lm-evaluation-harness.
+"""Zero-shot (or few-shot) task metrics of an in-memory model through EleutherAI's lm-evaluation-harness.
 
-lm-eval is the optional `lmeval` extra. The model is wrapped as it is (dense or compressed, no
-reload) with lm-eval's `HFLM(pretrained=model, tokenizer=tokenizer)` and run by `simple_evaluate`.
+lm-eval is the optional `lmeval` extra. The model, dense or compressed, is wrapped as it is with
+`HFLM(pretrained=model, tokenizer=...)` and run by `lm_eval.simple_evaluate`.
 
-Task data: lm-eval's own tasks (arc_easy, hellaswag, ...) download their datasets from the Hugging
-Face Hub. Before anything runs, every requested task is resolved to its leaf task configs and each
-config's data source is classified: a packaged builder (`json`, `csv`, ...) whose `data_files` are
-local paths, or a `dataset_path` that is an existing file or directory, is local; anything else
-names a hub dataset. When HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, or one short `probe_hub`
-request finds the hub unreachable, a `DataError` names the task and dataset within seconds instead
-of letting `datasets` retry for minutes. Local task definitions (lm-eval's YAML format) are read from
-`include_path`; `datasets` reads local files with its packaged builders without any network access.
-
-Resolving a name needs lm-eval's task index; building it over the ~14k bundled YAML files takes
-seconds to tens of seconds, so the check reads only the bundled files that mention a requested name,
-and evaluation skips the bundled index altogether when every task comes from `include_path`.
+Fail fast instead of downloading: every requested task is first resolved to its leaf task configs.
+A config is local when its `dataset_path` is a packaged builder (`json`, `csv`, ...) whose
+`data_files` exist here, or an existing path; otherwise it names a hub dataset, and when
+HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or one short `probe_hub` request fails, a `DataError`
+names the task and dataset within seconds (lm-eval would let `datasets` retry for minutes). Local
+task YAMLs come from `include_path`; `datasets` reads their files without any network access.
+lm-eval's full task index parses ~14k bundled YAMLs (seconds to tens of seconds), so the check reads
+only the bundled files that mention a requested name, and evaluation skips the bundled index when
+every task comes from `include_path`.
 """
 
 from __future__ import annotations
@@ -41,11 +38,11 @@ _NESTED = 4  # groups of groups of tags: mmlu -> mmlu_stem -> mmlu_stem_tasks ->
 
 
 @contextlib.contextmanager
-def _quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
-    """Lower lm-eval's logger for the duration (it logs every task, seed and config at INFO/WARNING)."""
-    logger = logging.getLogger("lm_eval")
-    before = logger.level
-    logger.setLevel(max(level, before))
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs every task, seed and config: raise its logger to ERROR unless we log at DEBUG."""
+    logger, before = logging.getLogger("lm_eval"), logging.getLogger("lm_eval").level
+    if not log.isEnabledFor(logging.DEBUG):
+        logger.setLevel(max(logging.ERROR, before))
     try:
         yield
     finally:
@@ -65,18 +62,18 @@ def _index(paths: Sequence[Path], names: set[str] | None = None) -> dict[str, An
     from lm_eval.tasks._index import TaskIndex  # lm-eval >= 0.4.12
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    if names is None:
-        return TaskIndex.build(paths)
-    mention = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(names))) + r")(?![\w-])")
-    index: dict[str, Any] = {}
-    for root in paths:
-        for path in sorted(root.glob("**/*.yaml")):
+    with _quiet_lm_eval():  # it warns about every name duplicated across task variants
+        if names is None:
+            return TaskIndex.build(paths)
+        mention = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(names))) + r")(?![\w-])")
+        index: dict[str, Any] = {}
+        for path in (p for root in paths for p in sorted(root.glob("**/*.yaml"))):
             if mention.search(path.read_text(encoding="utf-8", errors="ignore")):
                 try:
                     TaskIndex.process_cfg(load_yaml(path, resolve_func=False, recursive=True), path, index)
                 except Exception as exc:  # noqa: BLE001 - a file lm-eval itself would skip
                     log.debug("skip %s (%s)", path, exc)
-    return index
+        return index
 
 
 def _children(entry: Any) -> list[Any]:
@@ -129,6 +126,7 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None) -> bool:
     is unreachable (offline variables or one short probe). Returns True when every task (and group
     member) is defined under `include_path`, so evaluation can skip lm-eval's bundled task index.
     """
+    _lm_eval()
     import lm_eval.tasks
 
     bundled_root = Path(lm_eval.tasks.__file__).parent
@@ -192,10 +190,12 @@ def _metrics(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     for task, row in results.get("results", {}).items():
         metrics: dict[str, float] = {}
         for key, value in row.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue  # the alias, and stderr "N/A" where lm-eval has none
             metric, _, filter_name = key.partition(",")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics[metric if filter_name in ("", "none") else f"{metric}/{filter_name}"] = float(value)
-        if task in samples:
+            name = metric if filter_name in ("", "none") else f"{metric}/{filter_name}"
+            metrics["samples" if metric == "sample_len" else name] = float(value)
+        if "samples" not in metrics and task in samples:
             metrics["samples"] = float(samples[task].get("effective", samples[task].get("original", 0)))
         out[task] = metrics
     return out
@@ -220,6 +220,7 @@ def zero_shot(
     include_path: a directory of task YAMLs in lm-eval's format, for tasks with local data.
     limit: at most this many documents per task (for smoke tests; scores are then not comparable).
     device: move the model there first (in place); by default it is evaluated where it is.
+    As lm-eval's own CLI does, this seeds Python's, NumPy's and torch's global generators (its defaults).
 
     >>> zero_shot(model, tokenizer, ["tiny_mc"], include_path="my_tasks/")["tiny_mc"]["acc"]
     """
