@@ -86,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("search", help="evolutionary search of per-block (pruning, bits) under a BOP/size target")
+    _common(p)
+    p.add_argument("--target-bops", type=float, default=None, help="minimum BOP reduction vs dense W16A16, e.g. 8")
+    p.add_argument("--target-size", type=float, default=None, help="minimum size reduction vs dense 16-bit")
+    p.add_argument("--sampler", default="uniform-sum", choices=["uniform-sum", "uniform"],
+                   help="initial pruning ratios: uniform-sum (MixA-Q Algorithm 1) or naive uniform")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--population", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bits", default="2,3,4,5,6,7,8", help="weight bit-width choices per block")
+    p.add_argument("--prune", default="magnitude", help="pruning method or template over {r}")
+    p.add_argument("--quant", default="rtn", help="quantizer or template over {b}, e.g. rtn or gptq:w{b}a{b}")
+    p.add_argument("--acts", action="store_true", help="activations at the weight bit-width (quant:w{b}a{b})")
+    p.add_argument("--count-unstructured", action="store_true", help="let unstructured sparsity reduce BOPs")
+    p.add_argument("--store", default=None, help="also record every evaluated configuration in this results store")
+    p.add_argument("--plot", default=None, help="write the Pareto front (perplexity vs BOP reduction) to this PNG")
+    p.set_defaults(func=_cmd_search)
+
     p = sub.add_parser("report", help="rebuild figures, tables and an HTML page from a results store")
     p.add_argument("--store", required=True, help="results store written by sweep/order")
     p.add_argument("--out", required=True, help="new or empty output directory")
@@ -357,6 +375,40 @@ def _cmd_sweep(args) -> int:
 
 def _print_row(row) -> None:
     print(f"  {row.recipe:<48} ppl {row.metrics['perplexity']:10.3f}", flush=True)
+
+
+def _cmd_search(args) -> int:
+    from .budget.search import SearchConfig, plot_pareto, search
+
+    quant = args.quant + ":w{b}a{b}" if args.acts and "{" not in args.quant else args.quant
+    config = SearchConfig(target_bops=args.target_bops, target_size=args.target_size, sampler=args.sampler,
+                          generations=args.generations, population=args.population, seed=args.seed,
+                          bits=tuple(_ints(args.bits, "--bits")), prune=args.prune, quant=quant,
+                          count_unstructured=args.count_unstructured)  # validates before loading the model
+    store = _open_store(args.store) if args.store else None
+    bench = _workbench(args)
+    show = None if args.json or args.quiet else (
+        lambda p: print(f"  g{p.generation} ppl {p.perplexity:10.3f}  BOPs {p.bop_reduction:6.2f}x  {p.recipe}", flush=True))
+    result = search(bench, config, store=store, on_point=show)
+    if args.plot:
+        plot_pareto({args.sampler: result}, args.plot)
+    best = result.best
+    if args.json:
+        print(json.dumps({**bench.describe(), "recipe": best.recipe, "perplexity": best.perplexity,
+                          "bop_reduction": best.bop_reduction, "size_reduction": best.size_reduction,
+                          "pareto": [p.to_dict() for p in result.pareto], "evaluated": len(result.evaluated),
+                          "sum_range": list(result.sum_range), "seconds": result.seconds}))
+        return 0
+    print(f"search: {bench.model_name}  protocol {bench.protocol_id}  sampler {args.sampler}  seed {args.seed}  "
+          f"{len(result.evaluated)} configurations in {result.seconds:.1f} s")
+    print(f"  best recipe: {best.recipe}")
+    print(f"  perplexity {best.perplexity:.3f}  BOP reduction {best.bop_reduction:.2f}x  "
+          f"size reduction {best.size_reduction:.2f}x")
+    print("  Pareto front (BOP reduction -> perplexity): "
+          + ", ".join(f"{p.bop_reduction:.2f}x {p.perplexity:.3f}" for p in result.pareto))
+    if args.plot:
+        print(f"  plot: {args.plot}")
+    return 0
 
 
 def _model_name(spec: str) -> str:

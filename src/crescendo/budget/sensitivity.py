@@ -114,7 +114,7 @@ def hessian_trace(
         seed: probe k is drawn from torch.Generator().manual_seed(seed + k).
 
     Example:
-        >>> traces = hessian_trace(model, calibration, ["model.layers.0.mlp.down_proj"], n_probes=16)
+        >>> traces = hessian_trace(model, calibration, ["model.layers.0.mlp.down_proj"], n_probes=16)  # doctest: +SKIP
     """
     if n_probes < 1:
         raise ConfigError(f"n_probes must be >= 1, got {n_probes}")
@@ -190,8 +190,8 @@ def output_error_proxy(
         name -> {candidate: error}, keyed by the candidates exactly as given.
 
     Example:
-        >>> err = output_error_proxy(model, calibration, {"model.layers.0.mlp.down_proj": [2, 4, 8]})
-        >>> err["model.layers.0.mlp.down_proj"][2] > err["model.layers.0.mlp.down_proj"][8]
+        >>> err = output_error_proxy(model, calibration, {"model.layers.0.mlp.down_proj": [2, 4, 8]})  # doctest: +SKIP
+        >>> err["model.layers.0.mlp.down_proj"][2] > err["model.layers.0.mlp.down_proj"][8]  # doctest: +SKIP
         True
     """
     if not calibration:
