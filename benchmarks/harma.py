@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=None)
     parser.add_argument("--nsamples", type=int, default=None)
     parser.add_argument("--out", default="docs/results/harma")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
+    parser.add_argument("--layerwise-samples", type=int, default=8)
     parser.add_argument("--pruning", nargs="*", default=PRUNING)
     parser.add_argument("--formats", nargs="*", default=FORMATS)
     args = parser.parse_args()
@@ -44,7 +46,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     bench = Workbench.load(args.model, resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples),
-                           device=args.device, progress=False)
+                           device=args.device, dtype=args.dtype, progress=False,
+                           layerwise_samples=args.layerwise_samples)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     results = []
     for prune in args.pruning:
@@ -52,9 +55,9 @@ def main() -> None:
             study = study_to_dict(run_order_study(bench, [prune, fmt], bits=(), layerwise=True))
             results.append({"prune": prune, "format": fmt, **study})
             print(f"{prune:>14} {fmt:>6}  S->Q {study['orders'][0]['perplexity']:.3f}", flush=True)
-    (out / "harma.json").write_text(json.dumps({"model": bench.model_name, "protocol": bench.protocol.name,
+    (out / "harma.json").write_text(json.dumps({"model": bench.model_name, "protocol": bench.protocol_id,
                                                "device": device, "results": results}, indent=1))
-    lines = [f"# Harma et al.'s S->Q vs Q->S on {bench.model_name} ({bench.protocol.name}, float32, {device})", "",
+    lines = [f"# Harma et al.'s S->Q vs Q->S on {bench.model_name} ({bench.protocol_id}, {device})", "",
              f"Dense perplexity {results[0]['dense']:.3f}. A(S->Q) = ppl(Q->S) - ppl(S->Q): positive means "
              "pruning first is better. Orthogonal: the composed layer-wise output error (summed over every "
              "linear, on the dense model's inputs) is at most the sum of the single methods' errors.", "",
@@ -79,7 +82,7 @@ def main() -> None:
         ax.set_yscale("log")
         ax.set_xlabel("decoder block")
         ax.set_ylabel("relative output error ||h' - h||^2 / ||h||^2")
-        ax.set_title(f"Error through depth, {prune} with block formats\n{bench.model_name}, {bench.protocol.name}")
+        ax.set_title(f"Error through depth, {prune} with block formats\n{bench.model_name}, {bench.protocol_id}")
         ax.grid(alpha=0.3)
         ax.legend(ncol=2, fontsize=7)
         fig.tight_layout()

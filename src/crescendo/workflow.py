@@ -233,3 +233,17 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
 
 def dense_summary(model: nn.Module) -> dict[str, Any]:
     return summarize(model).to_dict()
+
+
+class BenchFactory:
+    """A picklable recipe for a Workbench: Ray tasks rebuild the bench in their own process."""
+
+    def __init__(self, model, protocol, dtype, device, progress, layerwise=False, layerwise_samples=4):
+        self.model, self.protocol, self.dtype, self.device = model, protocol, dtype, device
+        self.progress, self.layerwise, self.layerwise_samples = progress, layerwise, layerwise_samples
+
+    def __call__(self):
+        bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress,
+                               layerwise_samples=self.layerwise_samples)
+        bench.store_layerwise = self.layerwise
+        return bench

@@ -1,0 +1,123 @@
+"""The command line: parse, build configs, call one library function, render. Bad input exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import CrescendoError
+
+log = logging.getLogger("crescendo")
+
+
+from .commands import _cmd_compress, _cmd_demo, _cmd_eval_tasks, _cmd_report, _cmd_verify
+from .common import _common, _Parser
+from .studies import _cmd_order, _cmd_search, _cmd_sweep
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crescendo", description="Order-aware joint model compression.")
+    parser.add_argument("--version", action="version", version=f"crescendo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("compress", help="compress a model with a recipe and measure it")
+    _common(p, recipe=True)
+    p.add_argument("--save", default=None, help="write the compressed model to this (new or empty) directory")
+    p.add_argument("--format", default="hf", choices=["hf", "packed"],
+                   help="hf: float weights transformers loads as is; packed: integer codes, scales, bitmasks")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("eval", help="perplexity of a model under a protocol, or lm-eval task metrics (--tasks)")
+    _common(p)
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks instead of perplexity, e.g. "
+                   "arc_easy,hellaswag (needs the lmeval extra)")
+    p.add_argument("--tasks-include", default=None, metavar="DIR",
+                   help="directory of task YAMLs in lm-eval's format (tasks with local data)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N documents per task (smoke tests)")
+    p.set_defaults(func=_cmd_eval_tasks)
+
+    p = sub.add_parser("order", help="every order of n methods, CER, order advantage, PIH prediction")
+    _common(p)
+    p.add_argument("--methods", nargs="+", required=True, help="stage strings, e.g. sparsegpt:0.5 gptq:w4")
+    p.add_argument("--reference", default="rtn:w{b}", help="reference quantizer template over {b} (default rtn:w{b})")
+    p.add_argument("--bits", default="8,7,6,5,4,3", help="reference curve bit-widths (default 8..3)")
+    p.add_argument("--no-layerwise", action="store_true", help="skip layer-wise errors (orthogonality, interference)")
+    p.add_argument("--layerwise-samples", type=int, default=8, help="calibration windows for layer-wise errors")
+    p.add_argument("--store", default=None, help="also record every measurement in this results store")
+    p.set_defaults(func=_cmd_order)
+
+    p = sub.add_parser("sweep", help="resumable (ratio x bits x order) grid into a results store")
+    _common(p)
+    p.add_argument("--prune", default="sparsegpt", help="pruning method or template, e.g. sparsegpt or wanda:{r},nm=2:4")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.5", help="pruning ratios")
+    p.add_argument("--quant", default="rtn", help="quantizer or template over {b}, e.g. rtn or rtn:w{b}a{b}")
+    p.add_argument("--bits", default="3,4,6,8", help="bit-widths")
+    p.add_argument("--acts", action="store_true", help="activations at the weight bit-width (quant:w{b}a{b})")
+    p.add_argument("--multistage", type=float, default=None, help="also P(p1) > Q > P(p2) with p1 + p2 = this")
+    p.add_argument("--multistage-step", type=float, default=0.05)
+    p.add_argument("--layerwise", action="store_true", help="store per-block error through depth for every row")
+    p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
+    p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("search", help="evolutionary search of per-block (pruning, bits) under a BOP/size target")
+    _common(p)
+    p.add_argument("--target-bops", type=float, default=None, help="minimum BOP reduction vs dense W16A16, e.g. 8")
+    p.add_argument("--target-size", type=float, default=None, help="minimum size reduction vs dense 16-bit")
+    p.add_argument("--sampler", default="uniform-sum", choices=["uniform-sum", "uniform"],
+                   help="initial pruning ratios: uniform-sum (MixA-Q Algorithm 1) or naive uniform")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--population", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bits", default="2,3,4,5,6,7,8", help="weight bit-width choices per block")
+    p.add_argument("--prune", default="magnitude", help="pruning method or template over {r}")
+    p.add_argument("--quant", default="rtn", help="quantizer or template over {b}, e.g. rtn or gptq:w{b}a{b}")
+    p.add_argument("--acts", action="store_true", help="activations at the weight bit-width (quant:w{b}a{b})")
+    p.add_argument("--count-unstructured", action="store_true", help="let unstructured sparsity reduce BOPs")
+    p.add_argument("--store", default=None, help="also record every evaluated configuration in this results store")
+    p.add_argument("--plot", default=None, help="write the Pareto front (perplexity vs BOP reduction) to this PNG")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("report", help="rebuild figures, tables and an HTML page from a results store")
+    p.add_argument("--store", required=True, help="results store written by sweep/order")
+    p.add_argument("--out", required=True, help="new or empty output directory")
+    p.add_argument("--model", default=None, help="only rows of this model")
+    p.add_argument("--protocol", default=None, help="only rows of this protocol")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("verify", help="check a packed directory against its recipe (grids, sparsity, NaN/Inf)")
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
+    _common(p)
+    p.set_defaults(dtype="bfloat16")  # fits in 10 minutes on 2 cores; --dtype float32 for the reference
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CrescendoError as e:
+        print(f"crescendo: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crescendo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

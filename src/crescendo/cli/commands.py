@@ -1,0 +1,161 @@
+"""compress, eval, verify, report, demo: one library call each, then rendering."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import _workbench
+
+def _cmd_compress(args) -> int:
+    from ..recipe import load_recipe
+    from ..outputs import check_output_dir
+    from ..workflow import save_hf
+
+    recipe = load_recipe(args.recipe)  # validate before loading anything
+    if args.save:
+        check_output_dir(args.save)
+    bench = _workbench(args)
+    dense = None if args.no_dense else bench.dense()
+    model, outcome = bench.run(recipe)
+    result = {
+        **bench.describe(),
+        "recipe": outcome.recipe,
+        "dense_perplexity": dense.perplexity if dense else None,
+        "perplexity": outcome.perplexity,
+        **{k: outcome.summary[k] for k in ("sparsity", "avg_weight_bits", "compression_ratio", "bop_reduction",
+                                           "size_reduction")},
+        "stages": outcome.stages,
+        "compress_seconds": outcome.compress_seconds,
+        "eval_seconds": outcome.eval_seconds,
+    }
+    if args.save and args.format == "packed":
+        from ..export import save_packed
+
+        save_packed(model, bench.tokenizer, args.save, {**result, "format": "packed"})
+        result["saved"] = args.save
+    elif args.save:
+        save_hf(model, bench.tokenizer, args.save, {**result, "format": "hf"})
+        result["saved"] = args.save
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  recipe {result['recipe']}")
+    for s in outcome.stages:
+        print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
+    print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "
+          f"compression ratio {result['compression_ratio']:.2f}x")
+    print(f"  BOP reduction {result['bop_reduction']:.2f}x  size reduction {result['size_reduction']:.2f}x "
+          f"(vs dense W16A16; N:M halves MACs as in OBC, bitmasks counted in size)")
+    if dense:
+        print(f"  dense perplexity      {dense.perplexity:.3f}")
+    print(f"  compressed perplexity {outcome.perplexity:.3f}   [{result['protocol']}]")
+    if args.save:
+        print(f"  saved to {args.save}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ..report import build_report
+
+    index = build_report(args.store, args.out, model=args.model, protocol=args.protocol)
+    print(f"report: {index.html}  ({len(index.figures)} figures, {len(index.experiments)} experiments)")
+    for label, summary in index.summaries.items():
+        agreement = "n/a" if summary.agreement is None else f"{summary.agreement:.0%}"
+        print(f"  {label}: Progressive Intensity Hypothesis {summary.verdict} "
+              f"(predicted order right in {agreement} of {summary.decided} decided cells)")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from ..errors import ConfigError
+    from ..export import verify
+
+    if not Path(args.directory).is_dir():
+        raise ConfigError(f"{args.directory}: no such directory")
+    report = verify(args.directory)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "failure": report.failure, "summary": report.summary}, default=str))
+    elif report.ok:
+        print(f"OK {args.directory}: " + ", ".join(f"{k} {v}" for k, v in report.summary.items() if not isinstance(v, (dict, list))))
+    else:
+        print(f"crescendo: verify failed: {report.failure}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _cmd_eval(args) -> int:
+    bench = _workbench(args)
+    ppl = bench.dense()
+    result = {**bench.describe(), "perplexity": ppl.perplexity, "seconds": ppl.seconds,
+              "tokens_per_second": ppl.tokens_per_second}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']}  {result['protocol']}  {result['dtype']}: perplexity {ppl.perplexity:.3f} "
+              f"({ppl.seconds:.1f} s, {ppl.tokens_per_second:.0f} tokens/s)")
+    return 0
+
+
+def _cmd_eval_tasks(args) -> int:
+    """`eval --tasks`: lm-eval metrics of the loaded model; without --tasks, `_cmd_eval`'s perplexity."""
+    if not args.tasks:
+        return _cmd_eval(args)
+    from ..errors import ConfigError
+    from ..eval.zeroshot import check_tasks, zero_shot
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--tasks needs at least one task name")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of documents, got {args.limit}")
+    check_tasks(tasks, args.tasks_include)  # unknown names and unreachable hub data fail before loading the model
+    bench = _workbench(args)
+    with bench.compute():
+        scores = zero_shot(bench.model, bench.tokenizer, tasks, include_path=args.tasks_include, limit=args.limit)
+    result = {**bench.describe(), "tasks": scores, "limit": args.limit}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']}  {result['dtype']}  lm-eval" + (f" (limit {args.limit} per task)" if args.limit else ""))
+    for task, metrics in scores.items():
+        samples = f"  ({metrics['samples']:.0f} samples)" if "samples" in metrics else ""
+        for metric, value in metrics.items():
+            if metric != "samples" and "_stderr" not in metric:
+                stderr = metrics.get(metric.replace("/", "_stderr/", 1) if "/" in metric else f"{metric}_stderr")
+                spread = f" ± {stderr:.4f}" if stderr is not None else ""
+                print(f"  {task:<28} {metric:<16} {value:8.4f}{spread}{samples}")
+    return 0
+
+
+DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
+
+
+def _cmd_demo(args) -> int:
+    bench = _workbench(args)
+    dense = bench.dense()
+    rows = [("dense", dense.perplexity, 0.0, 16.0, 1.0, 0.0)]
+    outcomes = []
+    for recipe in DEMO_RECIPES:
+        _, outcome = bench.run(recipe)
+        outcomes.append(outcome)
+        s = outcome.summary
+        rows.append((outcome.recipe, outcome.perplexity, s["sparsity"], s["avg_weight_bits"],
+                     s["compression_ratio"], outcome.compress_seconds))
+    advantage = outcomes[0].metric - outcomes[1].metric  # A(Q -> P) = M(P∘Q) - M(Q∘P), with M = -ppl
+    if args.json:
+        print(json.dumps({**bench.describe(), "rows": [dict(zip(("recipe", "perplexity", "sparsity", "avg_weight_bits",
+                          "compression_ratio", "compress_seconds"), r)) for r in rows],
+                          "order_advantage_prune_first": advantage}))
+        return 0
+    print(f"crescendo demo: {bench.model_name}, protocol {bench.protocol.name}, compute {bench.dtype}"
+          + (" (autocast; the float32 reference is --dtype float32)" if bench.dtype != "float32" else ""))
+    print(f"| {'recipe':<26} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'C':>6} | {'compress s':>10} |")
+    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|")
+    for r in rows:
+        print(f"| {r[0]:<26} | {r[1]:>10.3f} | {r[2]:>8.3f} | {r[3]:>6.2f} | {r[4]:>6.2f} | {r[5]:>10.1f} |")
+    better = "prune first (S>Q)" if advantage > 0 else "quantize first (Q>S)"
+    print(f"order advantage A(SparseGPT -> GPTQ) = ppl(Q>S) - ppl(S>Q) = {advantage:+.3f}: {better} is better")
+    return 0
+
+

@@ -1,0 +1,142 @@
+"""order, sweep, search: the order studies and budgeted searches."""
+
+from __future__ import annotations
+
+import json
+
+from .. import __version__
+from ..workflow import BenchFactory
+from .common import _floats, _ints, _model_name, _protocol, _workbench
+
+def _cmd_order(args) -> int:
+    from ..analysis.order import run_order_study, study_to_dict
+    from ..recipe import parse_recipe, parse_stage
+    from ..types import check_bits
+
+    stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
+    bits = [check_bits(b) for b in _ints(args.bits, "--bits")]
+    for b in bits:
+        parse_recipe(args.reference.format(b=b))
+    if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
+        from ...errors import ConfigError
+
+        raise ConfigError("--methods needs at least two distinct methods")
+    store = _open_store(args.store) if args.store else None
+    bench = _workbench(args)
+    bench.layerwise_samples = args.layerwise_samples
+    recorder = _recorder(store, bench, args) if store else None
+    study = run_order_study(bench, [s.text for s in stages], reference=args.reference, bits=bits,
+                            layerwise=not args.no_layerwise, on_result=recorder)
+    out = {**bench.describe(), **study_to_dict(study)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    _print_order(out)
+    return 0
+
+
+def _open_store(path: str):
+    from ..store import ResultStore
+
+    return ResultStore(path)
+
+
+def _recorder(store, bench, args):
+    from ..store import Row
+
+    def record(kind: str, recipe: str, metric: float) -> None:
+        store.put(Row.create(bench.model_name, bench.protocol_id, recipe, 0, __version__, kind,
+                             metrics={"perplexity": -metric}))
+
+    return record
+
+
+def _print_order(out: dict) -> None:
+    print(f"order study: {out['model']}  protocol {out['protocol']}  ({out['dtype']}, metric M = {out['metric']})")
+    print(f"  dense perplexity {out['dense']:.3f}")
+    print("  reference curve: " + ", ".join(f"{c['bits']}b {c['perplexity']:.2f}" for c in out["curve"]))
+    for m, v in out["singles"].items():
+        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {out['cer'][m]}")
+    for key, g in out["gap"].items():
+        print(f"  gap G({key}) = {g:+.3f}")
+    for o in out["orders"]:
+        print(f"  order  {' > '.join(o['order']):<44} ppl {o['perplexity']:9.3f}")
+    for key, a in out["advantage"].items():
+        print(f"  advantage A({key}) = {a:+.3f}")
+    agree = "agrees" if out["prediction_agrees"] else "DISAGREES"
+    print(f"  best measured order : {' > '.join(out['best_order'])}")
+    print(f"  PIH prediction      : {' > '.join(out['predicted_order'])}  ({agree} with the measurement)")
+    for key, v in out["orthogonality"].items():
+        verdict = "orthogonal" if v["orthogonal"] else "NOT orthogonal"
+        print(f"  {key}: composed error {v['composed_error']:.4g} vs sum of singles {v['sum_single_errors']:.4g} "
+              f"-> {verdict}; interference {out['interference'][key]:+.4g}")
+    for key, v in out["layer_errors"].items():
+        print(f"  layer-wise error {key:<44} total {v['total']:.4g}  last block {v['per_block'][-1]:.4g}")
+    print(f"  stage applications: {out['stage_applications']} (naive n*n! = {out['naive_stage_applications']})")
+
+
+def _cmd_sweep(args) -> int:
+    from ..sweep import grid_tasks, run_sweep
+
+    ratios = _floats(args.ratios, "--ratios")
+    bits = _ints(args.bits, "--bits")
+    quant = args.quant
+    if args.acts and "{" not in quant:
+        quant = quant + ":w{b}a{b}"
+    tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
+                       multistage_step=args.multistage_step)  # validates every recipe first
+    store = _open_store(args.store)
+    protocol = _protocol(args)
+    factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,
+                           args.layerwise_samples)
+    model_name = _model_name(args.model)
+    from ..workflow import protocol_id
+
+    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype), tasks, store, seed=args.seed, backend=args.backend,
+                       on_row=None if args.json else _print_row)
+    if args.json:
+        print(json.dumps({"store": args.store, **counts}))
+    else:
+        print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}, "
+              f"{counts['total']} in all")
+    return 0
+
+
+def _print_row(row) -> None:
+    print(f"  {row.recipe:<48} ppl {row.metrics['perplexity']:10.3f}", flush=True)
+
+
+def _cmd_search(args) -> int:
+    from ..budget.search import SearchConfig, plot_pareto, search
+
+    quant = args.quant + ":w{b}a{b}" if args.acts and "{" not in args.quant else args.quant
+    config = SearchConfig(target_bops=args.target_bops, target_size=args.target_size, sampler=args.sampler,
+                          generations=args.generations, population=args.population, seed=args.seed,
+                          bits=tuple(_ints(args.bits, "--bits")), prune=args.prune, quant=quant,
+                          count_unstructured=args.count_unstructured)  # validates before loading the model
+    store = _open_store(args.store) if args.store else None
+    bench = _workbench(args)
+    show = None if args.json or args.quiet else (
+        lambda p: print(f"  g{p.generation} ppl {p.perplexity:10.3f}  BOPs {p.bop_reduction:6.2f}x  {p.recipe}", flush=True))
+    result = search(bench, config, store=store, on_point=show)
+    if args.plot:
+        plot_pareto({args.sampler: result}, args.plot)
+    best = result.best
+    if args.json:
+        print(json.dumps({**bench.describe(), "recipe": best.recipe, "perplexity": best.perplexity,
+                          "bop_reduction": best.bop_reduction, "size_reduction": best.size_reduction,
+                          "pareto": [p.to_dict() for p in result.pareto], "evaluated": len(result.evaluated),
+                          "sum_range": list(result.sum_range), "seconds": result.seconds}))
+        return 0
+    print(f"search: {bench.model_name}  protocol {bench.protocol_id}  sampler {args.sampler}  seed {args.seed}  "
+          f"{len(result.evaluated)} configurations in {result.seconds:.1f} s")
+    print(f"  best recipe: {best.recipe}")
+    print(f"  perplexity {best.perplexity:.3f}  BOP reduction {best.bop_reduction:.2f}x  "
+          f"size reduction {best.size_reduction:.2f}x")
+    print("  Pareto front (BOP reduction -> perplexity): "
+          + ", ".join(f"{p.bop_reduction:.2f}x {p.perplexity:.3f}" for p in result.pareto))
+    if args.plot:
+        print(f"  plot: {args.plot}")
+    return 0
+
+
