@@ -243,6 +243,10 @@ class BenchFactory:
         self.progress, self.layerwise, self.layerwise_samples = progress, layerwise, layerwise_samples
 
     def __call__(self):
+        if not self.progress:  # transformers' own loading bars too (they are process-wide)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress,
                                layerwise_samples=self.layerwise_samples)
         bench.store_layerwise = self.layerwise
