@@ -95,3 +95,19 @@ def saved_tiny(tmp_path_factory):
 
 
 TINY_PROTOCOL_ARGS = ["--seqlen", "32", "--eval-windows", "4", "--nsamples", "4"]
+
+
+def tiny_bench(cls=None, **kwargs):
+    """A Workbench on a tiny LLaMA with random token windows (no tokenizer, no corpus on disk)."""
+    from crescendo.data import Protocol, ProtocolData
+    from crescendo.models.loading import ModelInfo
+    from crescendo.workflow import Workbench
+
+    g = torch.Generator().manual_seed(3)
+    proto = Protocol("tiny", "text:unused", seqlen=32, n_eval_windows=4, n_calibration=4)
+    data = ProtocolData(proto, torch.randint(0, VOCAB, (1, 128), generator=g),
+                        torch.randint(0, VOCAB, (4, 32), generator=g),
+                        [torch.randint(0, VOCAB, (1, 32), generator=g) for _ in range(4)])
+    cls = cls or Workbench
+    return cls(tiny_model("llama"), None, ModelInfo("tiny-llama", "local", None), proto, data,
+               progress=False, **kwargs)

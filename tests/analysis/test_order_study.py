@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from crescendo.analysis.order import run_order_study, study_to_dict
-from crescendo.data import Protocol, ProtocolData
-from crescendo.models.loading import ModelInfo
 from crescendo.workflow import Workbench
-from conftest import VOCAB, tiny_model
+from conftest import tiny_bench
 
 
 class CountingBench(Workbench):
@@ -24,13 +21,7 @@ class CountingBench(Workbench):
 
 @pytest.fixture
 def bench():
-    g = torch.Generator().manual_seed(3)
-    proto = Protocol("tiny", "text:unused", seqlen=32, n_eval_windows=4, n_calibration=4)
-    data = ProtocolData(proto, torch.randint(0, VOCAB, (1, 128), generator=g),
-                        torch.randint(0, VOCAB, (4, 32), generator=g),
-                        [torch.randint(0, VOCAB, (1, 32), generator=g) for _ in range(4)])
-    b = CountingBench(tiny_model("llama"), None, ModelInfo("tiny-llama", "local", None), proto, data,
-                      progress=False, layerwise_samples=2)
+    b = tiny_bench(CountingBench, layerwise_samples=2)
     b.applied = []
     return b
 

@@ -16,13 +16,10 @@ from crescendo.budget.allocation import (
     allocation_recipe,
     progressive_vs_regressive,
 )
-from crescendo.data import Protocol, ProtocolData
 from crescendo.engine.sequential import records_of
 from crescendo.errors import ConfigError
-from crescendo.models.loading import ModelInfo
 from crescendo.recipe import parse_recipe
-from crescendo.workflow import Workbench
-from conftest import VOCAB, tiny_model
+from conftest import tiny_bench
 
 CHOICES = (2, 3, 4, 5, 6, 7, 8)
 
@@ -89,12 +86,7 @@ def test_infeasible_or_bad_budgets_are_config_errors():
 
 @pytest.fixture
 def bench():
-    g = torch.Generator().manual_seed(3)
-    proto = Protocol("tiny", "text:unused", seqlen=32, n_eval_windows=4, n_calibration=4)
-    data = ProtocolData(proto, torch.randint(0, VOCAB, (1, 128), generator=g),
-                        torch.randint(0, VOCAB, (4, 32), generator=g),
-                        [torch.randint(0, VOCAB, (1, 32), generator=g) for _ in range(4)])
-    return Workbench(tiny_model("llama"), None, ModelInfo("tiny-llama", "local", None), proto, data, progress=False)
+    return tiny_bench()
 
 
 def _allocation(model):

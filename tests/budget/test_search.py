@@ -6,30 +6,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from crescendo.budget.genome import NM_24, SearchSpace, Targets, ratio_sum_range
 from crescendo.budget.search import SearchConfig, SearchPoint, pareto_front, plot_pareto, search
 from crescendo.cli import main
-from crescendo.data import Protocol, ProtocolData
 from crescendo.errors import ConfigError, RecipeError
-from crescendo.models.loading import ModelInfo
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
-from crescendo.workflow import Workbench
-from conftest import TINY_PROTOCOL_ARGS, VOCAB, tiny_model
+from conftest import TINY_PROTOCOL_ARGS, tiny_bench
 
 TARGET = 4.0  # 16-bit activations: every block <= 4 bits, or 2:4 with <= 8 bits
 
 
 @pytest.fixture
 def bench():
-    g = torch.Generator().manual_seed(3)
-    proto = Protocol("tiny", "text:unused", seqlen=32, n_eval_windows=4, n_calibration=4)
-    data = ProtocolData(proto, torch.randint(0, VOCAB, (1, 128), generator=g),
-                        torch.randint(0, VOCAB, (4, 32), generator=g),
-                        [torch.randint(0, VOCAB, (1, 32), generator=g) for _ in range(4)])
-    return Workbench(tiny_model("llama"), None, ModelInfo("tiny-llama", "local", None), proto, data, progress=False)
+    return tiny_bench()
 
 
 def test_search_is_reproducible_meets_the_target_and_stores_every_row(bench, tmp_path):
