@@ -56,7 +56,9 @@ def _print_order(out: dict) -> None:
     print(f"  dense perplexity {out['dense']:.3f}")
     print("  reference curve: " + ", ".join(f"{c['bits']}b {c['perplexity']:.2f}" for c in out["curve"]))
     for m, v in out["singles"].items():
-        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {out['cer'][m]}")
+        cer = out["cer"][m]
+        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {cer:.2f}" if isinstance(cer, float) else
+              f"  alone  {m:<28} ppl {v:9.3f}   CER {cer}")
     for key, g in out["gap"].items():
         print(f"  gap G({key}) = {g:+.3f}")
     for o in out["orders"]:
