@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from crescendo.analysis.order import run_order_study, study_to_dict  # noqa: E402
-from crescendo.workflow import Workbench, resolve_protocol  # noqa: E402
+from crescendo.workflow import add_bench_options, bench_from_options  # noqa: E402
 
 PRUNING = ["magnitude:0.5", "magnitude:2:4"]
 FORMATS = ["mxfp8", "mxfp6", "mxfp4", "hbfp8", "hbfp6", "int8b"]
@@ -30,12 +30,7 @@ FORMATS = ["mxfp8", "mxfp6", "mxfp4", "hbfp8", "hbfp6", "int8b"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--protocol", default="sotu-v1-quick")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seqlen", type=int, default=None)
-    parser.add_argument("--eval-windows", type=int, default=None)
-    parser.add_argument("--nsamples", type=int, default=None)
+    add_bench_options(parser)
     parser.add_argument("--out", default="docs/results/harma")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
     parser.add_argument("--layerwise-samples", type=int, default=8)
@@ -45,9 +40,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    bench = Workbench.load(args.model, resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples),
-                           device=args.device, dtype=args.dtype, progress=False,
-                           layerwise_samples=args.layerwise_samples)
+    bench = bench_from_options(args, dtype=args.dtype, layerwise_samples=args.layerwise_samples)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     results = []
     for prune in args.pruning:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from crescendo.workflow import Workbench, resolve_protocol
+from crescendo.workflow import add_bench_options, bench_from_options
 
 ROWS = [
     "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
@@ -39,18 +39,12 @@ ORDERINGS = [  # (better, worse, why): lower perplexity first
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--protocol", default="sotu-v1-quick")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seqlen", type=int, default=None)
-    parser.add_argument("--eval-windows", type=int, default=None)
-    parser.add_argument("--nsamples", type=int, default=None)
+    add_bench_options(parser)
     parser.add_argument("--rows", nargs="*", default=ROWS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
 
-    bench = Workbench.load(args.model, resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples),
-                           device=args.device, progress=False)
+    bench = bench_from_options(args)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"# quality: {bench.model_name}, protocol {bench.protocol.name}, float32, device {device}")
     dense = bench.dense()

@@ -13,25 +13,19 @@ from pathlib import Path
 
 import torch
 
-from crescendo.workflow import Workbench, resolve_protocol
+from crescendo.workflow import add_bench_options, bench_from_options
 
 RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--protocol", default="sotu-v1-quick")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seqlen", type=int, default=None)
-    parser.add_argument("--eval-windows", type=int, default=None)
-    parser.add_argument("--nsamples", type=int, default=None)
+    add_bench_options(parser)
     parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"])
     parser.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
     parser.add_argument("--out", default="docs/results/table4.md")
     args = parser.parse_args()
-    bench = Workbench.load(args.model, resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples),
-                           device=args.device, progress=False)
+    bench = bench_from_options(args)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     dense = bench.dense().perplexity
     rows = {}

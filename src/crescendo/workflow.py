@@ -170,6 +170,22 @@ class Workbench:
         return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype, "device": self.device}
 
 
+def add_bench_options(parser) -> None:
+    """The model/protocol options every benchmark script shares (argparse)."""
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--protocol", default="sotu-v1-quick")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seqlen", type=int, default=None)
+    parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--nsamples", type=int, default=None)
+
+
+def bench_from_options(args, **kwargs: Any) -> Workbench:
+    """A Workbench from the options of `add_bench_options` (progress bars off)."""
+    protocol = resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples)
+    return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
+
+
 def protocol_id(name: str, dtype: str) -> str:
     return name if dtype == "float32" else f"{name}@{dtype}"
 
