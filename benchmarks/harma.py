@@ -33,7 +33,7 @@ def main() -> None:
     add_bench_options(parser)
     parser.add_argument("--out", default="docs/results/harma")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
-    parser.add_argument("--layerwise-samples", type=int, default=8)
+    parser.add_argument("--layerwise-samples", type=int, default=4)
     parser.add_argument("--pruning", nargs="*", default=PRUNING)
     parser.add_argument("--formats", nargs="*", default=FORMATS)
     args = parser.parse_args()
@@ -43,9 +43,10 @@ def main() -> None:
     bench = bench_from_options(args, dtype=args.dtype, layerwise_samples=args.layerwise_samples)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     results = []
+    memo: dict = {}  # dense and each single are measured once, not once per pair
     for prune in args.pruning:
         for fmt in args.formats:
-            study = study_to_dict(run_order_study(bench, [prune, fmt], bits=(), layerwise=True))
+            study = study_to_dict(run_order_study(bench, [prune, fmt], bits=(), layerwise=True, memo=memo))
             results.append({"prune": prune, "format": fmt, **study})
             print(f"{prune:>14} {fmt:>6}  S->Q {study['orders'][0]['perplexity']:.3f}", flush=True)
     (out / "harma.json").write_text(json.dumps({"model": bench.model_name, "protocol": bench.protocol_id,

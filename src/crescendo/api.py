@@ -28,6 +28,7 @@ class CompressionSummary:
     params: int
     bop_reduction: float = 1.0  # dense W16A16 BOPs / compressed BOPs (N:M halves MACs, as in OBC)
     size_reduction: float = 1.0  # dense 16-bit size / compressed size, sparsity metadata included
+    zero_fraction: float = 0.0  # weights exactly zero, pruned or rounded to zero by a quantizer (removed blocks count)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,16 +45,18 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     """Sparsity, average weight bits and compression ratio of the decoder-block linears."""
     adapter = adapter or get_adapter(model)
     records = records_of(model)
-    total = pruned = 0
+    total = pruned = zeros = 0
     bits = 0.0
     for name, module in adapter.all_block_linears(model).items():
         n = module.weight.numel()
         rec = records.get(name)
         total += n
+        zeros += int((module.weight == 0).sum())
         pruned += int(rec.mask.sum()) if rec is not None and rec.mask is not None else 0
         bits += n * (rec.weight_bits(in_features(module)) if rec is not None else 16.0)
     removed = getattr(model, "crescendo_removed_params", 0)  # whole blocks removed (SLEB) count as pruned
     pruned += removed
+    zeros += removed
     bits += removed * 16.0
     total += removed
     sparsity = pruned / total if total else 0.0
@@ -61,7 +64,7 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
     bops, size = _reductions(model, adapter, records)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
-                              bop_reduction=bops, size_reduction=size)
+                              bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
 
 
 def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool = True) -> list[LayerCost]:

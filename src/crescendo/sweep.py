@@ -1,8 +1,9 @@
 """Resumable grids of compression runs, every result a row in the results store.
 
-A sweep is a list of recipes. Recipes are grouped by their first stage: the model after that stage
-is computed once per group and the rest of each recipe runs on a copy (P(r) alone and P(r) > Q(b)
-for every b share the expensive pruning). Before any work, finished rows are looked up by key
+A sweep is a list of recipes. Recipes are grouped by their first stage (after a shared prefix such
+as `rotate`, if any): the model after those stages is computed once per group and the rest of each
+recipe runs on a copy (P(r) alone and P(r) > Q(b) for every b and every quantizer share the
+expensive pruning). Before any work, finished rows are looked up by key
 (model, protocol, recipe, seed, version), so a sweep killed at any moment and rerun redoes nothing
 that was stored and loses nothing: each row is written in its own transaction as soon as it exists.
 """
@@ -46,25 +47,41 @@ def stage_text(template: str, **values: Any) -> str:
 def grid_tasks(
     prune: str,
     ratios: Sequence[float],
-    quant: str,
+    quant: str | Sequence[str],
     bits: Sequence[int],
     *,
     multistage_total: float | None = None,
     multistage_step: float = 0.05,
+    prefix: str = "",
 ) -> list[SweepTask]:
     """Both orders and both singles of every (ratio, bits) cell, plus the dense model.
 
-    prune / quant: method names (`sparsegpt`, `rtn`) or templates (`wanda:{r},nm=2:4`, `rtn:w{b}a{b}`).
+    prune / quant: method names (`sparsegpt`, `rtn`) or templates (`wanda:{r},nm=2:4`, `rtn:w{b}a{b}`);
+    several quantizers give one grid each, sharing the pruning singles.
     multistage_total: also P(p1) > Q(b) > P(p2) for p1 + p2 = total in steps of `multistage_step`
     (003, Figure 7).
+    prefix: stages every compressed recipe starts with (`rotate`: orders on the rotated model, as
+    003 does with QuaRot); the dense row stays the unmodified model.
     """
+    if not isinstance(quant, str):
+        merged: dict[str, SweepTask] = {}
+        for q in quant:
+            for t in grid_tasks(prune, ratios, q, bits, multistage_total=multistage_total,
+                                multistage_step=multistage_step, prefix=prefix):
+                merged.setdefault(t.recipe, t)
+        return list(merged.values())
     p_tpl = prune if "{" in prune else prune + ":{r}"
     q_tpl = quant if "{" in quant else quant + ":w{b}"
+    head = str(parse_recipe(prefix)) + " > " if prefix.strip() else ""
+    n_prefix = len(parse_recipe(prefix)) if head else 0
     tasks: dict[str, SweepTask] = {}
 
     def add(recipe: str, kind: str, **extra: Any) -> None:
-        text = str(parse_recipe(recipe))  # canonical spelling, validated now
-        tasks.setdefault(text, SweepTask(text, kind, {**extra, "prune": p_tpl, "quant": q_tpl}))
+        text = str(parse_recipe(head + recipe))  # canonical spelling, validated now
+        info = {**extra, "prune": p_tpl, "quant": q_tpl}
+        if head:
+            info.update(prefix=head[:-3], prefix_stages=n_prefix)
+        tasks.setdefault(text, SweepTask(text, kind, info))
 
     add_dense = SweepTask("dense", "dense", {"prune": p_tpl, "quant": q_tpl})
     for b in bits:
@@ -98,10 +115,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _shared_depth(task: SweepTask) -> int:
+    """Stages a task shares with its group: the common prefix and its first own stage."""
+    return int(task.extra.get("prefix_stages", 0)) + 1
+
+
 def _groups(tasks: Iterable[SweepTask]) -> dict[str, list[SweepTask]]:
     groups: dict[str, list[SweepTask]] = {}
     for t in tasks:
-        first = t.recipe if t.recipe == "dense" else str(parse_recipe(t.recipe).stages[0])
+        first = t.recipe if t.recipe == "dense" else str(Recipe(parse_recipe(t.recipe).stages[: _shared_depth(t)]))
         groups.setdefault(first, []).append(t)
     return groups
 
@@ -114,13 +136,13 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[Sw
         yield tasks[0], {"perplexity": ppl.perplexity, "sparsity": 0.0, "avg_weight_bits": 16.0,
                          "compression_ratio": 1.0}, {"eval_seconds": ppl.seconds}
         return
-    first = parse_recipe(tasks[0].recipe).stages[0]
+    depth = _shared_depth(tasks[0])
     start = time.perf_counter()
-    base, _ = bench.compress(Recipe((first,)))
+    base, _ = bench.compress(Recipe(parse_recipe(tasks[0].recipe).stages[:depth]))
     first_seconds = time.perf_counter() - start
     for task in sorted(tasks, key=lambda t: len(parse_recipe(t.recipe))):
         recipe = parse_recipe(task.recipe)
-        rest = Recipe(recipe.stages[1:])
+        rest = Recipe(recipe.stages[depth:])
         start = time.perf_counter()
         model = copy.deepcopy(base)
         result = bench.compress_inplace(model, rest) if len(rest) else None

@@ -62,3 +62,17 @@ def test_study_rejects_duplicates_and_single_method(bench):
         run_order_study(bench, ["rtn:w4"], bits=(8,))
     with pytest.raises(ValueError):
         run_order_study(bench, ["rtn:w4", "rtn:w4"], bits=(8,))
+
+
+def test_memo_shares_dense_and_singles_between_studies(bench):
+    evaluated = []
+    original = bench.metric
+    bench.metric = lambda model: evaluated.append(1) or original(model)
+    memo = {}
+    first = run_order_study(bench, ["magnitude:0.5", "rtn:w4"], bits=(8,), layerwise=True, memo=memo)
+    assert len(evaluated) == 1 + 1 + 2 + 2  # dense, curve, two singles, two orders
+    second = run_order_study(bench, ["magnitude:0.5", "rtn:w8"], bits=(8,), layerwise=True, memo=memo)
+    assert len(evaluated) == 6 + 1 + 2  # only rtn:w8 alone and the two new orders
+    assert second.dense == first.dense and second.singles["magnitude:0.5"] == first.singles["magnitude:0.5"]
+    assert second.singles["rtn:w8"] == second.curve[0][2]  # the same recipe: one memo entry
+    assert set(second.orthogonality) == {"magnitude:0.5 > rtn:w8", "rtn:w8 > magnitude:0.5"}

@@ -7,7 +7,7 @@ import torch
 
 from crescendo.api import compress, summarize
 from crescendo.engine.sequential import records_of
-from crescendo.errors import ConfigError, ModelError
+from crescendo.errors import ConfigError, ModelError, RecipeError
 from crescendo.models.adapters import get_adapter, get_weight
 from conftest import FAMILIES, tiny_llama, tiny_model
 
@@ -194,3 +194,34 @@ def test_bop_and_size_reduction_reported(calibration):
     assert 1.0 < s.size_reduction < 4.0  # 8-bit weights, half kept, plus scales and 2:4 metadata
     dense = summarize(tiny_model("llama"))
     assert dense.bop_reduction == 1.0 and dense.size_reduction == 1.0
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_zeros_pruned_prunes_on_top_of_quantizer_zeros(method, calibration):
+    """After low-bit RTN many weights are exactly zero; by default a small ratio only re-selects them,
+    with zeros=pruned the ratio is pruned on top of them."""
+    plain, onto = tiny_model("llama"), tiny_model("llama")
+    compress(plain, f"rtn:w2 > {method}:0.1", calibration, progress=False)
+    result = compress(onto, f"rtn:w2 > {method}:0.1,zeros=pruned", calibration, progress=False)
+    zeros_after_rtn = summarize(_rtn_only("rtn:w2", calibration)).zero_fraction
+    assert zeros_after_rtn > 0.15  # the premise: 2-bit RTN rounds many weights to zero
+    assert abs(summarize(plain).zero_fraction - zeros_after_rtn) < 0.02  # default: nothing new pruned
+    assert abs(result.summary.sparsity - (zeros_after_rtn + 0.1)) < 0.02
+    for name, rec in records_of(onto).items():
+        w = get_weight(dict(onto.named_modules())[name])
+        assert torch.all(w[rec.mask] == 0)
+        assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)  # still on the 2-bit grid
+    assert str(result.recipe) == f"rtn:w2 > {method}:0.1,zeros=pruned"
+
+
+def _rtn_only(recipe, calibration):
+    model = tiny_model("llama")
+    compress(model, recipe, calibration, progress=False)
+    return model
+
+
+def test_zeros_pruned_rejects_nm():
+    with pytest.raises(RecipeError, match="N:M"):
+        compress(tiny_model("llama"), "magnitude:2:4,zeros=pruned", None, progress=False)
+    with pytest.raises(RecipeError, match="zeros"):
+        compress(tiny_model("llama"), "magnitude:0.1,zeros=maybe", None, progress=False)

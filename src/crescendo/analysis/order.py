@@ -89,6 +89,7 @@ def run_order_study(
     bits: Sequence[int] = (8, 7, 6, 5, 4, 3),
     layerwise: bool = True,
     on_result: Callable[[str, str, float], None] | None = None,
+    memo: dict[str, tuple[float, dict[str, Any] | None]] | None = None,
 ) -> OrderStudy:
     """Measure dense, each method alone, every permutation and the reference-quantizer curve.
 
@@ -96,6 +97,9 @@ def run_order_study(
     reference: the reference quantizer as a template over bit-width `{b}` (003 uses the same
     quantizer's weight+activation curve: "rtn:w{b}a{b}").
     on_result(kind, recipe, metric) is called after every measurement (e.g. to store it).
+    memo: measurements shared between studies on the same evaluator ({recipe: (metric, layer errors)}):
+    a study of (P, Q1) then (P, Q2) measures the dense model and P alone once. Stages are still applied
+    where a longer order needs them; only their evaluation is skipped.
     """
     stages = [parse_stage(m) for m in methods]
     names = [s.text for s in stages]
@@ -104,21 +108,25 @@ def run_order_study(
     if len(set(names)) != len(names):
         raise ValueError(f"methods must be distinct, got {names}")
     report = on_result or (lambda kind, recipe, metric: None)
-    dense_model = evaluator.fresh()
-    dense = evaluator.metric(dense_model)
-    report("dense", "dense", dense)
-    del dense_model
+    memo = {} if memo is None else memo
+    if "dense" not in memo:
+        dense_model = evaluator.fresh()
+        memo["dense"] = (evaluator.metric(dense_model), None)
+        report("dense", "dense", memo["dense"][0])
+        del dense_model
+    dense = memo["dense"][0]
 
     curve = []
     for b in bits:
         recipe = parse_recipe(reference.format(b=b))
-        model = evaluator.fresh()
-        for stage in recipe.stages:
-            evaluator.apply(model, stage)
-        m = evaluator.metric(model)
-        report("curve", str(recipe), m)
-        curve.append((int(b), 16.0 / b, m))
-        del model
+        if str(recipe) not in memo:
+            model = evaluator.fresh()
+            for stage in recipe.stages:
+                evaluator.apply(model, stage)
+            memo[str(recipe)] = (evaluator.metric(model), None)
+            report("curve", str(recipe), memo[str(recipe)][0])
+            del model
+        curve.append((int(b), 16.0 / b, memo[str(recipe)][0]))
 
     singles: dict[str, float] = {}
     finals: dict[tuple[str, ...], float] = {}
@@ -136,17 +144,18 @@ def run_order_study(
             path = prefix + (i,)
             order = tuple(names[j] for j in path)
             if len(path) == 1 or len(path) == len(stages):
-                m = evaluator.metric(child)
-                kind = "single" if len(path) == 1 else "order"
-                report(kind, order_key(order), m)
+                key = order_key(order)
+                if key not in memo or (layerwise and memo[key][1] is None):
+                    m = evaluator.metric(child)
+                    report("single" if len(path) == 1 else "order", key, m)
+                    memo[key] = (m, evaluator.layer_errors(child) if layerwise else None)
+                m, le = memo[key]
                 if len(path) == 1:
                     singles[names[i]] = m
                 if len(path) == len(stages):
                     finals[order] = m
-                if layerwise:
-                    le = evaluator.layer_errors(child)
-                    if le is not None:
-                        errors[order_key(order)] = le
+                if layerwise and le is not None:
+                    errors[key] = le
             if len(path) < len(stages):
                 visit(child, path)
             del child

@@ -54,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--prune", default="sparsegpt", help="pruning method or template, e.g. sparsegpt or wanda:{r},nm=2:4")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.5", help="pruning ratios")
-    p.add_argument("--quant", default="rtn", help="quantizer or template over {b}, e.g. rtn or rtn:w{b}a{b}")
+    p.add_argument("--quant", nargs="+", default=["rtn"],
+                   help="quantizer(s) or template(s) over {b}, e.g. rtn or rtn:w{b}a{b}; several share the pruning runs")
     p.add_argument("--bits", default="3,4,6,8", help="bit-widths")
     p.add_argument("--acts", action="store_true", help="activations at the weight bit-width (quant:w{b}a{b})")
+    p.add_argument("--prefix", default="", help="stages every compressed recipe starts with, e.g. rotate")
     p.add_argument("--multistage", type=float, default=None, help="also P(p1) > Q > P(p2) with p1 + p2 = this")
     p.add_argument("--multistage-step", type=float, default=0.05)
     p.add_argument("--layerwise", action="store_true", help="store per-block error through depth for every row")

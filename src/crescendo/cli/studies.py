@@ -82,11 +82,9 @@ def _cmd_sweep(args) -> int:
 
     ratios = _floats(args.ratios, "--ratios")
     bits = _ints(args.bits, "--bits")
-    quant = args.quant
-    if args.acts and "{" not in quant:
-        quant = quant + ":w{b}a{b}"
+    quant = [q + ":w{b}a{b}" if args.acts and "{" not in q else q for q in args.quant]
     tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
-                       multistage_step=args.multistage_step)  # validates every recipe first
+                       multistage_step=args.multistage_step, prefix=args.prefix)  # validates every recipe first
     store = _open_store(args.store)
     protocol = _protocol(args)
     factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,

@@ -22,19 +22,34 @@ class PruneConfig:
     nm: NM | None = None
     include: str | None = None  # regex over module names; default: every decoder-block linear
     exclude: str | None = None
+    # zeros=pruned: weights that are already exactly zero (e.g. rounded to zero by an earlier
+    # quantizer) count as pruned, so the ratio is pruned *on top of* them. By default they are
+    # ordinary candidates, and every criterion here ranks them first: after rtn:w3 (28% zeros on
+    # SmolLM2) a following ratio-0.1 pruner then removes nothing that was not zero already.
+    zeros_pruned: bool = False
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.nm is None):
             raise ConfigError("give exactly one of a pruning ratio or an N:M pattern")
         if self.ratio is not None:
             check_ratio(self.ratio)
+        if self.zeros_pruned and self.nm is not None:
+            raise ConfigError("zeros=pruned applies to unstructured ratios; an N:M pattern fixes the count per group")
 
     @property
     def target_sparsity(self) -> float:
         return self.nm.ratio if self.nm is not None else float(self.ratio)
 
     def _args(self) -> list[str]:
-        return [str(self.nm) if self.nm is not None else f"{self.ratio:g}"] + A.targets_suffix(self.include, self.exclude)
+        zeros = ["zeros=pruned"] if self.zeros_pruned else []
+        return [str(self.nm) if self.nm is not None else f"{self.ratio:g}"] + zeros + A.targets_suffix(self.include, self.exclude)
+
+    def prior(self, weight: torch.Tensor, record: LinearRecord) -> torch.Tensor | None:
+        """The mask this stage prunes on top of: earlier stages' mask, plus exact zeros with zeros=pruned."""
+        if not self.zeros_pruned:
+            return record.mask
+        zeros = weight == 0
+        return zeros if record.mask is None else record.mask | zeros
 
 
 @dataclass(frozen=True)
@@ -88,20 +103,22 @@ def _apply_mask(weight: torch.Tensor, mask: torch.Tensor, record: LinearRecord, 
     return weight  # zero is on every grid, so an earlier quantizer's grid still holds
 
 
-def _select(scores: torch.Tensor, config: PruneConfig, record: LinearRecord, per_row: bool) -> torch.Tensor:
+def _select(scores: torch.Tensor, config: PruneConfig, prior: torch.Tensor | None, per_row: bool) -> torch.Tensor:
     if config.nm is not None:
-        return select_nm(scores, config.nm, record.mask)
-    return select_smallest(scores, float(config.ratio), record.mask, per_row=per_row)
+        return select_nm(scores, config.nm, prior)
+    return select_smallest(scores, float(config.ratio), prior, per_row=per_row)
 
 
 def magnitude_linear(weight, stats, record: LinearRecord, config: MagnitudeConfig) -> torch.Tensor:
     _check_nm_fits(weight, config.nm)
-    return _apply_mask(weight, _select(magnitude_scores(weight), config, record, per_row=False), record, config.nm)
+    mask = _select(magnitude_scores(weight), config, config.prior(weight, record), per_row=False)
+    return _apply_mask(weight, mask, record, config.nm)
 
 
 def wanda_linear(weight, stats, record: LinearRecord, config: WandaConfig) -> torch.Tensor:
     _check_nm_fits(weight, config.nm)
-    return _apply_mask(weight, _select(wanda_scores(weight, stats), config, record, per_row=True), record, config.nm)
+    mask = _select(wanda_scores(weight, stats), config, config.prior(weight, record), per_row=True)
+    return _apply_mask(weight, mask, record, config.nm)
 
 
 def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTConfig) -> torch.Tensor:
@@ -111,7 +128,7 @@ def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTCon
         hessian,
         sparsity=config.ratio or 0.0,
         nm=config.nm,
-        prior_mask=record.mask,
+        prior_mask=config.prior(weight, record),
         grid=record.grid,  # after a quantizer: keep the updated weights on its recorded grid
         grid_params=record.grid_params,
         block_size=config.block_size,
@@ -127,6 +144,11 @@ def _parser(cls):
         include, exclude = A.pop_targets(keyword)
         ratio, nm = A.parse_sparsity(positional[:1] if positional else [], keyword)
         extra = {}
+        if "zeros" in keyword:
+            zeros = keyword.pop("zeros")
+            if zeros not in ("pruned", "candidates"):
+                raise ConfigError(f"zeros must be 'pruned' or 'candidates', got {zeros!r}")
+            extra["zeros_pruned"] = zeros == "pruned"
         if cls is SparseGPTConfig:
             if "bs" in keyword:
                 extra["block_size"] = A.parse_int(keyword.pop("bs"), "block size")

@@ -1,0 +1,46 @@
+"""Sweep grids: several quantizers and a shared prefix reuse the expensive first stages."""
+
+from __future__ import annotations
+
+from crescendo.recipe import parse_recipe
+from crescendo.store import ResultStore
+from crescendo.sweep import grid_tasks, run_sweep
+from crescendo.workflow import Workbench
+from conftest import tiny_bench
+
+
+class CountingBench(Workbench):
+    """Counts every stage application so the test can see what was shared."""
+
+    applied: list[str]
+
+    def compress_inplace(self, model, recipe, *args, **kwargs):
+        self.applied = getattr(self, "applied", []) + [str(s) for s in parse_recipe(recipe).stages]
+        return super().compress_inplace(model, recipe, *args, **kwargs)
+
+
+def test_several_quantizers_share_the_pruning_runs(tmp_path):
+    tasks = grid_tasks("sparsegpt", [0.5], ["rtn:w{b}a{b}", "rtn:w{b}"], [4, 8])
+    recipes = [t.recipe for t in tasks]
+    assert len(recipes) == len(set(recipes)) == 1 + 1 + 2 * (2 + 2 * 2)  # dense, P, per quantizer: 2 Q + 4 orders
+    bench = tiny_bench(CountingBench)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        counts = run_sweep(lambda: bench, "tiny", "tiny", tasks, store)
+        assert counts["computed"] == len(tasks)
+        assert {r.recipe for r in store.rows()} == set(recipes)
+    # sparsegpt:0.5 runs once for P alone and all four P > Q rows; once more after each of the 4 quantizers
+    assert bench.applied.count("sparsegpt:0.5") == 1 + 4
+
+
+def test_prefix_starts_every_compressed_recipe_and_is_shared(tmp_path):
+    tasks = grid_tasks("magnitude", [0.5], "rtn", [4], prefix="rotate")
+    assert [t.recipe for t in tasks] == ["dense", "rotate > rtn:w4", "rotate > magnitude:0.5",
+                                         "rotate > magnitude:0.5 > rtn:w4", "rotate > rtn:w4 > magnitude:0.5"]
+    assert all(t.extra["prefix"] == "rotate" for t in tasks[1:])
+    bench = tiny_bench(CountingBench)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        run_sweep(lambda: bench, "tiny", "tiny", tasks, store)
+        rows = {r.recipe: r for r in store.rows()}
+    assert bench.applied.count("rotate") == 2  # once per group (Q first, P first), not once per row
+    assert bench.applied.count("magnitude:0.5") == 2  # P alone shares with P > Q; once after Q
+    assert rows["rotate > magnitude:0.5"].metrics["sparsity"] > 0.45
