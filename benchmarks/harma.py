@@ -32,7 +32,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_options(parser)
     parser.add_argument("--out", default="docs/results/harma")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
     parser.add_argument("--layerwise-samples", type=int, default=4)
     parser.add_argument("--pruning", nargs="*", default=PRUNING)
     parser.add_argument("--formats", nargs="*", default=FORMATS)
@@ -40,7 +39,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    bench = bench_from_options(args, dtype=args.dtype, layerwise_samples=args.layerwise_samples)
+    bench = bench_from_options(args, layerwise_samples=args.layerwise_samples)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     results = []
     memo: dict = {}  # dense and each single are measured once, not once per pair

@@ -1,7 +1,10 @@
 """003's Table 4 on the embedded model: SparseGPT and SLEB at several ratios, with and without
 QuaRot-style rotation (perplexity; Difference = rotated - unrotated).
 
-    python benchmarks/rotation_pruning.py --out docs/results/table4.md [--methods sparsegpt sleb]
+    python benchmarks/rotation_pruning.py --out docs/results/table4.md [--methods sparsegpt sleb] [--store F]
+
+With --store, rows already in the results store (same model, protocol and recipe, e.g. from the
+Table 1 sweep) are reused and new ones are added.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from crescendo.store import ResultStore
+from crescendo.sweep import measure
 from crescendo.workflow import add_bench_options, bench_from_options
 
 RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -24,20 +29,22 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"])
     parser.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
     parser.add_argument("--out", default="docs/results/table4.md")
+    parser.add_argument("--store", default=None, help="results store to reuse and extend")
     args = parser.parse_args()
     bench = bench_from_options(args)
+    store = ResultStore(args.store) if args.store else None
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
-    dense = bench.dense().perplexity
+    dense = measure(bench, "dense", store, kind="dense").metrics["perplexity"]
     rows = {}
     for method in args.methods:
         for r in args.ratios:
-            plain = bench.run(f"{method}:{r:g}")[1].perplexity
-            rotated = bench.run(f"rotate > {method}:{r:g}")[1].perplexity
+            plain = measure(bench, f"{method}:{r:g}", store).metrics["perplexity"]
+            rotated = measure(bench, f"rotate > {method}:{r:g}", store).metrics["perplexity"]
             rows[(method, r)] = (plain, rotated)
             print(f"{method}:{r:g}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
     head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in args.methods)
-    lines = [f"# Table 4 analogue: pruning with and without rotation ({bench.model_name}, {bench.protocol.name}, "
-             f"float32, {device})", "", f"Dense perplexity {dense:.3f}. SLEB ratio = fraction of the "
+    lines = [f"# Table 4 analogue: pruning with and without rotation ({bench.model_name}, {bench.protocol_id}, "
+             f"{device})", "", f"Dense perplexity {dense:.3f}. SLEB ratio = fraction of the "
              f"{len(bench.model.model.layers)} decoder blocks removed (rounded to whole blocks).", "",
              f"| ratio | {head} |", "|---" * (1 + 3 * len(args.methods)) + "|"]
     for r in args.ratios:

@@ -201,3 +201,29 @@ def run_sweep(
     else:
         raise ConfigError(f"unknown backend {backend!r} (local or ray)")
     return counts
+
+
+def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str = "single", seed: int = 0,
+            extra: dict[str, Any] | None = None) -> Row:
+    """One recipe's row: read from `store` when it is there (same model, protocol, recipe, seed,
+    version), else compressed, evaluated and stored. Benchmarks that share recipes (Table 1's
+    `rotate > sleb:0.05` is also in Table 4) then compute each of them once."""
+    text = "dense" if recipe == "dense" else str(parse_recipe(recipe))
+    key = run_key(bench.model_name, bench.protocol_id, text, seed, __version__)
+    found = store.get(key) if store is not None else None
+    if found is not None:
+        return found
+    torch.manual_seed(seed)
+    if text == "dense":
+        ppl = bench.dense()
+        metrics, timings = {"perplexity": ppl.perplexity}, {"eval_seconds": ppl.seconds}
+    else:
+        model, outcome = bench.run(text)
+        del model
+        metrics = {"perplexity": outcome.perplexity, **outcome.summary}
+        timings = {"compress_seconds": outcome.compress_seconds, "eval_seconds": outcome.eval_seconds}
+    row = Row.create(bench.model_name, bench.protocol_id, text, seed, __version__, kind, metrics=metrics,
+                     timings=timings, environment=environment(), extra=extra or {})
+    if store is not None:
+        store.put(row)
+    return row

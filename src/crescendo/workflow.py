@@ -178,11 +178,14 @@ def add_bench_options(parser) -> None:
     parser.add_argument("--seqlen", type=int, default=None)
     parser.add_argument("--eval-windows", type=int, default=None)
     parser.add_argument("--nsamples", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype (autocast; weights stay float32)")
 
 
 def bench_from_options(args, **kwargs: Any) -> Workbench:
     """A Workbench from the options of `add_bench_options` (progress bars off)."""
     protocol = resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples)
+    kwargs.setdefault("dtype", args.dtype)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
 

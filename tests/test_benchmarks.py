@@ -1,0 +1,53 @@
+"""The result-producing benchmark scripts run end to end on a tiny saved model (smoke tests: the real
+figures come from running them on the embedded model, see docs/results/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from crescendo.store import ResultStore
+from conftest import TINY_PROTOCOL_ARGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name, model_dir, protocol, *args):
+    argv = [sys.executable, str(ROOT / "benchmarks" / name), "--model", str(model_dir), "--protocol", protocol,
+            *TINY_PROTOCOL_ARGS, *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_budgets_script(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "budgets"
+    _script("budgets.py", model_dir, protocol, "--out", str(out), "--uniform-bits", "8", "4",
+            "--proxy-samples", "2", "--generations", "1", "--population", "2", "--target-bops", "4")
+    compound = json.loads((out / "compound.json").read_text())
+    uniform = [r for r in compound["rows"] if r["setting"].startswith("uniform")]
+    mixed = [r for r in compound["rows"] if r["setting"].startswith("mixed")]
+    assert len(uniform) == len(mixed) == 2
+    for u, m in zip(uniform, mixed):  # the mixed allocation meets the uniform setting's BOP budget
+        assert m["summary"]["bop_reduction"] >= u["summary"]["bop_reduction"] * (1 - 1e-6)
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["rtn"]["advantage"] == 0.0  # RTN stages on disjoint layers commute
+    search = json.loads((out / "search.json").read_text())
+    assert set(search) >= {"uniform-sum", "uniform"}
+    assert len(ResultStore(out / "search.sqlite")) == sum(search[s]["evaluated"] for s in ("uniform-sum", "uniform"))
+    assert (out / "search_pareto.png").stat().st_size > 0 and "| uniform-sum |" in (out / "search.md").read_text()
+
+
+def test_rotation_pruning_reuses_the_store(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    store = tmp_path / "t.sqlite"
+    args = ("--methods", "magnitude", "--ratios", "0.5", "--out", str(tmp_path / "t4.md"), "--store", str(store))
+    _script("rotation_pruning.py", model_dir, protocol, *args)
+    first = {r.recipe: r.created for r in ResultStore(store).rows()}
+    assert set(first) == {"dense", "magnitude:0.5", "rotate > magnitude:0.5"}
+    _script("rotation_pruning.py", model_dir, protocol, *args)
+    assert {r.recipe: r.created for r in ResultStore(store).rows()} == first  # nothing recomputed
+    assert "| 0.5 |" in (tmp_path / "t4.md").read_text()
