@@ -26,7 +26,8 @@ RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_options(parser)
-    parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"])
+    parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"],
+                        help="pruning methods, or templates over {r} such as sleb:{r},samples=4")
     parser.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
     parser.add_argument("--out", default="docs/results/table4.md")
     parser.add_argument("--store", default=None, help="results store to reuse and extend")
@@ -38,10 +39,11 @@ def main() -> None:
     rows = {}
     for method in args.methods:
         for r in args.ratios:
-            plain = measure(bench, f"{method}:{r:g}", store).metrics["perplexity"]
-            rotated = measure(bench, f"rotate > {method}:{r:g}", store).metrics["perplexity"]
+            stage = method.format(r=f"{r:g}") if "{" in method else f"{method}:{r:g}"
+            plain = measure(bench, stage, store).metrics["perplexity"]
+            rotated = measure(bench, f"rotate > {stage}", store).metrics["perplexity"]
             rows[(method, r)] = (plain, rotated)
-            print(f"{method}:{r:g}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
+            print(f"{stage}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
     head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in args.methods)
     lines = [f"# Table 4 analogue: pruning with and without rotation ({bench.model_name}, {bench.protocol_id}, "
              f"{device})", "", f"Dense perplexity {dense:.3f}. SLEB ratio = fraction of the "

@@ -57,3 +57,26 @@ def test_measure_reuses_stored_rows(tmp_path):
         assert again.key == first.key and again.metrics == first.metrics
         assert measure(bench, "dense", store, kind="dense").metrics["perplexity"] > 1
         assert len(store) == 2
+
+
+def test_report_keeps_rotated_and_plain_experiments_apart(tmp_path):
+    from crescendo.report.data import group_rows
+
+    bench = tiny_bench()
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        for prefix in ("", "rotate"):
+            run_sweep(lambda: bench, "tiny", "tiny", grid_tasks("magnitude", [0.5], "rtn", [4], prefix=prefix), store)
+        grouping = group_rows(store.rows())
+    assert [e.key.prefix for e in grouping.experiments] == ["", "rotate"] and not grouping.skipped
+    plain, rotated = grouping.experiments
+    for exp in grouping.experiments:
+        assert set(exp.prune) == {0.5} and set(exp.quant) == {4} and len(exp.orders) == 2
+    assert plain.prune[0.5].perplexity != rotated.prune[0.5].perplexity  # each its own single
+    assert "after rotate" in rotated.key.label and plain.key.slug != rotated.key.slug
+
+
+def test_multistage_rows_only_for_chosen_bits_and_quantizer():
+    tasks = grid_tasks("sparsegpt", [0.5], ["rtn:w{b}a{b}", "rtn:w{b}"], [4, 8], multistage_total=0.5,
+                       multistage_step=0.25, multistage_bits=[4], multistage_quant=["rtn:w{b}"])
+    staged = [t.recipe for t in tasks if t.kind == "multistage"]
+    assert staged == ["sparsegpt:0.25 > rtn:w4 > sparsegpt:0.25"]  # the endpoints are the order rows

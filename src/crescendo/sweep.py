@@ -52,6 +52,8 @@ def grid_tasks(
     *,
     multistage_total: float | None = None,
     multistage_step: float = 0.05,
+    multistage_bits: Sequence[int] | None = None,
+    multistage_quant: Sequence[str] | None = None,
     prefix: str = "",
 ) -> list[SweepTask]:
     """Both orders and both singles of every (ratio, bits) cell, plus the dense model.
@@ -59,15 +61,17 @@ def grid_tasks(
     prune / quant: method names (`sparsegpt`, `rtn`) or templates (`wanda:{r},nm=2:4`, `rtn:w{b}a{b}`);
     several quantizers give one grid each, sharing the pruning singles.
     multistage_total: also P(p1) > Q(b) > P(p2) for p1 + p2 = total in steps of `multistage_step`
-    (003, Figure 7).
+    (003, Figure 7), for the bit-widths in `multistage_bits` and the quantizers in `multistage_quant`
+    (default: all of them).
     prefix: stages every compressed recipe starts with (`rotate`: orders on the rotated model, as
     003 does with QuaRot); the dense row stays the unmodified model.
     """
     if not isinstance(quant, str):
         merged: dict[str, SweepTask] = {}
         for q in quant:
-            for t in grid_tasks(prune, ratios, q, bits, multistage_total=multistage_total,
-                                multistage_step=multistage_step, prefix=prefix):
+            staged = multistage_quant is None or q in multistage_quant
+            for t in grid_tasks(prune, ratios, q, bits, multistage_total=multistage_total if staged else None,
+                                multistage_step=multistage_step, multistage_bits=multistage_bits, prefix=prefix):
                 merged.setdefault(t.recipe, t)
         return list(merged.values())
     p_tpl = prune if "{" in prune else prune + ":{r}"
@@ -95,7 +99,7 @@ def grid_tasks(
             add(f"{q} > {p}", "order", ratio=r, bits=b, first="quant")
     if multistage_total is not None:
         steps = int(round(multistage_total / multistage_step))
-        for b in bits:
+        for b in bits if multistage_bits is None else multistage_bits:
             q = q_tpl.format(b=b)
             for k in range(steps + 1):
                 p1 = round(k * multistage_step, 10)
@@ -203,7 +207,7 @@ def run_sweep(
     return counts
 
 
-def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str = "single", seed: int = 0,
+def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str = "run", seed: int = 0,
             extra: dict[str, Any] | None = None) -> Row:
     """One recipe's row: read from `store` when it is there (same model, protocol, recipe, seed,
     version), else compressed, evaluated and stored. Benchmarks that share recipes (Table 1's

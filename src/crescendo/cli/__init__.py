@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="stages every compressed recipe starts with, e.g. rotate")
     p.add_argument("--multistage", type=float, default=None, help="also P(p1) > Q > P(p2) with p1 + p2 = this")
     p.add_argument("--multistage-step", type=float, default=0.05)
+    p.add_argument("--multistage-bits", default=None, help="bit-widths of the multi-stage rows (default: all --bits)")
+    p.add_argument("--multistage-quant", nargs="+", default=None,
+                   help="quantizer templates of the multi-stage rows (default: every --quant)")
     p.add_argument("--layerwise", action="store_true", help="store per-block error through depth for every row")
     p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
     p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")

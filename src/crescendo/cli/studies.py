@@ -83,8 +83,12 @@ def _cmd_sweep(args) -> int:
     ratios = _floats(args.ratios, "--ratios")
     bits = _ints(args.bits, "--bits")
     quant = [q + ":w{b}a{b}" if args.acts and "{" not in q else q for q in args.quant]
+    staged_bits = _ints(args.multistage_bits, "--multistage-bits") if args.multistage_bits else None
+    staged_quant = None if args.multistage_quant is None else [
+        q + ":w{b}a{b}" if args.acts and "{" not in q else q for q in args.multistage_quant]
     tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
-                       multistage_step=args.multistage_step, prefix=args.prefix)  # validates every recipe first
+                       multistage_step=args.multistage_step, multistage_bits=staged_bits,
+                       multistage_quant=staged_quant, prefix=args.prefix)  # validates every recipe first
     store = _open_store(args.store)
     protocol = _protocol(args)
     factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,

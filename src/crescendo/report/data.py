@@ -54,12 +54,14 @@ def templatize(stage: str, value: str, placeholder: str) -> str:
 
 @dataclass(frozen=True)
 class ExperimentKey:
-    """What identifies one experiment: model, protocol and the two stage templates."""
+    """What identifies one experiment: model, protocol, the two stage templates and the stages every
+    compressed recipe starts with (`rotate` for 003's QuaRot setting; "" for none)."""
 
     model: str
     protocol: str
     prune: str  # stage template with {r}, e.g. "sparsegpt:{r}"
     quant: str  # stage template with {b}, e.g. "rtn:w{b}a{b}"
+    prefix: str = ""
 
     @property
     def prune_name(self) -> str:
@@ -71,12 +73,13 @@ class ExperimentKey:
 
     @property
     def label(self) -> str:
-        return f"{self.prune} × {self.quant} on {self.model} ({self.protocol})"
+        after = f", after {self.prefix}" if self.prefix else ""
+        return f"{self.prune} × {self.quant}{after} on {self.model} ({self.protocol})"
 
     @property
     def slug(self) -> str:
         """A file-name-safe identifier, unique per experiment."""
-        text = "_".join((self.model, self.protocol, self.prune, self.quant))
+        text = "_".join((self.model, self.protocol, self.prune, self.quant) + ((self.prefix,) if self.prefix else ()))
         return re.sub(r"[^A-Za-z0-9]+", "-", text.replace("{", "").replace("}", "")).strip("-")
 
 
@@ -231,7 +234,7 @@ def group_rows(rows: Iterable[Row]) -> Grouping:
     rows = [r for r in rows if r.kind in SWEEP_KINDS]
     experiments: dict[ExperimentKey, Experiment] = {}
     dense: dict[tuple[str, str], Measurement] = {}
-    singles: dict[tuple[str, str, str, str], dict[Any, Measurement]] = {}  # (m, p, slot, tpl)
+    singles: dict[tuple[str, str, str, str, str], dict[Any, Measurement]] = {}  # (m, p, prefix, slot, tpl)
     skipped: list[str] = []
     for (model, protocol, recipe), group in _latest_per_seed(rows).items():
         first = group[0]
@@ -246,20 +249,21 @@ def group_rows(rows: Iterable[Row]) -> Grouping:
             skipped.append(f"{recipe} ({first.kind}): {type(err).__name__} {err}")
             log.warning("report: skipping row %s (%s): %s", recipe, first.kind, err)
             continue
+        prefix = str(first.extra.get("prefix", ""))
         if first.kind == "single":
             own = prune_tpl if slot == "prune" else quant_tpl
-            singles.setdefault((model, protocol, slot, own), {})[key[0]] = measured
+            singles.setdefault((model, protocol, prefix, slot, own), {})[key[0]] = measured
             if "?" in (prune_tpl, quant_tpl):
                 continue  # an inferred single names only its own method: no pair to found
-        exp_key = ExperimentKey(model, protocol, prune_tpl, quant_tpl)
+        exp_key = ExperimentKey(model, protocol, prune_tpl, quant_tpl, prefix)
         experiment = experiments.setdefault(exp_key, Experiment(exp_key))
         if first.kind != "single":
             getattr(experiment, slot)[key] = measured
     for k, exp in experiments.items():
         exp.dense = dense.get((k.model, k.protocol))
-        exp.prune = dict(sorted(singles.get((k.model, k.protocol, "prune", k.prune), {}).items()))
-        exp.quant = dict(sorted(singles.get((k.model, k.protocol, "quant", k.quant), {}).items()))
-    ordered = [experiments[k] for k in sorted(experiments, key=lambda k: (k.model, k.protocol,
+        exp.prune = dict(sorted(singles.get((k.model, k.protocol, k.prefix, "prune", k.prune), {}).items()))
+        exp.quant = dict(sorted(singles.get((k.model, k.protocol, k.prefix, "quant", k.quant), {}).items()))
+    ordered = [experiments[k] for k in sorted(experiments, key=lambda k: (k.model, k.protocol, k.prefix,
                                                                         k.quant, k.prune))]
     return Grouping(ordered, skipped, tuple(sorted({r.seed for r in rows})),
                     tuple(sorted({r.version for r in rows})))

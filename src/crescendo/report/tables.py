@@ -193,11 +193,11 @@ def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> li
     """003's Table 1: A(Q -> P) by C_Q, one column per pruning method, for every ratio measured by
     at least two pruning methods with one quantizer. Without such a pair: one table per experiment,
     one column per ratio."""
-    groups: dict[tuple[str, str, str], list[Experiment]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Experiment]] = defaultdict(list)
     for exp in experiments:
-        groups[(exp.key.model, exp.key.protocol, exp.key.quant)].append(exp)
+        groups[(exp.key.model, exp.key.protocol, exp.key.quant, exp.key.prefix)].append(exp)
     tables = []
-    for (model, protocol, quant), exps in groups.items():
+    for (model, protocol, quant, prefix), exps in groups.items():
         names = [e.key.prune_name for e in exps]
         labels = [e.key.prune_name if names.count(e.key.prune_name) == 1 else e.key.prune
                   for e in exps]
@@ -212,7 +212,8 @@ def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> li
             bits = sorted({b for _, b in by}, reverse=True)
             rows = tuple((bits_label(b),) + tuple(fmt_advantage(by.get((lab, b))) for lab, _ in having)
                          for b in bits)
-            tables.append(Table(f"Table 1: A(Q->P) by C_Q, {method_name(quant)}, p = {r:g}, "
+            after = f" after {prefix}" if prefix else ""
+            tables.append(Table(f"Table 1: A(Q->P) by C_Q, {method_name(quant)}{after}, p = {r:g}, "
                                 f"{model}, {protocol}", ("C_Q (B_Q)",) + tuple(lab for lab, _ in having),
                                 rows))
     if tables:
