@@ -232,3 +232,18 @@ def test_without_single_runs_figure_3_is_explained_not_drawn(tmp_path: Path):
     assert "Not drawn: C\\*_P needs rtn:w{b}a{b} alone" in md
     grid = markdown_table(md[md.index("## sparsegpt:{r} ×"):], "A(Q->P) = M(Q first)")
     assert grid["0.3 (1.43)"]["B=8 (C_Q 2.00)"] == "0.050"  # A needs no CER
+
+
+def test_exact_zero_fractions_are_tabulated_per_order(tmp_path: Path):
+    extra = {"prune": P_TPL, "quant": "rtn:w{b}", "ratio": 0.1, "bits": 3}
+    rows = [_row("dense", "dense", DENSE, {})]
+    for recipe, first, zeros in (("sparsegpt:0.1 > rtn:w3", "prune", 0.352), ("rtn:w3 > sparsegpt:0.1", "quant", 0.281)):
+        row = _row(recipe, "order", 30.0, extra | {"first": first})
+        row.metrics["zero_fraction"] = zeros
+        rows.append(row)
+    with ResultStore(tmp_path / "z.sqlite") as store:
+        for row in rows:
+            store.put(row)
+    build_report(tmp_path / "z.sqlite", tmp_path / "rep")
+    table = markdown_table((tmp_path / "rep" / "report.md").read_text(), "Exact zeros")
+    assert table["0.1 (1.11)"]["B=3"] == "35.2% / 28.1%"

@@ -92,8 +92,9 @@ def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary,
                             "bound C*_P does not change the ranks; the pooled rho uses exact CERs "
                             "only.",), tables=(tables.summary_table(summary),
                                                tables.order_table(exp, found))))
+    zeros = tables.zeros_table(exp)
     grids = (*tables.perplexity_tables(exp), tables.cer_table(exp)) + (
-        (tables.advantage_table(exp, found),) if found else ())
+        (tables.advantage_table(exp, found),) if found else ()) + ((zeros,) if zeros else ())
     out.append(Section("Perplexity, CER and A(Q→P) grids", 3, tables=grids))
     for total in exp.multistage_totals:
         paths = figures.plot_multistage(exp, total, folder)

@@ -91,6 +91,7 @@ class Measurement:
     seeds: tuple[int, ...]
     per_block_error: tuple[float, ...] | None = None  # by depth, mean over seeds
     layer_error_total: float | None = None
+    zero_fraction: float | None = None  # weights exactly zero: pruned or rounded to zero (None: not stored)
 
     @property
     def metric(self) -> float:
@@ -159,7 +160,9 @@ def _measurement(rows: Sequence[Row]) -> Measurement:
         per_block = tuple(_mean([float(b[i]) for b in blocks]) for i in range(len(blocks[0])))
     totals = [r.metrics.get("layer_error_total") for r in rows]
     total = _mean([float(t) for t in totals]) if all(t is not None for t in totals) else None
-    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, total)
+    zeros = [r.metrics.get("zero_fraction") for r in rows]
+    zero = _mean([float(z) for z in zeros]) if all(z is not None for z in zeros) else None
+    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, total, zero)
 
 
 def _split(recipe: str) -> list[str]:

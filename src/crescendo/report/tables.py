@@ -175,6 +175,26 @@ def multistage_table(exp: Experiment, total: float) -> Table:
                  "A = M(p2) - M(p2 = 0): > 0 means pruning later helped")
 
 
+def zeros_table(exp: Experiment) -> Table | None:
+    """Exact-zero fraction of both orders per cell: pruning after a low-bit quantizer may only
+    re-select the weights it rounded to zero, so the two orders need not end equally sparse."""
+    rows = []
+    for r in exp.ratios:
+        cells = []
+        for b in exp.bits:
+            pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
+            if pf is None or qf is None or pf.zero_fraction is None or qf.zero_fraction is None:
+                cells.append("-")
+            else:
+                cells.append(f"{100 * pf.zero_fraction:.1f}% / {100 * qf.zero_fraction:.1f}%")
+        rows.append((ratio_label(r),) + tuple(cells))
+    if all(c == "-" for row in rows for c in row[1:]):
+        return None
+    return Table("Exact zeros, P first / Q first", ("p (C_P)",) + tuple(f"B={b}" for b in exp.bits), tuple(rows),
+                 "fraction of decoder-block weights exactly zero (pruned, or rounded to zero by the quantizer); "
+                 "- = not stored (rows from before this was recorded)")
+
+
 def layer_error_table(exp: Experiment) -> Table | None:
     """Total layer-wise error of both orders per cell, when the sweep recorded it."""
     rows = []
