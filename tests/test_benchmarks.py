@@ -51,3 +51,14 @@ def test_rotation_pruning_reuses_the_store(saved_tiny, tmp_path):
     _script("rotation_pruning.py", model_dir, protocol, *args)
     assert {r.recipe: r.created for r in ResultStore(store).rows()} == first  # nothing recomputed
     assert "| 0.5 |" in (tmp_path / "t4.md").read_text()
+
+
+def test_quant_zeros_script(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "qz.md"
+    _script("quant_zeros.py", model_dir, protocol, "--prune", "magnitude", "--bits", "2", "--ratios", "0.1",
+            "--out", str(out))
+    (cell,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    alone, default, onto = (cell[k]["zero_fraction"] for k in ("quant_alone", "q_then_p", "q_then_p_zeros_pruned"))
+    assert alone > 0.1 and abs(default - alone) < 0.01 and abs(onto - (alone + 0.1)) < 0.01
+    assert "zeros=pruned" in cell["q_then_p_zeros_pruned"]["recipe"]
