@@ -33,7 +33,7 @@ import torch
 from crescendo.api import layer_costs, summarize
 from crescendo.budget.allocation import AvgBits, BopReduction, allocate_bits, allocation_recipe, progressive_vs_regressive
 from crescendo.budget.search import SearchConfig, plot_pareto, search
-from crescendo.budget.sensitivity import output_error_proxy
+from crescendo.budget.sensitivity import hawq_v2_sensitivity, hessian_trace, output_error_proxy
 from crescendo.store import ResultStore
 from crescendo.workflow import add_bench_options, bench_from_options
 
@@ -50,6 +50,23 @@ def _proxy(bench, model, choices, samples: int):
         return output_error_proxy(model, bench.calibration[:samples], {n: list(choices) for n in names})
 
 
+def _sensitivity(bench, model, choices, args):
+    """Per-layer {bits: error}: the output-error proxy, or HAWQ-V2 (average Hessian trace of the
+    calibration loss, Hutchinson, times the RTN weight perturbation), per --sensitivity."""
+    if args.sensitivity == "proxy":
+        return _proxy(bench, model, choices, args.proxy_samples)
+    names = [c.name for c in layer_costs(model, storage=False)]
+    traces = hessian_trace(model, bench.calibration[: args.hawq_samples], names, n_probes=args.hawq_probes)
+    return hawq_v2_sensitivity(model, traces, list(choices))
+
+
+def _sensitivity_text(args) -> str:
+    if args.sensitivity == "proxy":
+        return f"the output-error proxy on {args.proxy_samples} calibration windows"
+    return (f"HAWQ-V2 (Hutchinson trace of the calibration loss, {args.hawq_probes} probes on "
+            f"{args.hawq_samples} windows, float32)")
+
+
 def _eval(bench, model) -> tuple[float, dict]:
     return bench.evaluate(model).perplexity, summarize(model).to_dict()
 
@@ -60,7 +77,9 @@ def compound(bench, args) -> dict:
     base, _ = bench.compress(prune)
     prune_seconds = time.perf_counter() - start
     costs = {c.name: c for c in layer_costs(base, storage=False)}
-    sensitivity = _proxy(bench, base, args.bits, args.proxy_samples)
+    start = time.perf_counter()
+    sensitivity = _sensitivity(bench, base, args.bits, args)
+    sensitivity_seconds = time.perf_counter() - start
     rows = [{"setting": prune, "recipe": prune, **dict(zip(("perplexity", "summary"), _eval(bench, base)))}]
     for b in args.uniform_bits:
         model = copy.deepcopy(base)
@@ -82,8 +101,8 @@ def compound(bench, args) -> dict:
         del model
     lines = _header(bench, "OBC's compound setting: SparseGPT 2:4 + uniform vs mixed RTN weight bits")
     lines += [f"SparseGPT 2:4 computed once ({prune_seconds:.0f} s); weights quantized per output channel "
-              f"(asymmetric RTN); mixed bits from {{{','.join(map(str, args.bits))}}} chosen per linear by the "
-              f"output-error proxy on {args.proxy_samples} calibration windows of the pruned model.", "",
+              f"(asymmetric RTN); mixed bits from {{{','.join(map(str, args.bits))}}} chosen per linear by "
+              f"{_sensitivity_text(args)} of the pruned model ({sensitivity_seconds:.0f} s).", "",
               "| setting | perplexity | BOP reduction | size reduction | avg weight bits | bits: layers |",
               "|---|---|---|---|---|---|"]
     for r in rows:
@@ -91,7 +110,8 @@ def compound(bench, args) -> dict:
         hist = ", ".join(f"{k}: {v}" for k, v in r.get("bits_histogram", {}).items())
         lines.append(f"| {r['setting']} | {r['perplexity']:.3f} | {s['bop_reduction']:.2f}x | {s['size_reduction']:.2f}x | "
                      f"{s['avg_weight_bits']:.2f} | {hist} |")
-    return {"rows": rows, "prune_seconds": prune_seconds, "lines": lines}
+    return {"rows": rows, "prune_seconds": prune_seconds, "sensitivity": args.sensitivity,
+            "sensitivity_seconds": sensitivity_seconds, "lines": lines}
 
 
 def allocation(bench, args) -> dict:
@@ -170,6 +190,10 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8], help="mixed-precision choices")
     parser.add_argument("--uniform-bits", type=int, nargs="+", default=[8, 6, 5, 4, 3])
     parser.add_argument("--proxy-samples", type=int, default=8)
+    parser.add_argument("--sensitivity", default="proxy", choices=["proxy", "hawq"],
+                        help="per-layer sensitivity for the compound allocation (output files get a _hawq suffix)")
+    parser.add_argument("--hawq-samples", type=int, default=2)
+    parser.add_argument("--hawq-probes", type=int, default=8)
     parser.add_argument("--alloc-bits", type=int, nargs="+", default=[3, 4, 6, 8])
     parser.add_argument("--avg-bits", type=float, default=4.0)
     parser.add_argument("--target-bops", type=float, default=8.0)
@@ -185,8 +209,9 @@ def main() -> None:
         result = {"compound": lambda: compound(bench, args), "allocation": lambda: allocation(bench, args),
                   "search": lambda: search_part(bench, args, out_dir)}[part]()
         lines = result.pop("lines")
-        (out_dir / f"{part}.md").write_text("\n".join(lines) + "\n")
-        (out_dir / f"{part}.json").write_text(json.dumps({**bench.describe(), **result}, indent=1, default=str))
+        name = f"{part}_hawq" if part == "compound" and args.sensitivity == "hawq" else part
+        (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+        (out_dir / f"{name}.json").write_text(json.dumps({**bench.describe(), **result}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -62,3 +62,13 @@ def test_quant_zeros_script(saved_tiny, tmp_path):
     alone, default, onto = (cell[k]["zero_fraction"] for k in ("quant_alone", "q_then_p", "q_then_p_zeros_pruned"))
     assert alone > 0.1 and abs(default - alone) < 0.01 and abs(onto - (alone + 0.1)) < 0.01
     assert "zeros=pruned" in cell["q_then_p_zeros_pruned"]["recipe"]
+
+
+def test_budgets_compound_with_hawq(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "budgets"
+    _script("budgets.py", model_dir, protocol, "--out", str(out), "--parts", "compound", "--uniform-bits", "4",
+            "--sensitivity", "hawq", "--hawq-samples", "1", "--hawq-probes", "2")
+    compound = json.loads((out / "compound_hawq.json").read_text())
+    assert compound["sensitivity"] == "hawq" and len(compound["rows"]) == 3
+    assert "HAWQ-V2" in (out / "compound_hawq.md").read_text() and not (out / "compound.json").exists()
