@@ -128,9 +128,33 @@ def test_uniform_sum_validation(kwargs):
 
 
 def test_gives_up_after_max_tries():
-    # S = 4.7 with n = 6, U = 0.8: acceptance ~ (1/47)^5 ~ 4e-9 per draw
+    # alpha = 2 draws r directly: S = 4.7 with n = 6, U = 0.8 is accepted with probability ~1e-8
     with pytest.raises(ConfigError, match=r"max_tries=10 .*n=6.*upper=0.8"):
-        uniform_sum_ratios(N, (4.7, 4.7), UPPER, np.random.default_rng(0), max_tries=10)
+        uniform_sum_ratios(N, (4.7, 4.7), UPPER, np.random.default_rng(0), alpha=2.0, max_tries=10)
+
+
+def test_large_sums_draw_the_slack():
+    """n = 30, U = 0.8, S near n * U: hopeless by direct rejection, a few draws through the slack."""
+    rng = np.random.default_rng(0)
+    draws = [uniform_sum_ratios(30, (19.2, 22.5), 0.8, rng, max_tries=10_000) for _ in range(200)]
+    sums = [sum(units(r)) for r in draws]
+    assert all(192 <= s <= 225 for s in sums) and all(max(r) <= 0.8 for r in draws)
+    # the slack keeps the per-position symmetry of Dirichlet(1): every block has the same mean ratio
+    means = np.mean(np.array(draws), axis=0)
+    assert np.ptp(means) < 0.06 and abs(means.mean() - np.mean(sums) / 300) < 1e-9
+
+
+def test_slack_draw_matches_direct_distribution():
+    """Where both paths work (n = 3, U = 0.8, S = 1.6 and its mirror 0.8), r and U - r mirror each other."""
+    rng = np.random.default_rng(5)
+    high = Counter(tuple(units(uniform_sum_ratios(3, (1.6, 1.6), 0.8, rng))) for _ in range(4000))
+    low = Counter(tuple(8 - k for k in units(uniform_sum_ratios(3, (0.8, 0.8), 0.8, rng))) for _ in range(4000))
+    keys = sorted(set(high) | set(low))
+    assert set(high) == set(low)
+    observed = np.array([[high[k] for k in keys], [low[k] for k in keys]])
+    from scipy.stats import chi2_contingency
+
+    assert chi2_contingency(observed).pvalue > 0.001
 
 
 def test_naive_validation():

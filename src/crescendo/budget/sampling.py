@@ -72,6 +72,12 @@ def uniform_sum_ratios(
     One edge case the continuous loop cannot reach: when S = n * U the only feasible vector is every
     ratio at U (a Dirichlet draw hits it with probability 0), so it is returned directly.
 
+    Large sums: for alpha = 1 the accepted draw is uniform on {r : sum r = S, 0 <= r_i <= U}, and
+    r -> U - r maps that set onto the same set at sum n * U - S, preserving uniformity. So when
+    S > n * U / 2 the loop draws the slack U - r at sum n * U - S instead: same distribution, but
+    acceptance no longer collapses (n = 30, U = 0.8, S = 19.2 is hopeless directly and takes a few
+    draws this way). Other alphas are not symmetric under the map and always draw r directly.
+
     Parameters:
         n: number of blocks / layers.
         sum_range: (s_min, s_max), the range of the sum of ratios, 0 <= s_min <= s_max <= n * upper.
@@ -117,13 +123,16 @@ def uniform_sum_ratios(
     if S == n * U:
         return _to_units(np.full(n, U), resolution)
 
+    slack = alpha == 1.0 and 2 * S > n * U  # draw U - r at the complementary sum (see above)
+    total = n * U - S if slack else S
     tries, batch = 0, _FIRST_BATCH
     while tries < max_tries:
         size = min(batch, max_tries - tries)
-        r = rng.dirichlet(np.full(n, float(alpha)), size=size) * S  # (size, n)
+        r = rng.dirichlet(np.full(n, float(alpha)), size=size) * total  # (size, n)
         ok = np.flatnonzero((r <= U).all(axis=1))
         if ok.size:
-            return _to_units(_largest_remainder(r[ok[0]], S), resolution)
+            chosen = U - r[ok[0]] if slack else r[ok[0]]
+            return _to_units(_largest_remainder(chosen, S), resolution)
         tries += size
         batch = min(2 * batch, _MAX_BATCH)  # hard targets need many draws; grow the batch
     raise ConfigError(
