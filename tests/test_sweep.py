@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
 from crescendo.sweep import grid_tasks, run_sweep
@@ -80,3 +82,15 @@ def test_multistage_rows_only_for_chosen_bits_and_quantizer():
                        multistage_step=0.25, multistage_bits=[4], multistage_quant=["rtn:w{b}"])
     staged = [t.recipe for t in tasks if t.kind == "multistage"]
     assert staged == ["sparsegpt:0.25 > rtn:w4 > sparsegpt:0.25"]  # the endpoints are the order rows
+
+
+def test_bfloat16_stages_calibrate_on_the_weights_earlier_stages_wrote():
+    """Autocast's cast cache once kept the pre-compression bf16 copies alive for the whole compress
+    call: a second calibrated stage then saw the dense model (and propagation inside a stage did too)."""
+    bench = tiny_bench(dtype="bfloat16")
+    down = "include=^(?:model\\.layers\\.0\\.mlp\\.down_proj)$"
+    gate_up = "include=^(?:model\\.layers\\.0\\.mlp\\.(?:gate|up)_proj)$"
+    alone, _ = bench.compress(f"gptq:w8,{down}")
+    after, _ = bench.compress(f"gptq:w3,{gate_up} > gptq:w8,{down}")
+    w = lambda m: m.model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(w(alone), w(after))

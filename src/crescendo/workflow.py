@@ -106,7 +106,11 @@ class Workbench:
         weight stays exactly on its grid; float32 (the protocols' reference) changes nothing."""
         if self.dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.dtype))
+        # cache_enabled=False: autocast caches the low-precision copy of every parameter for the whole
+        # region, so a calibrated stage that rewrites weights in place would keep running (and the
+        # next stage would calibrate on) the stale pre-compression copies.
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.dtype),
+                              cache_enabled=False)
 
     def evaluate(self, model: nn.Module) -> PerplexityResult:
         with self.compute():
