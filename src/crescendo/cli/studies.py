@@ -77,15 +77,19 @@ def _print_order(out: dict) -> None:
     print(f"  stage applications: {out['stage_applications']} (naive n*n! = {out['naive_stage_applications']})")
 
 
+def _with_acts(quant: str, acts: bool) -> str:
+    """`rtn` -> `rtn:w{b}a{b}` under --acts; templates are taken as written."""
+    return quant + ":w{b}a{b}" if acts and "{" not in quant else quant
+
+
 def _cmd_sweep(args) -> int:
     from ..sweep import grid_tasks, run_sweep
 
     ratios = _floats(args.ratios, "--ratios")
     bits = _ints(args.bits, "--bits")
-    quant = [q + ":w{b}a{b}" if args.acts and "{" not in q else q for q in args.quant]
+    quant = [_with_acts(q, args.acts) for q in args.quant]
     staged_bits = _ints(args.multistage_bits, "--multistage-bits") if args.multistage_bits else None
-    staged_quant = None if args.multistage_quant is None else [
-        q + ":w{b}a{b}" if args.acts and "{" not in q else q for q in args.multistage_quant]
+    staged_quant = None if args.multistage_quant is None else [_with_acts(q, args.acts) for q in args.multistage_quant]
     tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
                        multistage_step=args.multistage_step, multistage_bits=staged_bits,
                        multistage_quant=staged_quant, prefix=args.prefix)  # validates every recipe first
@@ -113,7 +117,7 @@ def _print_row(row) -> None:
 def _cmd_search(args) -> int:
     from ..budget.search import SearchConfig, plot_pareto, search
 
-    quant = args.quant + ":w{b}a{b}" if args.acts and "{" not in args.quant else args.quant
+    quant = _with_acts(args.quant, args.acts)
     config = SearchConfig(target_bops=args.target_bops, target_size=args.target_size, sampler=args.sampler,
                           generations=args.generations, population=args.population, seed=args.seed,
                           bits=tuple(_ints(args.bits, "--bits")), prune=args.prune, quant=quant,
