@@ -3,6 +3,9 @@ QuaRot-style rotation (perplexity; Difference = rotated - unrotated).
 
     python benchmarks/rotation_pruning.py --out docs/results/table4.md [--methods sparsegpt sleb] [--store F]
 
+A method may carry its own ratios after "@" (`"sleb:{r},samples=4@0.0333,0.0667"`); the others use
+--ratios, and a cell a method does not measure is left empty.
+
 With --store, rows already in the results store (same model, protocol and recipe, e.g. from the
 Table 1 sweep) are reused and new ones are added.
 """
@@ -27,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_options(parser)
     parser.add_argument("--methods", nargs="*", default=["sparsegpt", "sleb"],
-                        help="pruning methods, or templates over {r} such as sleb:{r},samples=4")
+                        help="pruning methods, or templates over {r} such as sleb:{r},samples=4, optionally "
+                             "with their own ratios after @ (sleb@0.0333,0.0667)")
     parser.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
     parser.add_argument("--out", default="docs/results/table4.md")
     parser.add_argument("--store", default=None, help="results store to reuse and extend")
@@ -36,28 +40,48 @@ def main() -> None:
     store = ResultStore(args.store) if args.store else None
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     dense = measure(bench, "dense", store, kind="dense").metrics["perplexity"]
+    plan = [_method_ratios(m, args.ratios) for m in args.methods]
+    methods = [m for m, _ in plan]
+    ratios = sorted({r for _, rs in plan for r in rs})
     rows = {}
-    for method in args.methods:
-        for r in args.ratios:
+    for method, method_ratios in plan:
+        for r in method_ratios:
             stage = method.format(r=f"{r:g}") if "{" in method else f"{method}:{r:g}"
             plain = measure(bench, stage, store).metrics["perplexity"]
             rotated = measure(bench, f"rotate > {stage}", store).metrics["perplexity"]
             rows[(method, r)] = (plain, rotated)
             print(f"{stage}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
-    head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in args.methods)
+    head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in methods)
     lines = [f"# Table 4 analogue: pruning with and without rotation ({bench.model_name}, {bench.protocol_id}, "
              f"{device})", "", f"Dense perplexity {dense:.3f}. SLEB ratio = fraction of the "
              f"{len(bench.model.model.layers)} decoder blocks removed (rounded to whole blocks).", "",
-             f"| ratio | {head} |", "|---" * (1 + 3 * len(args.methods)) + "|"]
-    for r in args.ratios:
-        cells = " | ".join(f"{rows[(m, r)][0]:.3f} | {rows[(m, r)][1]:.3f} | {rows[(m, r)][1] - rows[(m, r)][0]:+.3f}"
-                           for m in args.methods)
+             f"| ratio | {head} |", "|---" * (1 + 3 * len(methods)) + "|"]
+    for r in ratios:
+        cells = " | ".join(_cells(rows.get((m, r))) for m in methods)
         lines.append(f"| {r:g} | {cells} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(
         {"dense": dense, "device": device, "rows": [{"method": m, "ratio": r, "plain": p, "rotated": q}
                                                     for (m, r), (p, q) in rows.items()]}, indent=1))
+
+
+def _method_ratios(text: str, default: list[float]) -> tuple[str, list[float]]:
+    """"template@r1,r2" -> (template, [r1, r2]); a bare template takes the default ratios."""
+    method, sep, ratios = text.rpartition("@")
+    if not sep:
+        return text, list(default)
+    try:
+        return method, [float(r) for r in ratios.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: bad ratio list {ratios!r} in --methods {text!r}") from None
+
+
+def _cells(row: tuple[float, float] | None) -> str:
+    if row is None:
+        return " |  | "
+    plain, rotated = row
+    return f"{plain:.3f} | {rotated:.3f} | {rotated - plain:+.3f}"
 
 
 if __name__ == "__main__":

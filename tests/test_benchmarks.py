@@ -53,6 +53,19 @@ def test_rotation_pruning_reuses_the_store(saved_tiny, tmp_path):
     assert "| 0.5 |" in (tmp_path / "t4.md").read_text()
 
 
+def test_rotation_pruning_per_method_ratios(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "t4.md"
+    _script("rotation_pruning.py", model_dir, protocol, "--methods", "magnitude", "magnitude:{r},zeros=pruned@0.25",
+            "--ratios", "0.25", "0.5", "--out", str(out))
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert sorted((r["method"], r["ratio"]) for r in rows) == [
+        ("magnitude", 0.25), ("magnitude", 0.5), ("magnitude:{r},zeros=pruned", 0.25)]
+    table = out.read_text().splitlines()
+    (half,) = [line for line in table if line.startswith("| 0.5 |")]
+    assert half.endswith("|  |  |  |")  # the second method does not measure 0.5: empty cells
+
+
 def test_quant_zeros_script(saved_tiny, tmp_path):
     model_dir, protocol = saved_tiny
     out = tmp_path / "qz.md"
