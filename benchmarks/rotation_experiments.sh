@@ -3,7 +3,7 @@
 # Table 1: A(Q->P) by bit-width for SparseGPT vs SLEB at one small ratio, on the rotated model with
 # weights, activations and KV cache at the same bit-width (003's QuaRot setting). The ratio is one
 # decoder block of 30 (0.0333), the nearest whole-block ratio to 003's 5%; SparseGPT prunes the same
-# fraction of block weights. Table 4: SparseGPT (1/30, 2/30, 0.1) and SLEB (one and two blocks) alone,
+# fraction of block weights. Table 4: SparseGPT (1/30, 2/30, 0.1) and SLEB (one, two and three blocks) alone,
 # with and without rotation; rows shared with Table 1 are read from its store. SLEB scores candidates
 # on 4 calibration windows (samples=4) to fit the two CPU cores. Compute: bfloat16 autocast, first 16
 # eval windows of sotu-v1-quick. Each step runs two single-threaded processes (one per pruning
@@ -21,7 +21,7 @@ for PRUNE in "$SPARSEGPT" "$SLEB"; do
     --bits 4,6,8 --store "$STORE" --quiet "${COMMON[@]}" & pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-TABLE4=("$SPARSEGPT@0.0333,0.0667,0.1" "$SLEB@0.0333,0.0667")
+TABLE4=("$SPARSEGPT@0.0333,0.0667,0.1" "$SLEB@0.0333,0.0667,0.1")
 pids=()
 for METHOD in "${TABLE4[@]}"; do  # fill the store, one method per process
   OMP_NUM_THREADS=1 python benchmarks/rotation_pruning.py --methods "$METHOD" --store "$STORE" \
