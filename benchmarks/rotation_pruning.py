@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from crescendo.errors import ConfigError, CrescendoError
+from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
 from crescendo.sweep import measure
 from crescendo.workflow import add_bench_options, bench_from_options
@@ -36,17 +38,23 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/table4.md")
     parser.add_argument("--store", default=None, help="results store to reuse and extend")
     args = parser.parse_args()
+    try:  # every recipe is checked before the model loads: a bad one costs nothing and writes nothing
+        plan = [_method_ratios(m, args.ratios) for m in args.methods]
+        for method, method_ratios in plan:
+            for r in method_ratios:
+                parse_recipe(f"rotate > {_stage(method, r)}")
+    except CrescendoError as exc:
+        parser.error(str(exc))
     bench = bench_from_options(args)
     store = ResultStore(args.store) if args.store else None
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     dense = measure(bench, "dense", store, kind="dense").metrics["perplexity"]
-    plan = [_method_ratios(m, args.ratios) for m in args.methods]
     methods = [m for m, _ in plan]
     ratios = sorted({r for _, rs in plan for r in rs})
     rows = {}
     for method, method_ratios in plan:
         for r in method_ratios:
-            stage = method.format(r=f"{r:g}") if "{" in method else f"{method}:{r:g}"
+            stage = _stage(method, r)
             plain = measure(bench, stage, store).metrics["perplexity"]
             rotated = measure(bench, f"rotate > {stage}", store).metrics["perplexity"]
             rows[(method, r)] = (plain, rotated)
@@ -74,7 +82,11 @@ def _method_ratios(text: str, default: list[float]) -> tuple[str, list[float]]:
     try:
         return method, [float(r) for r in ratios.split(",")]
     except ValueError:
-        raise SystemExit(f"error: bad ratio list {ratios!r} in --methods {text!r}") from None
+        raise ConfigError(f"bad ratio list {ratios!r} in --methods {text!r}") from None
+
+
+def _stage(method: str, ratio: float) -> str:
+    return method.format(r=f"{ratio:g}") if "{" in method else f"{method}:{ratio:g}"
 
 
 def _cells(row: tuple[float, float] | None) -> str:

@@ -66,6 +66,16 @@ def test_rotation_pruning_per_method_ratios(saved_tiny, tmp_path):
     assert half.endswith("|  |  |  |")  # the second method does not measure 0.5: empty cells
 
 
+def test_rotation_pruning_rejects_a_bad_method_before_loading(tmp_path):
+    out = tmp_path / "t4.md"
+    for method, message in (("sparsegpt@abc", "bad ratio list 'abc'"), ("sparsegpt@1.5", "must be in [0, 1)")):
+        argv = [sys.executable, str(ROOT / "benchmarks" / "rotation_pruning.py"), "--model", str(tmp_path / "none"),
+                "--methods", method, "--out", str(out)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr.splitlines()[-1]  # not the missing model
+    assert not out.exists()
+
+
 def test_quant_zeros_script(saved_tiny, tmp_path):
     model_dir, protocol = saved_tiny
     out = tmp_path / "qz.md"
