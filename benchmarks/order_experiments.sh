@@ -11,6 +11,7 @@
 # LANES=1 runs one sweep. ZEROS=1 adds the quantize-first rows with zeros=pruned (pruning on top of
 # the weights RTN rounded to zero) at 3 and 4 bits. Rerunning resumes from the store.
 set -euo pipefail
+source "$(dirname "$0")/lanes.sh"
 OUT=${1:-docs/results/order}
 mkdir -p "$OUT"
 COMMON=(--dtype bfloat16 --eval-windows 16 --quiet --layerwise --store "$OUT/order.sqlite")
@@ -21,7 +22,7 @@ if [ "${LANES:-2}" = 1 ]; then
 else
   OMP_NUM_THREADS=1 crescendo sweep "${GRID[@]}" --ratios 0.1,0.5 "${COMMON[@]}" & first=$!
   OMP_NUM_THREADS=1 crescendo sweep "${GRID[@]}" --ratios 0.2,0.3 "${STAGED[@]}" "${COMMON[@]}" & second=$!
-  wait "$first" && wait "$second"
+  wait_all "$first" "$second"
 fi
 if [ "${ZEROS:-0}" = 1 ]; then
   crescendo sweep --prune "sparsegpt:{r},zeros=pruned" --ratios 0.1,0.2 --quant "rtn:w{b}" --bits 3,4 "${COMMON[@]}"

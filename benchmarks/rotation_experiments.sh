@@ -9,6 +9,7 @@
 # eval windows of sotu-v1-quick. Each step runs two single-threaded processes (one per pruning
 # method) into the one store; rerunning resumes from it.
 set -euo pipefail
+source "$(dirname "$0")/lanes.sh"
 OUT=${1:-docs/results/rotation}
 mkdir -p "$OUT"
 COMMON=(--dtype bfloat16 --eval-windows 16)
@@ -20,14 +21,16 @@ for PRUNE in "$SPARSEGPT" "$SLEB"; do
   OMP_NUM_THREADS=1 crescendo sweep --prefix rotate --prune "$PRUNE" --ratios 0.0333 --quant "rtn:w{b}a{b}kv{b}" \
     --bits 4,6,8 --store "$STORE" --quiet "${COMMON[@]}" & pids+=($!)
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+wait_all "${pids[@]}"
 TABLE4=("$SPARSEGPT@0.0333,0.0667,0.1" "$SLEB@0.0333,0.0667,0.1")
+SCRATCH=$(mktemp -d)  # the per-method tables; only the store and the final table are kept
+trap 'rm -rf "$SCRATCH"' EXIT
 pids=()
-for METHOD in "${TABLE4[@]}"; do  # fill the store, one method per process
-  OMP_NUM_THREADS=1 python benchmarks/rotation_pruning.py --methods "$METHOD" --store "$STORE" \
-    --out "$(mktemp -d)/table4.md" "${COMMON[@]}" & pids+=($!)
+for i in "${!TABLE4[@]}"; do  # fill the store, one method per process
+  OMP_NUM_THREADS=1 python benchmarks/rotation_pruning.py --methods "${TABLE4[$i]}" --store "$STORE" \
+    --out "$SCRATCH/table4_$i.md" "${COMMON[@]}" & pids+=($!)
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+wait_all "${pids[@]}"
 python benchmarks/rotation_pruning.py --methods "${TABLE4[@]}" --store "$STORE" --out "$OUT/table4.md" "${COMMON[@]}"
 rm -rf "$OUT/report"
 crescendo report --store "$STORE" --out "$OUT/report"
