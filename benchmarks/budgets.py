@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-prune", default="magnitude")
     args = parser.parse_args()
+    for option in ("proxy_samples", "hawq_samples", "hawq_probes"):  # before the model loads and prunes
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = bench_from_options(args)

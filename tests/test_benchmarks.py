@@ -76,6 +76,14 @@ def test_rotation_pruning_rejects_a_bad_method_before_loading(tmp_path):
     assert not out.exists()
 
 
+def test_budgets_rejects_zero_hawq_probes_before_loading(tmp_path):
+    argv = [sys.executable, str(ROOT / "benchmarks" / "budgets.py"), "--model", str(tmp_path / "none"),
+            "--out", str(tmp_path / "out"), "--sensitivity", "hawq", "--hawq-probes", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--hawq-probes must be >= 1, got 0" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_quant_zeros_script(saved_tiny, tmp_path):
     model_dir, protocol = saved_tiny
     out = tmp_path / "qz.md"
