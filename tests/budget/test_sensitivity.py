@@ -18,7 +18,7 @@ from crescendo.budget.sensitivity import (
 )
 from crescendo.errors import ConfigError
 from crescendo.models.adapters import get_weight
-from crescendo.types import UniformGrid
+from crescendo.grids import UniformGrid
 from conftest import VOCAB, tiny_llama
 
 LAYER = "model.layers.0.mlp.down_proj"

@@ -26,7 +26,7 @@ from ..analysis.metrics import output_error_from_gram
 from ..engine.stats import InputStatistics
 from ..errors import ConfigError
 from ..models.adapters import get_adapter, get_weight
-from ..types import Grid, UniformGrid
+from ..grids import Grid, UniformGrid
 
 Candidate = int | Grid  # a bit-width (asymmetric per-channel RTN grid) or any quantization grid
 

@@ -20,22 +20,8 @@ from collections.abc import Callable
 import torch
 
 from ..errors import VerifyError
-from ..types import Grid, Params
-from .packing import (
-    code_bits,
-    decode_codes,
-    encode_codes,
-    grid_from_dict,
-    grid_to_dict,
-    pack_bits,
-    pack_mask,
-    packed_nbytes,
-    param_names,
-    param_tensors,
-    params_from_tensors,
-    unpack_bits,
-    unpack_mask,
-)
+from ..grids import Grid, Params, grid_from_dict
+from .packing import pack_bits, pack_mask, packed_nbytes, unpack_bits, unpack_mask
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -64,7 +50,7 @@ def pack_linear(
     kept = torch.ones(out_f, in_f, dtype=torch.bool) if mask is None else ~mask.cpu()
     weight = weight.cpu()
     tensors: dict[str, torch.Tensor] = {}
-    entry: dict = {"shape": [out_f, in_f], "dtype": dtype_name(dtype), "grid": grid_to_dict(grid),
+    entry: dict = {"shape": [out_f, in_f], "dtype": dtype_name(dtype), "grid": grid.to_dict() if grid is not None else None,
                    "masked": mask is not None, "kept": int(kept.sum())}
     if mask is not None:
         tensors[f"{key}.bitmask"] = pack_mask(kept)
@@ -74,10 +60,10 @@ def pack_linear(
     if params is None:
         raise VerifyError(f"{key}: the record has a grid but no grid parameters")
     params = {k: v.detach().cpu() for k, v in params.items()}
-    bits = code_bits(grid)
+    bits = grid.code_bits
     entry["bits"] = bits
-    tensors[f"{key}.codes"] = pack_bits(encode_codes(grid, weight, params)[kept], bits)
-    for name, value in param_tensors(grid, params).items():
+    tensors[f"{key}.codes"] = pack_bits(grid.encode_all(weight, params)[kept], bits)
+    for name, value in grid.store_params(params).items():
         tensors[f"{key}.{name}"] = value
     return tensors, entry
 
@@ -88,7 +74,7 @@ def linear_tensor_names(key: str, entry: dict) -> list[str]:
     names = [f"{key}.bitmask"] if entry.get("masked") else []
     if grid is None:
         return names + [f"{key}.values"]
-    return names + [f"{key}.codes"] + [f"{key}.{n}" for n in param_names(grid)]
+    return names + [f"{key}.codes"] + [f"{key}.{n}" for n in grid.param_storage()]
 
 
 def read_kept(key: str, entry: dict, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
@@ -129,15 +115,14 @@ def unpack_linear(
         return weight, mask, None, None, None
     n_groups = len(grid.groups(in_f))
     stored = {}
-    for name in param_names(grid):
-        want = torch.float32 if name == "scale" else (torch.uint8 if name == "zero_point" else torch.int8)
-        stored[name] = _checked(get, f"{key}.{name}", want, (out_f, n_groups))
-    params = params_from_tensors(grid, stored)
-    bits = code_bits(grid)
+    for name, storage in grid.param_storage().items():
+        stored[name] = _checked(get, f"{key}.{name}", storage.dtype, (out_f, n_groups))
+    params = grid.load_params(stored)
+    bits = grid.code_bits
     packed = _checked(get, f"{key}.codes", torch.uint8, (packed_nbytes(n_kept, bits),))
     codes = torch.zeros(out_f, in_f, dtype=torch.int64)
     codes[kept] = unpack_bits(packed, bits, n_kept)
-    weight = decode_codes(grid, codes, params).masked_fill(~kept, 0.0)
+    weight = grid.decode_all(codes, params).masked_fill(~kept, 0.0)
     return weight, mask, grid, params, codes
 
 

@@ -21,7 +21,7 @@ from ..errors import ModelError, VerifyError
 from ..methods.base import LinearRecord
 from ..models.adapters import is_transposed, set_weight_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
-from .packing import grid_from_dict
+from ..grids import grid_from_dict
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..kernels.formats import MXGrid
-from ..types import Grid, UniformGrid
-from .packing import grid_to_dict
+from ..grids import Grid, MXGrid, UniformGrid
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +72,8 @@ def build_quantization_config(layers: dict[str, dict[str, Any]], grids: dict[str
                                     "format": wfmt or "dense"})["targets"].append(name)
         else:
             key = (repr(wgrid), repr(agrid))
-            own.setdefault(key, {"targets": [], "weights": grid_to_dict(wgrid),
-                                 "input_activations": grid_to_dict(agrid)})["targets"].append(name)
+            own.setdefault(key, {"targets": [], "weights": wgrid.to_dict() if wgrid is not None else None,
+                                 "input_activations": agrid.to_dict() if agrid is not None else None})["targets"].append(name)
     config_groups = {f"group_{i}": g for i, g in enumerate(groups.values())}
     formats = {g["format"] for g in config_groups.values()}
     kv = {n: e["kv_bits"] for n, e in layers.items() if e.get("kv_bits") is not None}

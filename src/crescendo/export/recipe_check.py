@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..types import NM, Grid
+from ..grids import Grid
+from ..types import NM
 
 _KV_SUFFIXES = ("k_proj", "v_proj")
 

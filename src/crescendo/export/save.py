@@ -28,7 +28,6 @@ from ..outputs import atomic_output_dir, check_output_dir
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from .layout import dtype_name, pack_linear, unpack_linear
-from .packing import grid_to_dict
 from .qconfig import build_quantization_config
 from .transforms import describe_transforms
 
@@ -168,7 +167,7 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         "format": FORMAT, "version": VERSION, "crescendo_version": __version__,
         "weights": WEIGHTS, "dtype": dtype_name(dtype), "recipe": recipe,
         "linears": entries,
-        "records": {n: {"packed": n in entries, "act_grid": grid_to_dict(r.act_grid), "kv_bits": r.kv_bits,
+        "records": {n: {"packed": n in entries, "act_grid": r.act_grid.to_dict() if r.act_grid is not None else None, "kv_bits": r.kv_bits,
                         "history": list(r.history)} for n, r in records.items()},
         "plain": sorted(plain), "aliases": aliases,
         "transforms": describe_transforms(model),

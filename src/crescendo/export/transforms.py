@@ -13,13 +13,13 @@ from torch import nn
 from ..engine.wrappers import add_input_transform_, add_output_transform_, input_transforms, output_transforms
 from ..errors import ConfigError, VerifyError
 from ..methods.quantization import ActivationQuantizer, KVQuantizer
-from .packing import grid_from_dict, grid_to_dict
+from ..grids import grid_from_dict
 
 
 def describe_transform(t: nn.Module, where: str) -> dict:
     """A JSON description of one transform; ConfigError for one that cannot be rebuilt exactly."""
     if isinstance(t, ActivationQuantizer):
-        return {"type": "activation", "grid": grid_to_dict(t.grid)}
+        return {"type": "activation", "grid": t.grid.to_dict()}
     if isinstance(t, KVQuantizer):
         return {"type": "kv", "bits": t.grid.bits, "head_dim": t.grid.group_size}
     from ..models.rotation import OnlineHadamard

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from ..errors import CrescendoError, VerifyError
+from ..grids import grid_from_dict
 from .layout import dtype_of, linear_tensor_names, read_kept, unpack_linear
 from .load import read_json, read_manifest, read_tensors
-from .packing import grid_from_dict, param_ranges
 from .recipe_check import Expectation, recipe_expectations
 from .save import METADATA
 
@@ -59,10 +59,11 @@ def _check_params(key: str, entry: dict, tensors: dict[str, torch.Tensor]) -> No
     grid = grid_from_dict(entry.get("grid"))
     if grid is None:
         return
-    for name, (lo, hi) in param_ranges(grid).items():
+    for name, storage in grid.param_storage().items():
         t = tensors.get(f"{key}.{name}")
-        if t is None:
-            continue  # reported as missing by unpack_linear
+        if t is None or storage.low is None or storage.high is None:
+            continue  # a missing tensor is reported by unpack_linear
+        lo, hi = storage.low, storage.high
         bad = ((t.to(torch.int64) < lo) | (t.to(torch.int64) > hi)).reshape(-1).nonzero()
         if len(bad):
             i = int(bad[0])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..types import NM, Grid, Params
+from ..grids import Grid, Params
+from ..types import NM
 
 
 @dataclass(frozen=True)

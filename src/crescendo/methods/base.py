@@ -17,7 +17,8 @@ from typing import Any, Literal
 import torch
 
 from ..registry import Registry
-from ..types import NM, Grid, Params
+from ..grids import Grid, Params
+from ..types import NM
 
 Kind = Literal["prune", "quantize", "rotate", "share", "adapt"]
 Statistic = Literal["hessian", "input_sq_norm"]

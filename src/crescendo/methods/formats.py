@@ -12,16 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..kernels.formats import make_format_grid
-from ..types import Grid
+from ..grids import Grid, format_names, make_format_grid
 from . import args as A
 from .base import LinearRecord, MethodSpec, register_method
 from .quantization import ActivationQuantizer, add_input_transform_, remove_transforms_
 
-FORMAT_NAMES = (
-    ["mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4", "mxint8", "hbfp8", "hbfp6", "hbfp4"]
-    + [f"int{k}b" for k in range(2, 9)]
-)
 
 
 @dataclass(frozen=True)
@@ -84,5 +79,5 @@ def _parse(name: str, positional: list[str], keyword: dict[str, str]) -> FormatC
     return FormatConfig(name, block, weights, activations, include, exclude)
 
 
-for _name in FORMAT_NAMES:
+for _name in sorted(format_names()):
     register_method(MethodSpec(_name, "quantize", FormatConfig, _parse, None, format_linear, attach_format_activations))

@@ -16,7 +16,8 @@ from torch import nn
 from ..engine.wrappers import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..errors import ConfigError
 from ..kernels.obs import obs_sweep
-from ..types import Grid, UniformGrid, check_bits
+from ..grids import Grid, UniformGrid
+from ..types import check_bits
 from . import args as A
 from .base import LinearRecord, MethodSpec, register_method
 
