@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from .budget.accounting import LayerCost, model_bops, model_size_bits
-from .engine.sequential import StageReport, apply_stage_, records_of
+from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
-from .methods.quantization import check_kv_supported
+from .state import state_of
 from .recipe import Recipe, parse_recipe
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class CompressionResult:
 def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSummary:
     """Sparsity, average weight bits and compression ratio of the decoder-block linears."""
     adapter = adapter or get_adapter(model)
-    records = records_of(model)
+    state = state_of(model)
+    records = state.records
     total = pruned = zeros = 0
     bits = 0.0
     for name, module in adapter.all_block_linears(model).items():
@@ -54,7 +55,7 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
         zeros += int((module.weight == 0).sum())
         pruned += int(rec.mask.sum()) if rec is not None and rec.mask is not None else 0
         bits += n * (rec.weight_bits(in_features(module)) if rec is not None else 16.0)
-    removed = getattr(model, "crescendo_removed_params", 0)  # whole blocks removed (SLEB) count as pruned
+    removed = state.removed.params if state.removed else 0  # whole blocks removed (SLEB) count as pruned
     pruned += removed
     zeros += removed
     bits += removed * 16.0
@@ -62,7 +63,7 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     sparsity = pruned / total if total else 0.0
     avg_bits = bits / total if total else 16.0
     ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
-    bops, size = _reductions(model, adapter, records)
+    bops, size = _reductions(model, adapter)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
                               bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
 
@@ -73,7 +74,7 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
     storage=True counts shared scales in the weight bits (for sizes); False counts the arithmetic's
     element bits only (for BOPs: a W8 layer multiplies 8-bit values whatever its scales cost)."""
     adapter = adapter or get_adapter(model)
-    records = records_of(model)
+    records = state_of(model).records
     costs = []
     for name, module in adapter.all_block_linears(model).items():
         n_in = in_features(module)
@@ -93,10 +94,11 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
     return costs
 
 
-def _reductions(model: nn.Module, adapter: Adapter, records) -> tuple[float, float]:
+def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
     stored, arithmetic = layer_costs(model, adapter), layer_costs(model, adapter, storage=False)
     dense = [c.dense_baseline() for c in stored]
-    dense += [LayerCost.linear("removed", i, o) for i, o in getattr(model, "crescendo_removed_linears", [])]
+    removed = state_of(model).removed
+    dense += [LayerCost.linear("removed", i, o) for i, o in (removed.linears if removed else [])]
     return model_bops(dense) / model_bops(arithmetic), model_size_bits(dense) / model_size_bits(stored)
 
 
@@ -104,15 +106,17 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
     """Check every stage against the model before anything is changed (no half-compressed models)."""
     adapter = adapter or get_adapter(model)
     for position, stage in enumerate(recipe.stages):
-        if stage.kind == "rotate" and (position > 0 or getattr(model, "crescendo_records", None)):
+        if stage.kind == "rotate" and (position > 0 or state_of(model).compressed):
             raise ConfigError("rotate must be the first stage (it would densify pruned weights)")
         spec, config = stage.spec, stage.config
-        if (spec.statistic is not None or spec.needs_calibration) and not have_calibration:
+        if spec.calibrated and not have_calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
-        if spec.apply_model is None:
-            targets = select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
-            if getattr(config, "kv_bits", None) is not None:
-                check_kv_supported(targets)
+        if config.targets is not None:
+            targets = select_targets(model, adapter, config.targets)
+            if config.kv_bits is not None:
+                adapter.check_kv_supported(targets)
+        if stage.kind == "rotate" and not adapter.rotatable:
+            raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
 
 
 @torch.no_grad()

@@ -80,14 +80,19 @@ def parse_stage(text: str) -> Stage:
                 raise RecipeError(f"malformed recipe stage {text.strip()!r}: empty argument")
             if "=" in token:
                 key, _, value = token.partition("=")
-                keyword[key.strip().lower()] = value.strip()
+                key = key.strip().lower()
+                if key in keyword:
+                    raise RecipeError(f"stage {text.strip()!r}: argument {key!r} is given twice")
+                keyword[key] = value.strip()
+            elif token.lower() in (p.lower() for p in positional):
+                raise RecipeError(f"stage {text.strip()!r}: argument {token!r} is given twice")
             else:
                 positional.append(token)
     try:
-        config = spec.parse(name, positional, keyword)
+        config = spec.parse(positional, keyword)
     except CrescendoError as e:
         raise RecipeError(f"stage {text.strip()!r}: {e}") from None
-    return Stage(method=name, config=config, text=config.spec() if hasattr(config, "spec") else text.strip())
+    return Stage(method=name, config=config, text=config.text())
 
 
 def parse_recipe(recipe: str | Recipe | list | tuple) -> Recipe:

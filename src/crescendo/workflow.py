@@ -21,6 +21,7 @@ from .outputs import atomic_output_dir
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .recipe import Recipe, parse_recipe
+from .state import CompressionState, state_of
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,10 @@ class Workbench:
         (per linear and per block; `per_linear=False` keeps only the cheaper per-block view)."""
         from .eval.layerwise import layerwise_error
 
-        if getattr(model.config, "crescendo_removed_blocks", None):
+        state = state_of(model)
+        if state.removed is not None:
             return None  # blocks were removed: there is no block-by-block correspondence
-        rotated = getattr(model.config, "crescendo_rotation", None) is not None  # per-linear bases differ
+        rotated = state.rotation is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
         with self.compute():
             return layerwise_error(self.model, model, calib, per_linear=per_linear and not rotated).to_dict()
@@ -235,10 +237,15 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
             net = net.to(getattr(torch, dtype))
         return net, tokenizer, ModelInfo(path.resolve().name, "packed", str(path))
     net, tokenizer, info = load_model(spec, dtype=dtype, device=device)
-    if getattr(net.config, "crescendo_rotation", None):
+    saved = path / "crescendo.json"
+    if info.source == "local" and saved.is_file():  # a directory written by `save_hf`
+        from .export.load import read_json
         from .models.rotation import restore_rotation_
 
-        restore_rotation_(net)
+        state = CompressionState.from_dict(read_json(saved).get("state"))
+        if state.rotation is not None:
+            restore_rotation_(net, state.rotation)
+        state_of(net).removed = state.removed
     return net, tokenizer, info
 
 
@@ -250,12 +257,9 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "crescendo.json").write_text(json.dumps({**metadata, "crescendo_version": __version__}, indent=2))
+        saved = {**metadata, "crescendo_version": __version__, "state": state_of(model).to_dict()}
+        (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
     return Path(out)
-
-
-def dense_summary(model: nn.Module) -> dict[str, Any]:
-    return summarize(model).to_dict()
 
 
 class BenchFactory:

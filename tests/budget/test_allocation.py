@@ -16,7 +16,7 @@ from crescendo.budget.allocation import (
     allocation_recipe,
     progressive_vs_regressive,
 )
-from crescendo.engine.sequential import records_of
+from crescendo.state import state_of
 from crescendo.errors import ConfigError
 from crescendo.recipe import parse_recipe
 from conftest import tiny_bench
@@ -111,7 +111,7 @@ def test_recipes_parse_and_the_orders_reverse_the_same_stages(bench):
     # both orders leave every layer at its allocated bit-width
     for recipe in (allocation_recipe(bits, "rtn", "progressive"), allocation_recipe(bits, "rtn", "regressive")):
         model, _ = bench.compress(recipe)
-        records = records_of(model)
+        records = state_of(model).records
         assert {n: records[n].grid.bits for n in bits} == bits
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crescendo.api import compress
-from crescendo.engine.sequential import records_of
+from crescendo.state import state_of
 from crescendo.eval.perplexity import perplexity
 from crescendo.models.adapters import get_weight
 from conftest import tiny_model
@@ -28,7 +28,7 @@ def test_recipes_on_cuda_match_cpu_invariants(recipe, calibration, eval_ids):
     model = tiny_model("llama").cuda()
     compress(model, recipe, [c.cuda() for c in calibration], progress=False)
     modules = dict(model.named_modules())
-    for name, rec in records_of(model).items():
+    for name, rec in state_of(model).records.items():
         w = get_weight(modules[name])
         assert w.is_cuda
         if rec.mask is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crescendo.api import compress, summarize
-from crescendo.engine.sequential import records_of
+from crescendo.state import state_of
 from crescendo.errors import ConfigError, ModelError, RecipeError
 from crescendo.models.adapters import get_adapter, get_weight
 from conftest import FAMILIES, tiny_llama, tiny_model
@@ -25,7 +25,7 @@ def test_sparsegpt_then_gptq_on_every_family(family, calibration, eval_ids):
     adapter = get_adapter(model)
     linears = adapter.all_block_linears(model)
     assert len(linears) >= 4
-    records = records_of(model)
+    records = state_of(model).records
     for name, module in linears.items():
         w = get_weight(module)
         rec = records[name]
@@ -43,7 +43,7 @@ def test_sparsegpt_then_gptq_on_every_family(family, calibration, eval_ids):
 def test_quantize_then_sparsegpt_keeps_quantizer_grid(calibration):
     model = tiny_model("llama")
     compress(model, "rtn:w4,g32 > sparsegpt:0.5", calibration, progress=False)
-    for name, rec in records_of(model).items():
+    for name, rec in state_of(model).records.items():
         w = get_weight(dict(model.named_modules())[name])
         assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)
         assert torch.all(w[rec.mask] == 0)
@@ -53,7 +53,7 @@ def test_nm_sparsity_pattern_holds(calibration):
     for method in ("magnitude", "wanda", "sparsegpt"):
         model = tiny_model("llama")
         compress(model, f"{method}:2:4", calibration, progress=False)
-        for name, rec in records_of(model).items():
+        for name, rec in state_of(model).records.items():
             groups = rec.mask.reshape(rec.mask.shape[0], -1, 4).sum(-1)
             assert torch.all(groups == 2), f"{method} broke 2:4 in {name}"
 
@@ -69,8 +69,8 @@ def test_calibrated_stage_sees_earlier_stage(calibration):
     a, b = tiny_model("llama"), tiny_model("llama")
     compress(a, "sparsegpt:0.5", calibration, progress=False)
     compress(b, "act:a3 > sparsegpt:0.5", calibration, progress=False)
-    masks_a = [r.mask for r in records_of(a).values()]
-    masks_b = [r.mask for r in records_of(b).values()]
+    masks_a = [r.mask for r in state_of(a).records.values()]
+    masks_b = [r.mask for r in state_of(b).records.values()]
     assert any(not torch.equal(x, y) for x, y in zip(masks_a, masks_b))
 
 
@@ -119,7 +119,7 @@ def test_formats_and_kv_quantization_as_stages(calibration, eval_ids):
     dense = _logits(model, eval_ids)
     compress(model, "magnitude:0.5 > mxfp4 > rtn:a8kv4", calibration, progress=False)
     values = element_values("e2m1")
-    for name, rec in records_of(model).items():
+    for name, rec in state_of(model).records.items():
         w = get_weight(dict(model.named_modules())[name])
         assert torch.all(w[rec.mask] == 0)
         assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)
@@ -132,7 +132,7 @@ def test_formats_and_kv_quantization_as_stages(calibration, eval_ids):
 
 def test_kv_quantization_rejected_for_fused_qkv():
     model = tiny_model("gpt2")
-    with pytest.raises(ConfigError, match="k_proj"):
+    with pytest.raises(ConfigError, match="gpt2 fuses them"):
         compress(model, "rtn:w8kv8", None, progress=False)
 
 
@@ -170,8 +170,9 @@ def test_sleb_removes_whole_blocks_and_keeps_records(calibration, eval_ids):
     model.config.num_hidden_layers = 2
     result = compress(model, "rtn:w8 > sleb:0.5", calibration, progress=False)
     assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
-    assert model.config.crescendo_removed_blocks["original_layers"] == 2
-    assert set(records_of(model)) == set(get_adapter(model).all_block_linears(model))
+    removed = state_of(model).removed
+    assert removed.original_layers == 2 and len(removed.removed) == 1 and removed.params > 0
+    assert set(state_of(model).records) == set(get_adapter(model).all_block_linears(model))
     assert 0.4 < result.summary.sparsity < 0.6  # one of two blocks' weights removed
     assert torch.isfinite(_logits(model, eval_ids)).all()
 
@@ -207,7 +208,7 @@ def test_zeros_pruned_prunes_on_top_of_quantizer_zeros(method, calibration):
     assert zeros_after_rtn > 0.15  # the premise: 2-bit RTN rounds many weights to zero
     assert abs(summarize(plain).zero_fraction - zeros_after_rtn) < 0.02  # default: nothing new pruned
     assert abs(result.summary.sparsity - (zeros_after_rtn + 0.1)) < 0.02
-    for name, rec in records_of(onto).items():
+    for name, rec in state_of(onto).records.items():
         w = get_weight(dict(onto.named_modules())[name])
         assert torch.all(w[rec.mask] == 0)
         assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)  # still on the 2-bit grid

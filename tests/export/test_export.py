@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import VOCAB, tiny_llama, tiny_model
 from crescendo.api import compress
-from crescendo.engine.sequential import records_of
+from crescendo.state import state_of
 from crescendo.errors import ConfigError, ModelError, VerifyError
 from crescendo.export import VerifyReport, load, save_packed, verify
 from crescendo.export.packing import pack_bits, unpack_bits
@@ -61,7 +61,7 @@ def test_round_trip_is_bit_identical(family, recipe, calibration, eval_ids, tmp_
     out = _save(model, tmp_path, recipe)
     loaded, tokenizer, meta = load(out)
     assert torch.equal(_logits(model, eval_ids), _logits(loaded, eval_ids))
-    _assert_records_equal(records_of(model), records_of(loaded))
+    _assert_records_equal(state_of(model).records, state_of(loaded).records)
     assert tokenizer is None and meta["recipe"] == recipe and meta["metrics"] == {"ppl": 1.0}
     report = verify(out)
     assert report.ok, report.failure
@@ -105,7 +105,7 @@ def test_size_on_disk_reflects_compression(calibration, tmp_path):
     model = _compressed("llama", "sparsegpt:0.5 > gptq:w4", calibration)
     out = _save(model, tmp_path, "sparsegpt:0.5 > gptq:w4")
     tensors = load_file(str(out / WEIGHTS))
-    names = list(records_of(model))
+    names = list(state_of(model).records)
     packed = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.rsplit(".weight.", 1)[0] in names)
     modules = dict(model.named_modules())
     fp16 = 2 * sum(modules[n].weight.numel() for n in names)
@@ -160,7 +160,7 @@ def test_broken_two_four_group_is_caught(calibration, tmp_path):
     model = _compressed("llama", "magnitude:2:4 > rtn:w4", calibration)
     out = _save(model, tmp_path, "magnitude:2:4 > rtn:w4")
     key = "model.layers.0.self_attn.o_proj.weight"
-    mask = records_of(model)["model.layers.0.self_attn.o_proj"].mask.reshape(-1)
+    mask = state_of(model).records["model.layers.0.self_attn.o_proj"].mask.reshape(-1)
     flat = int(mask[64 * 3:].nonzero()[0]) + 64 * 3  # a pruned weight in row 3
     byte, bit = divmod(flat, 8)
 

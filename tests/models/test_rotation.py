@@ -19,10 +19,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from crescendo.engine.wrappers import input_transforms
+from crescendo.transforms import input_transforms
 from crescendo.errors import ConfigError, ModelError
 from crescendo.kernels.hadamard import apply_hadamard, hadamard_matrix, random_hadamard_matrix
-from crescendo.models.rotation import CONFIG_KEY, OnlineHadamard, RotationInfo, rotate_llama_
+from crescendo.models.rotation import OnlineHadamard, RotationInfo, rotate_llama_
+from crescendo.state import state_of
 
 # intermediate 96 = 32 * 3 exercises the Kronecker (Sylvester x Paley-12) construction
 SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -134,7 +135,7 @@ def test_rotation_without_value_hadamard_and_other_seed():
     model = _build("qwen2")
     before = _logits(model, IDS)
     info = rotate_llama_(model, seed=123, value_hadamard=False)
-    assert not info.value_hadamard and model.config.crescendo_rotation["value_hadamard"] is False
+    assert not info.value_hadamard and state_of(model).rotation == info
     assert (_logits(model, IDS) - before).abs().max() / before.abs().max() < 1e-5
 
 
@@ -161,17 +162,24 @@ def test_tied_head_with_unit_final_norm_stays_tied():
     assert (_logits(model, IDS) - before).abs().max() / before.abs().max() < 1e-5
 
 
-def test_config_records_rotation_and_saves(tmp_path):
+def test_state_records_rotation_and_saves(tmp_path):
+    from conftest import _word_tokenizer
+    from crescendo.workflow import load_any, save_hf
+
     model = _build("llama_tied")
+    before = _logits(model, IDS)
     rotate_llama_(model, seed=7)
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved[CONFIG_KEY]["seed"] == 7 and saved[CONFIG_KEY]["online_hadamard"] == ["mlp.down_proj"]
-    assert saved["tie_word_embeddings"] is False
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert set(reloaded.state_dict()) == set(model.state_dict())
-    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
-    assert reloaded.lm_head.weight is not reloaded.model.embed_tokens.weight
+    save_hf(model, _word_tokenizer(8), tmp_path / "out", {"recipe": "rotate:seed=7"})
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["tie_word_embeddings"] is False and not any(k.startswith("crescendo") for k in saved)
+    assert json.loads((tmp_path / "out" / "crescendo.json").read_text())["state"]["rotation"]["seed"] == 7
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # transformers alone: no online Hadamard
+    assert set(plain.state_dict()) == set(model.state_dict())
+    assert plain.lm_head.weight is not plain.model.embed_tokens.weight
+    reloaded, _, _ = load_any(str(tmp_path / "out"))
+    assert state_of(reloaded).rotation == state_of(model).rotation
+    assert isinstance(input_transforms(reloaded.model.layers[0].mlp.down_proj)[0], OnlineHadamard)
+    assert (_logits(reloaded, IDS) - before).abs().max() / before.abs().max() < 1e-5
 
 
 def test_rotating_twice_is_refused():

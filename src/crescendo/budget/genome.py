@@ -93,7 +93,8 @@ def prune_stage(template: str, p: Prune, include: str = "") -> Stage:
 def quant_stage(template: str, b: int, include: str = "") -> Stage:
     """The quantization stage for b weight bits: `method:wB` or the template with {b} = b."""
     stage = parse_stage((template.format(b=b) if "{b}" in template else f"{template}:w{b}") + include)
-    if stage.kind != "quantize" or getattr(stage.config, "weight_bits", None) != b:
+    grid = stage.config.weight_grid
+    if stage.kind != "quantize" or grid is None or grid.bits_per_element != b:
         raise ConfigError(f"{template!r} must quantize weights to {{b}} bits (e.g. rtn, gptq or rtn:w{{b}}a{{b}})")
     return stage
 

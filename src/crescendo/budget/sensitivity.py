@@ -205,6 +205,6 @@ def output_error_proxy(
     out: dict[str, dict[Candidate, float]] = {}
     for name, module in modules.items():
         w = get_weight(module)  # (out, in)
-        gram = stats.result(name).to(w.device)  # (in, in)
+        gram = stats.result(name).matrix.to(w.device)  # (in, in)
         out[name] = {c: output_error_from_gram(w, grid.quantize(w), gram) for c, grid in grids[name]}
     return out

@@ -15,26 +15,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.adapters import Adapter, in_features
+from ..state import RemovedBlocks, state_of
 from .capture import BlockInputs, capture_first_block_inputs, run_block
 
 
-def _head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The final norm and LM head applied after the last block (LLaMA/Mistral/Qwen2, OPT, GPT-2, NeoX)."""
-    inner = getattr(model, "model", None) or getattr(model, "transformer", None) or getattr(model, "gpt_neox", None)
-    for name in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
-        norm = getattr(inner, name, None) or getattr(getattr(inner, "decoder", None), name, None)
-        if norm is not None:
-            break
-    head = model.get_output_embeddings()
-    return norm if norm is not None else nn.Identity(), head
-
-
 @torch.no_grad()
-def _loss(model: nn.Module, hidden: list[torch.Tensor], ids: list[torch.Tensor]) -> float:
-    norm, head = _head(model)
+def _loss(model: nn.Module, adapter: Adapter, hidden: list[torch.Tensor], ids: list[torch.Tensor]) -> float:
     total, count = 0.0, 0
     for h, x in zip(hidden, ids):
-        logits = head(norm(h)).float()  # (1, L, V)
+        logits = adapter.logits(model, h).float()  # (1, L, V)
         loss = nn.functional.cross_entropy(logits[0, :-1], x[0, 1:].to(logits.device), reduction="sum")
         total += float(loss)
         count += x.shape[1] - 1
@@ -63,7 +52,7 @@ def select_blocks_greedy(
             state = inputs_at[cand]
             for i in kept[pos + 1 :]:
                 state = state.with_hidden(run_block(blocks[i], state))
-            loss = _loss(model, [state.hidden(j) for j in range(len(state))], calibration)
+            loss = _loss(model, adapter, [state.hidden(j) for j in range(len(state))], calibration)
             if loss < best_loss:
                 best, best_loss = cand, loss
         removed.append(best)
@@ -71,7 +60,7 @@ def select_blocks_greedy(
 
 
 def remove_blocks_(model: nn.Module, adapter: Adapter, indices: list[int]) -> None:
-    """Delete decoder blocks in place, renumber the rest, keep per-linear records consistent."""
+    """Delete decoder blocks in place, renumber the rest, keep the compression state consistent."""
     blocks = adapter.blocks(model)
     n_before = len(blocks)
     keep = [i for i in range(n_before) if i not in set(indices)]
@@ -86,30 +75,25 @@ def remove_blocks_(model: nn.Module, adapter: Adapter, indices: list[int]) -> No
         for module in block.modules():  # attention modules index the KV cache by layer
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_index
-    config = model.config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if hasattr(config, key):
-            setattr(config, key, len(keep))
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in keep]
-    original = getattr(config, "crescendo_removed_blocks", None) or {"original_layers": n_before, "removed": []}
-    survivors = [i for i in range(original["original_layers"]) if i not in original["removed"]]
-    original["removed"] = sorted(original["removed"] + [survivors[i] for i in indices])
-    config.crescendo_removed_blocks = original
-    model.crescendo_removed_params = getattr(model, "crescendo_removed_params", 0) + removed_params
-    model.crescendo_removed_linears = getattr(model, "crescendo_removed_linears", []) + removed_linears
+    adapter.set_layer_count_(model, len(keep), keep)
 
-    records = getattr(model, "crescendo_records", None)
-    if records:
-        prefix = adapter.blocks_path + "."
-        renamed = {}
-        for name, rec in records.items():
-            if not name.startswith(prefix):
-                renamed[name] = rec
-                continue
-            index_text, _, rest = name[len(prefix):].partition(".")
-            old = int(index_text)
-            if old in keep:
-                rec.name = f"{prefix}{keep.index(old)}.{rest}"
-                renamed[rec.name] = rec
-        model.crescendo_records = renamed
+    state = state_of(model)
+    removed = state.removed or RemovedBlocks(original_layers=n_before)
+    survivors = removed.survivors()
+    removed.removed = sorted(removed.removed + [survivors[i] for i in indices])
+    removed.params += removed_params
+    removed.linears = removed.linears + removed_linears
+    state.removed = removed
+
+    prefix = adapter.blocks_path + "."
+    renamed = {}
+    for name, rec in state.records.items():
+        if not name.startswith(prefix):
+            renamed[name] = rec
+            continue
+        index_text, _, rest = name[len(prefix):].partition(".")
+        old = int(index_text)
+        if old in keep:
+            rec.name = f"{prefix}{keep.index(old)}.{rest}"
+            renamed[rec.name] = rec
+    state.records = renamed

@@ -19,35 +19,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..methods.base import LinearRecord
 from ..models.adapters import Adapter, get_weight, select_targets, set_weight_, tied_names
+from ..state import LinearRecord, state_of
 from .capture import capture_first_block_inputs, run_block
-from .stats import InputStatistics
+from .stats import Hessian, InputStatistics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StageReport:
+    """What one stage did: its timing, the linears it touched and the calibration facts worth naming."""
+
     method: str
     stage: str
     seconds: float
     layers: int
-
-
-def records_of(model: nn.Module) -> dict[str, LinearRecord]:
-    """The per-linear compression history attached to a model (created on first use)."""
-    records = getattr(model, "crescendo_records", None)
-    if records is None:
-        records = {}
-        model.crescendo_records = records
-    return records
-
-
-def _record(records: dict[str, LinearRecord], name: str) -> LinearRecord:
-    if name not in records:
-        records[name] = LinearRecord(name=name)
-    return records[name]
+    # inputs exactly zero on every calibration token (e.g. rounded to zero by an activation
+    # quantizer): their weights are left as they are, not zeroed as the reference codes do
+    dead_inputs: int = 0
+    statistics: int = 0  # distinct input statistics accumulated (linears sharing an input share one)
 
 
 def apply_stage_(
@@ -58,29 +49,31 @@ def apply_stage_(
     *,
     progress: bool = True,
 ) -> StageReport:
-    """Apply `stage` (a recipe Stage) to `model` in place; returns its timing."""
+    """Apply `stage` (a recipe Stage) to `model` in place; returns what it did."""
     spec, config = stage.spec, stage.config
     start = time.perf_counter()
-    records = records_of(model)
+    state = state_of(model)
     if spec.apply_model is not None:
         if spec.needs_calibration and not calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
         spec.apply_model(model, adapter, config, calibration, progress=progress)
         return StageReport(spec.name, str(stage), time.perf_counter() - start, 0)
 
-    targets = select_targets(model, adapter, getattr(config, "include", None), getattr(config, "exclude", None))
+    targets = select_targets(model, adapter, config.targets)
     tied = tied_names(model, list(targets))
     if tied:
         log.warning("stage %s compresses tied weights %s: the tensors they share change too", stage, tied)
+    report = StageReport(spec.name, str(stage), 0.0, len(targets))
     if spec.statistic is None:
         for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
-            _compress_one(module, None, _record(records, name), spec, config, str(stage))
+            _compress_one(module, None, state.record(name), spec, config, str(stage))
     else:
-        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), records, progress)
+        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), report, progress)
     if spec.attach_linear is not None:
         for name, module in targets.items():
-            spec.attach_linear(module, _record(records, name), config, getattr(model, "config", None))
-    return StageReport(spec.name, str(stage), time.perf_counter() - start, len(targets))
+            spec.attach_linear(module, state.record(name), config, adapter, model)
+    report.seconds = time.perf_counter() - start
+    return report
 
 
 def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, text: str) -> None:
@@ -92,12 +85,14 @@ def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, 
     record.history.append(text)
 
 
-def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, records, progress) -> None:
+def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
+                     progress) -> None:
     if not calibration:
         raise ConfigError(f"stage {text} needs calibration data")
     outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
     if outside:
         raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+    state = state_of(model)
     blocks = adapter.blocks(model)
     inputs = capture_first_block_inputs(model, blocks[0], calibration)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
@@ -106,8 +101,15 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
         if linears:
             with InputStatistics(linears, spec.statistic) as stats:
                 run_block(block, inputs)
+            seen: set[int] = set()
             for name, module in linears.items():
-                _compress_one(module, stats.result(name), _record(records, name), spec, config, text)
+                statistic = stats.result(name)
+                if id(statistic) not in seen:
+                    seen.add(id(statistic))
+                    report.statistics += 1
+                    if isinstance(statistic, Hessian):
+                        report.dead_inputs += statistic.dead_inputs
+                _compress_one(module, statistic, state.record(name), spec, config, text)
             del stats
         if index + 1 < len(blocks):
             inputs = inputs.with_hidden(run_block(block, inputs))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels.obs import PreparedHessian, prepare_hessian
 from ..models.adapters import in_features
-from .wrappers import input_transforms
+from ..transforms import input_transforms
 
 
 def accumulate_hessian(x: torch.Tensor, H: torch.Tensor) -> None:
@@ -21,13 +22,41 @@ def accumulate_sq_norm(x: torch.Tensor, norms: torch.Tensor) -> None:
     norms.add_((x * x).sum(dim=0))
 
 
+class Hessian:
+    """The mean X^T X (in, in) of one linear input, shared by every linear fed that input.
+
+    `prepared(dampening, act_order)` factors it once per setting, so q/k/v (and gate/up) cost one
+    Cholesky factorization between them, not three.
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix  # (in, in) mean over calibration tokens
+        self._prepared: dict[tuple[float, bool], PreparedHessian] = {}
+
+    def prepared(self, dampening_fraction: float, act_order: bool = False) -> PreparedHessian:
+        key = (float(dampening_fraction), bool(act_order))
+        if key not in self._prepared:
+            self._prepared[key] = prepare_hessian(self.matrix, dampening_fraction, act_order)
+        return self._prepared[key]
+
+    @property
+    def dead_inputs(self) -> int:
+        """Inputs that were exactly zero on every calibration token."""
+        return int((torch.diagonal(self.matrix) == 0).sum())
+
+
+def _transform_signature(module: nn.Module) -> tuple[str, ...]:
+    return tuple(repr(t) for t in input_transforms(module))
+
+
 class InputStatistics:
     """Context manager: hook `linears`, accumulate a statistic of their inputs, remove hooks on exit.
 
-    kind "hessian" gives the mean X^T X over tokens (in, in); "input_sq_norm" the per-feature sum of
+    kind "hessian" gives a `Hessian` (mean X^T X over tokens); "input_sq_norm" the per-feature sum of
     squares (in,). The statistic is of what the weight actually multiplies: a layer's input transforms
-    (online Hadamard, activation quantizer) are applied first. Linears without transforms fed the very
-    same input tensor (q/k/v, gate/up) share one accumulation.
+    (online Hadamard, activation quantizer) are applied first. Linears called one after another on the
+    very same input tensor with the same input transforms (q/k/v, gate/up) share one accumulation:
+    the first of them leads, the others alias it (`leader`).
     """
 
     def __init__(self, linears: dict[str, nn.Module], kind: str) -> None:
@@ -35,9 +64,11 @@ class InputStatistics:
         self.kind = kind
         self.values: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
-        self._alias: dict[str, str] = {}
-        self._last: tuple[torch.Tensor, str] | None = None
+        self.accumulations = 0  # calls that added to a statistic (what sharing saves)
+        self._leader: dict[str, str] = {}
+        self._last: tuple[torch.Tensor, tuple[str, ...], str] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._results: dict[str, Hessian | torch.Tensor] = {}
 
     def __enter__(self) -> InputStatistics:
         for name, module in self.linears.items():
@@ -52,17 +83,19 @@ class InputStatistics:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = args[0].detach()
-            transforms = input_transforms(module)
-            if transforms:
-                for t in transforms:
-                    x = t(x)
-            elif self._last is not None and self._last[0] is x:
-                self._alias.setdefault(name, self._last[1])
-                if self._alias[name] != name:
-                    return
-            if not transforms:
-                self._last = (x, self._alias.get(name, name))
+            raw = args[0]
+            signature = _transform_signature(module)
+            same = self._last is not None and self._last[0] is raw and self._last[1] == signature
+            leader = self._last[2] if same else name
+            known = self._leader.setdefault(name, leader)
+            if known != leader:  # the call pattern changed between calibration batches
+                raise RuntimeError(f"linear {name} shared its input with {known} on one batch but not on another")
+            self._last = (raw, signature, leader)  # holds `raw`, so its identity cannot be reused
+            if leader != name:
+                return
+            x = raw.detach()
+            for t in input_transforms(module):
+                x = t(x)
             if name not in self.values:
                 n_in = in_features(module)
                 shape = (n_in, n_in) if self.kind == "hessian" else (n_in,)
@@ -73,10 +106,19 @@ class InputStatistics:
             else:
                 accumulate_sq_norm(x, self.values[name])
             self.tokens[name] += x.numel() // x.shape[-1]
+            self.accumulations += 1
 
         return hook
 
-    def result(self, name: str) -> torch.Tensor:
-        leader = self._alias.get(name, name)
-        value = self.values[leader]
-        return value / max(self.tokens[leader], 1) if self.kind == "hessian" else value
+    def leader(self, name: str) -> str:
+        """The linear whose accumulation `name` shares (itself when it leads)."""
+        return self._leader.get(name, name)
+
+    def result(self, name: str) -> Hessian | torch.Tensor:
+        """The statistic of `name`'s input: one shared object per distinct input."""
+        leader = self.leader(name)
+        if leader not in self._results:
+            value = self.values[leader]
+            self._results[leader] = (Hessian(value / max(self.tokens[leader], 1)) if self.kind == "hessian"
+                                     else value)
+        return self._results[leader]

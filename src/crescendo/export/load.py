@@ -18,10 +18,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ModelError, VerifyError
-from ..methods.base import LinearRecord
 from ..models.adapters import is_transposed, set_weight_
+from ..state import CompressionState, record_from_dict, set_state_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
-from ..grids import grid_from_dict
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
 
@@ -122,7 +121,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     """Rebuild a model saved by `save_packed`: identical weights, records and quantizers.
 
     Returns (model, tokenizer or None, metadata from crescendo.json). The model is in eval mode on
-    `device`, with `model.crescendo_records` rebuilt (mask, grid, grid parameters, activation grid,
+    `device`, with its compression state (`crescendo.state`) rebuilt (mask, grid, grid parameters, activation grid,
     KV bits, history) and every activation / KV quantizer and online Hadamard re-attached, so its
     logits equal the in-memory compressed model's bit for bit (same device and dtype).
 
@@ -161,20 +160,18 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     if missing:
         raise ModelError(f"the saved model lacks tensors the architecture needs: {missing[:3]}")
 
-    records: dict[str, LinearRecord] = {}
-    for name, r in manifest.get("records", {}).items():
+    state = CompressionState.from_dict(manifest.get("state"))
+    for name, described in manifest.get("records", {}).items():
         mask, grid, params = rebuilt.get(name, (None, None, None))
-        records[name] = LinearRecord(name=name, mask=mask, grid=grid, grid_params=params,
-                                     act_grid=grid_from_dict(r.get("act_grid")), kv_bits=r.get("kv_bits"),
-                                     history=list(r.get("history", [])))
+        state.records[name] = record_from_dict(name, described, mask, grid, params)
     attach_transforms_(model, manifest.get("transforms", {}))
     _cast_buffers_(model, manifest.get("buffer_dtypes", {}))
     model.eval().to(device)
-    for rec in records.values():
+    for rec in state.records.values():
         rec.mask = rec.mask.to(device) if rec.mask is not None else None
         if rec.grid_params is not None:
             rec.grid_params = {k: v.to(device) for k, v in rec.grid_params.items()}
-    model.crescendo_records = records
+    set_state_(model, state)
     tokenizer = _load_tokenizer(directory)
     metadata = read_json(directory / METADATA) if (directory / METADATA).exists() else {}
     return model, tokenizer, metadata

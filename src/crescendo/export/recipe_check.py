@@ -1,21 +1,18 @@
 """What a recipe says each linear should hold, computed from layer names alone (no model needed).
 
-Mirrors the engine's target selection (`models.adapters.select_targets`): a stage targets every
-decoder-block linear by default, or every linear whose name matches `include`, minus those matching
-`exclude`. Walking the stages in order gives, per layer, whether it is pruned (and by which N:M
-patterns or unstructured ratios, which add up across stages), the grid its weights end on, and its
-activation and KV quantizers (a later stage replaces an earlier one, as `remove_transforms_` does).
+Uses the engine's target selection (`Targets.select`): a stage targets every decoder-block linear
+by default, or every linear whose name matches `include`, minus those matching `exclude`. Walking
+the stages in order gives, per layer, whether it is pruned (and by which N:M patterns or unstructured
+ratios, which add up across stages), the grid its weights end on, and its activation and KV
+quantizers (a later stage replaces an earlier one, as `remove_transforms_` does).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..grids import Grid
 from ..types import NM
-
-_KV_SUFFIXES = ("k_proj", "v_proj")
 
 
 @dataclass
@@ -31,57 +28,35 @@ class Expectation:
     kv_bits: int | None = None
 
 
-def stage_targets(config, all_linears: list[str], block_linears: list[str]) -> list[str]:
-    """Names a stage with `config` compresses (see the module docstring)."""
-    include, exclude = getattr(config, "include", None), getattr(config, "exclude", None)
-    names = block_linears
-    if include is not None:
-        names = [n for n in all_linears if re.search(include, n)]
-    if exclude is not None:
-        names = [n for n in names if not re.search(exclude, n)]
-    return names
+def recipe_expectations(recipe: str | None, all_linears: list[str], block_linears: list[str],
+                        kv_projections: list[str]) -> dict[str, Expectation]:
+    """Layer name -> Expectation for every linear a stage of `recipe` touches ({} without a recipe).
 
-
-def _weight_grid(config) -> Grid | None:
-    if hasattr(config, "weight_grid"):
-        return config.weight_grid
-    return config.grid if getattr(config, "weights", False) and hasattr(config, "grid") else None
-
-
-def _act_grid(config) -> Grid | None:
-    if hasattr(config, "act_grid"):
-        return config.act_grid
-    return config.grid if getattr(config, "activations", False) and hasattr(config, "grid") else None
-
-
-def recipe_expectations(recipe: str | None, all_linears: list[str], block_linears: list[str]) -> dict[str, Expectation]:
-    """Layer name -> Expectation for every linear a stage of `recipe` touches ({} without a recipe)."""
+    Reads each stage's config through the method protocol (targets, sparsity, grids, KV bits)."""
     if not recipe:
         return {}
     from ..recipe import parse_recipe  # imports the method registry
 
+    kv_names = set(kv_projections)
     out: dict[str, Expectation] = {}
     for stage in parse_recipe(recipe).stages:
         spec, config = stage.spec, stage.config
-        if spec.apply_model is not None:
-            continue  # whole-model methods (rotation) change no record
-        for name in stage_targets(config, all_linears, block_linears):
+        if config.targets is None:
+            continue  # whole-model methods (rotation, block removal) change no record
+        for name in config.targets.select(block_linears, all_linears):
             e = out.setdefault(name, Expectation())
-            if spec.kind == "prune":
+            sparsity = config.sparsity
+            if sparsity is not None:
                 e.pruned = True
-                if getattr(config, "nm", None) is not None:
-                    e.nm.append(config.nm)
+                if sparsity.nm is not None:
+                    e.nm.append(sparsity.nm)
                 else:
-                    e.ratio_sum += float(config.ratio)
+                    e.ratio_sum += float(sparsity.ratio)
                     e.ratio_stages += 1
-            if spec.kind != "quantize":
-                continue
-            if spec.compress_linear is not None and _weight_grid(config) is not None:
-                e.grid = _weight_grid(config)
-            act = _act_grid(config)
-            if act is not None:
-                e.act_grid = act
-            kv = getattr(config, "kv_bits", None)
-            if kv is not None and name.endswith(_KV_SUFFIXES):
-                e.kv_bits = kv
+            if spec.compress_linear is not None and config.weight_grid is not None:
+                e.grid = config.weight_grid
+            if config.act_grid is not None:
+                e.act_grid = config.act_grid
+            if config.kv_bits is not None and name in kv_names:
+                e.kv_bits = config.kv_bits
     return out

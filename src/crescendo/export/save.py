@@ -27,6 +27,7 @@ from .. import __version__
 from ..outputs import atomic_output_dir, check_output_dir
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
+from ..state import state_of
 from .layout import dtype_name, pack_linear, unpack_linear
 from .qconfig import build_quantization_config
 from .transforms import describe_transforms
@@ -103,13 +104,11 @@ def _buffer_dtypes(model: nn.Module) -> dict[str, str]:
     return {n: dtype_name(b.dtype) for n, b in model.named_buffers() if n not in persistent and b.is_floating_point()}
 
 
-def _linear_names(model: nn.Module) -> tuple[list[str], list[str]]:
+def _linear_names(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    """Every linear, the decoder-block linears and the key/value projections (what `verify` checks)."""
+    adapter = get_adapter(model)
     every = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
-    try:
-        blocks = list(get_adapter(model).all_block_linears(model))
-    except ModelError:
-        blocks = []
-    return every, blocks
+    return every, list(adapter.all_block_linears(model)), [n for n in every if adapter.is_kv_projection(n)]
 
 
 def _sparsity(entries: dict[str, dict], recipe: str | None) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def _sparsity(entries: dict[str, dict], recipe: str | None) -> dict[str, Any]:
             stages = parse_recipe(recipe).stages
         except CrescendoError:  # metadata only here; `verify` reports a recipe that does not parse
             stages = ()
-        nms = {str(s.config.nm) for s in stages if getattr(s.config, "nm", None) is not None}
+        nms = {str(s.config.sparsity.nm) for s in stages if s.config.sparsity is not None and s.config.sparsity.nm}
         structure = nms.pop() if len(nms) == 1 else structure
     return {"global_sparsity": 1.0 - kept / total, "structure": structure, "targets": sorted(masked)}
 
@@ -134,7 +133,7 @@ def _sparsity(entries: dict[str, dict], recipe: str | None) -> dict[str, Any]:
 def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, metadata: dict[str, Any]) -> Path:
     """Save a compressed model with packed integer weights, grid parameters and sparsity bitmasks.
 
-    Every linear whose `crescendo_records` entry has a grid and/or a mask is stored as the bit-packed
+    Every linear whose record (`crescendo.state`) has a grid and/or a mask is stored as the bit-packed
     codes of its kept elements, its scales / zero points / exponents and a 1-bit-per-weight mask;
     everything else (embeddings, norms, biases, an untied lm_head) is stored as it is. The directory
     is written to a temporary sibling and renamed at the end, so a failed save leaves nothing behind.
@@ -156,10 +155,11 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         >>> save_packed(model, tokenizer, "out/llama-w4-s50", {"recipe": "sparsegpt:0.5 > gptq:w4,g128"})
     """
     out = check_output_dir(out_dir)
-    records = getattr(model, "crescendo_records", None) or {}
+    state = state_of(model)
+    records = state.records
     packed, entries = _pack_linears(model, records)
     plain, aliases = _plain_tensors(model, entries)
-    every, blocks = _linear_names(model)
+    every, blocks, kv_projections = _linear_names(model)
     recipe = metadata.get("recipe")
     recipe = str(recipe) if recipe is not None else None
     dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
@@ -167,12 +167,12 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         "format": FORMAT, "version": VERSION, "crescendo_version": __version__,
         "weights": WEIGHTS, "dtype": dtype_name(dtype), "recipe": recipe,
         "linears": entries,
-        "records": {n: {"packed": n in entries, "act_grid": r.act_grid.to_dict() if r.act_grid is not None else None, "kv_bits": r.kv_bits,
-                        "history": list(r.history)} for n, r in records.items()},
+        "records": {n: {"packed": n in entries, **r.describe()} for n, r in records.items()},
+        "state": state.to_dict(),
         "plain": sorted(plain), "aliases": aliases,
         "transforms": describe_transforms(model),
         "buffer_dtypes": _buffer_dtypes(model),
-        "all_linears": every, "block_linears": blocks,
+        "all_linears": every, "block_linears": blocks, "kv_projections": kv_projections,
     }
     grids = {n: (r.grid, r.act_grid) for n, r in records.items()}
     kv = {n: {"kv_bits": r.kv_bits} for n, r in records.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..engine.wrappers import add_input_transform_, add_output_transform_, input_transforms, output_transforms
+from ..transforms import add_input_transform_, add_output_transform_, input_transforms, output_transforms
 from ..errors import ConfigError, VerifyError
 from ..methods.quantization import ActivationQuantizer, KVQuantizer
 from ..grids import grid_from_dict

@@ -157,7 +157,8 @@ def _verify(directory: Path, summary: dict[str, Any]) -> None:
     for key in sorted(set(tensors) - expected):
         raise VerifyError(f"tensor {key} in {manifest['weights']} is not in the manifest")
     _check_finite(tensors)
-    expectations = recipe_expectations(recipe, manifest.get("all_linears", []), manifest.get("block_linears", []))
+    expectations = recipe_expectations(recipe, manifest.get("all_linears", []), manifest.get("block_linears", []),
+                                       manifest.get("kv_projections", []))
     pruned = total = 0
     bits = 0.0
     for name, entry in manifest["linears"].items():

@@ -26,6 +26,18 @@ class SweepResult:
     grid_params: Params | None  # {name: (out, n_groups)} parameters of the grid the weight lies on
 
 
+@dataclass(frozen=True)
+class PreparedHessian:
+    """What the column sweep needs from a layer Hessian, computed once per distinct input.
+
+    Linears fed the same input (q/k/v, gate/up) share one Hessian, hence one preparation.
+    """
+
+    factor: torch.Tensor  # (in, in) upper Cholesky factor of (H + λI)^-1, in visiting order
+    perm: torch.Tensor | None  # visiting order of the columns (act-order), or None for 0..in-1
+    dead: torch.Tensor  # (in,) bool: inputs that were exactly zero on every calibration token
+
+
 def inverse_hessian_factor(H: torch.Tensor, dampening_fraction: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + λI)^-1 with λ = dampening_fraction * mean(diag H). H: (in, in)."""
     H = H.clone()
@@ -36,9 +48,30 @@ def inverse_hessian_factor(H: torch.Tensor, dampening_fraction: float) -> torch.
     return torch.linalg.cholesky(Hinv, upper=True)
 
 
+def prepare_hessian(H: torch.Tensor, dampening_fraction: float = 0.01, act_order: bool = False) -> PreparedHessian:
+    """Dampen, order and factor a layer Hessian H = X^T X (in, in) for `obs_sweep`.
+
+    Inputs whose diagonal is 0 never carried a nonzero value on the calibration set: their row and
+    column of H are zero, so they get a unit diagonal (the references' `H[dead, dead] = 1`) to keep
+    H invertible. Unlike the reference code, their weights are *not* zeroed: after an activation
+    quantizer such inputs may merely round to zero on every calibration token and still be live at
+    evaluation, and a stage must not change what it was not asked to change. With zero rows in H
+    the sweep spreads no error through them; they are quantized and are pruning candidates like any
+    other weight. act_order: visit columns in decreasing diag(H) (GPTQ's act-order).
+    """
+    H = H.detach().float().clone(memory_format=torch.contiguous_format)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        H = H[perm][:, perm]
+    return PreparedHessian(inverse_hessian_factor(H, dampening_fraction), perm, dead)
+
+
 def obs_sweep(
     W: torch.Tensor,
-    H: torch.Tensor,
+    hessian: PreparedHessian,
     *,
     sparsity: float = 0.0,
     nm: NM | None = None,
@@ -46,43 +79,36 @@ def obs_sweep(
     grid: Grid | None = None,
     grid_params: Params | None = None,
     block_size: int = 128,
-    dampening_fraction: float = 0.01,
-    act_order: bool = False,
 ) -> SweepResult:
-    """Prune and/or quantize W (out, in) given the layer Hessian H = X^T X (in, in).
+    """Prune and/or quantize W (out, in) given its prepared layer Hessian (`prepare_hessian`).
 
     sparsity / nm: fraction (or N:M pattern) to prune in addition to `prior_mask`, chosen per block of
     `block_size` columns by SparseGPT's saliency w^2 / [Hinv]_jj^2 (N:M: within each group of M).
     grid / grid_params: quantize every column onto `grid`; with `grid_params` given (a recorded grid of
     an earlier stage) those parameters are used, otherwise they are fitted as GPTQ does (per channel up
-    front, per group when the sweep reaches the group's first column).
-    act_order: visit columns in decreasing diag(H) (GPTQ's act-order); groups stay contiguous in the
-    original column order (their parameters are fitted up front, GPTQ's `static_groups`).
+    front, per group when the sweep reaches the group's first column). With act-order, groups stay
+    contiguous in the original column order (their parameters are fitted up front, GPTQ's
+    `static_groups`).
     """
     W = W.detach().float().clone(memory_format=torch.contiguous_format)
-    H = H.detach().float().clone(memory_format=torch.contiguous_format)
     rows, cols = W.shape
-
-    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
-    H[dead, dead] = 1
-    W[:, dead] = 0
     if prior_mask is not None:
         W[prior_mask] = 0
 
+    perm = hessian.perm
     static_params = grid_params
-    if grid is not None and static_params is None and (grid.group_size is None or act_order):
+    if grid is not None and static_params is None and (grid.group_size is None or perm is not None):
         static_params = grid.fit_all(W)
     group = grid.group_size or cols if grid is not None else cols
 
-    perm = invperm = None
-    if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
+    invperm = None
+    if perm is not None:
         invperm = torch.argsort(perm)
-        W, H = W[:, perm], H[perm][:, perm]
+        W = W[:, perm]
         prior_mask = prior_mask[:, perm] if prior_mask is not None else None
     col_index = perm.tolist() if perm is not None else list(range(cols))  # host list: no per-column sync
 
-    Hinv = inverse_hessian_factor(H, dampening_fraction)  # (in, in) upper triangular
+    Hinv = hessian.factor  # (in, in) upper triangular
     mask = torch.zeros_like(W, dtype=torch.bool) if prior_mask is None else prior_mask.clone()
     prune = sparsity > 0 or nm is not None
     fitted: dict[int, Params] = {}

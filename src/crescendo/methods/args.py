@@ -1,11 +1,16 @@
-"""Parsing of recipe-stage arguments into typed values (once, at recipe parse time)."""
+"""Parsing of recipe-stage arguments into typed values (once, at recipe parse time).
+
+Each config class's `parse` consumes the arguments it understands from `positional` / `keyword`
+with these helpers and ends with `reject_leftovers`, so a misspelt or repeated argument is an error.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..errors import ConfigError
-from ..types import NM, check_ratio
+from ..types import NM, Targets, check_ratio
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 _BITS = re.compile(r"^(?:w(\d+))?(?:a(\d+))?(?:kv(\d+))?$")
@@ -14,9 +19,12 @@ _GROUP = re.compile(r"^g(\d+)$")
 
 def parse_float(value: str, what: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    return number
 
 
 def parse_int(value: str, what: str) -> int:
@@ -27,24 +35,34 @@ def parse_int(value: str, what: str) -> int:
 
 
 def parse_nm(value: str) -> NM:
-    m = _NM.match(value.strip())
-    if not m:
-        raise ConfigError(f"N:M pattern must look like 2:4, got {value!r}")
-    return NM(int(m.group(1)), int(m.group(2)))
+    return NM.parse(value)
 
 
 def parse_sparsity(positional: list[str], keyword: dict[str, str]) -> tuple[float | None, NM | None]:
-    """Pruning target: a ratio (`0.5`), an N:M pattern (`2:4`, or `nm=2:4`)."""
+    """Pruning target: a ratio (`0.5`) or an N:M pattern (`2:4`, or `nm=2:4`); consumes them."""
     ratio: float | None = None
     nm: NM | None = None
-    for token in positional:
+    for token in list(positional):
         if _NM.match(token):
+            if nm is not None:
+                raise ConfigError(f"N:M pattern given twice ({nm} and {token})")
             nm = parse_nm(token)
         else:
+            try:
+                float(token)
+            except ValueError:
+                continue  # not a sparsity token: left for the caller
+            if ratio is not None:
+                raise ConfigError(f"sparsity ratio given twice ({ratio:g} and {token})")
             ratio = check_ratio(parse_float(token, "sparsity ratio"))
+        positional.remove(token)
     if "nm" in keyword:
+        if nm is not None:
+            raise ConfigError("N:M pattern given twice")
         nm = parse_nm(keyword.pop("nm"))
     if "ratio" in keyword:
+        if ratio is not None:
+            raise ConfigError("sparsity ratio given twice")
         ratio = check_ratio(parse_float(keyword.pop("ratio"), "sparsity ratio"))
     if ratio is None and nm is None:
         raise ConfigError("a pruning stage needs a ratio (e.g. 0.5) or an N:M pattern (e.g. 2:4)")
@@ -66,20 +84,19 @@ def parse_group(token: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def pop_targets(keyword: dict[str, str]) -> tuple[str | None, str | None]:
-    return keyword.pop("include", None), keyword.pop("exclude", None)
+def pop_targets(keyword: dict[str, str]) -> Targets:
+    return Targets(keyword.pop("include", None), keyword.pop("exclude", None))
+
+
+def pop_flag(positional: list[str], *names: str) -> bool:
+    """Whether one of `names` is among the positional arguments (consumed)."""
+    found = [p for p in positional if p.lower() in names]
+    for p in found:
+        positional.remove(p)
+    return bool(found)
 
 
 def reject_leftovers(name: str, positional: list[str], keyword: dict[str, str]) -> None:
     if positional or keyword:
         extra = positional + [f"{k}={v}" for k, v in keyword.items()]
         raise ConfigError(f"unknown argument(s) for {name}: {', '.join(extra)}")
-
-
-def targets_suffix(include: str | None, exclude: str | None) -> list[str]:
-    out = []
-    if include is not None:
-        out.append(f"include={include}")
-    if exclude is not None:
-        out.append(f"exclude={exclude}")
-    return out

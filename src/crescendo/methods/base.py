@@ -1,49 +1,86 @@
 """What a method is: a frozen, validated config plus functions that apply it, registered by name.
 
+Every config implements one protocol (`MethodConfig`): its canonical recipe text, the linears it
+targets, the weight and activation grids and KV bits it leaves behind, the sparsity it imposes, and
+a `parse` classmethod that turns its own recipe arguments into a config. The engine, summaries,
+exports and `verify` read configs only through this protocol.
+
 Per-linear methods implement `compress_linear(weight, stats, record, config) -> weight`, where
 `weight` is the (out, in) float32 matrix, `stats` the calibration statistic the method asked for
-(the layer Hessian X^T X, or the per-input squared norm), and `record` the layer's history: its
-pruning mask and the grid its weights lie on. A method reads the record to keep earlier invariants
-and updates it with what it did. Whole-model methods (rotation, block removal) implement
-`apply_model` instead.
+(the layer Hessian X^T X, or the per-input squared norm), and `record` the layer's
+`crescendo.state.LinearRecord`: its pruning mask and the grid its weights lie on. A method reads
+the record to keep earlier invariants and updates it with what it did. Whole-model methods
+(rotation, block removal) implement `apply_model` instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from ..errors import ConfigError
+from ..grids import Grid
 from ..registry import Registry
-from ..grids import Grid, Params
-from ..types import NM
+from ..types import NM, Targets
 
 Kind = Literal["prune", "quantize", "rotate", "share", "adapt"]
 Statistic = Literal["hessian", "input_sq_norm"]
 
 
-@dataclass
-class LinearRecord:
-    """What earlier stages did to one linear layer (weights as (out, in))."""
+@dataclass(frozen=True)
+class Sparsity:
+    """The pruning a per-layer stage adds: an unstructured ratio or an N:M pattern."""
 
-    name: str
-    mask: torch.Tensor | None = None  # (out, in) bool, True = pruned (held at exactly zero)
-    nm: NM | None = None  # the N:M pattern the mask follows, when a pruner imposed one
-    grid: Grid | None = None  # the grid the weights lie on
-    grid_params: Params | None = None  # {name: (out, n_groups)}
-    act_grid: Grid | None = None  # per-token activation quantizer on the input
-    kv_bits: int | None = None  # KV fake-quantization of this projection's output (k_proj / v_proj)
-    history: list[str] = field(default_factory=list)
+    ratio: float | None = None
+    nm: NM | None = None
 
     @property
-    def sparsity(self) -> float:
-        return float(self.mask.float().mean()) if self.mask is not None else 0.0
+    def fraction(self) -> float:
+        return self.nm.ratio if self.nm is not None else float(self.ratio or 0.0)
 
-    def weight_bits(self, in_features: int) -> float:
-        """Average storage bits per weight element, scales included (16 when not quantized)."""
-        return self.grid.avg_bits(in_features) if self.grid is not None else 16.0
+
+class MethodConfig:
+    """The protocol of every method config (frozen dataclasses validated in __post_init__).
+
+    Subclasses override what applies to them; the defaults describe a method that changes nothing.
+    """
+
+    def text(self) -> str:
+        """Canonical recipe text; `parse_stage(config.text())` gives an equal config."""
+        raise NotImplementedError
+
+    @property
+    def targets(self) -> Targets | None:
+        """The linears a per-layer method compresses; None for whole-model methods."""
+        return None
+
+    @property
+    def weight_grid(self) -> Grid | None:
+        """The grid the stage puts target weights on (None: weights keep their grid)."""
+        return None
+
+    @property
+    def act_grid(self) -> Grid | None:
+        """The grid of the activation quantizer attached to target inputs (None: none)."""
+        return None
+
+    @property
+    def kv_bits(self) -> int | None:
+        """KV-cache fake-quantization bits on k_proj / v_proj outputs (None: none)."""
+        return None
+
+    @property
+    def sparsity(self) -> Sparsity | None:
+        """The pruning a per-layer pruner adds on top of earlier masks (None: no per-layer pruning)."""
+        return None
+
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> MethodConfig:
+        """Build a config from a stage's arguments (consumes what it understands; leftovers raise)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -52,13 +89,19 @@ class MethodSpec:
 
     name: str
     kind: Kind
-    config_cls: type
-    parse: Callable[[str, list[str], dict[str, str]], Any]  # (name, positional, keyword) -> config
+    config_cls: type[MethodConfig]
     statistic: Statistic | None = None  # calibration statistic per linear, or None (data-free)
     compress_linear: Callable[..., torch.Tensor] | None = None
     attach_linear: Callable[..., None] | None = None  # e.g. activation quantizers, after the weights
     apply_model: Callable[..., None] | None = None  # whole-model methods (rotation, block removal)
     needs_calibration: bool = False  # whole-model methods that read calibration data
+
+    def parse(self, positional: list[str], keyword: dict[str, str]) -> Any:
+        return self.config_cls.parse(self.name, positional, keyword)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.statistic is not None or self.needs_calibration
 
 
 METHODS: Registry[MethodSpec] = Registry("method")

@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from ..kernels.obs import obs_sweep
 from ..kernels.pruning import magnitude_scores, select_nm, select_smallest, wanda_scores
-from ..types import NM, check_ratio
+from ..state import LinearRecord
+from ..types import NM, Targets, check_ratio
 from . import args as A
-from .base import LinearRecord, MethodSpec, register_method
+from .base import MethodConfig, MethodSpec, Sparsity, register_method
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    """Shared by the pruners: unstructured `ratio` in [0, 1) or an `nm` pattern (exactly one)."""
+class PruneConfig(MethodConfig):
+    """Shared by the per-layer pruners: unstructured `ratio` in [0, 1) or an `nm` pattern (exactly one)."""
 
     ratio: float | None = None
     nm: NM | None = None
-    include: str | None = None  # regex over module names; default: every decoder-block linear
-    exclude: str | None = None
     # zeros=pruned: weights that are already exactly zero (e.g. rounded to zero by an earlier
     # quantizer) count as pruned, so the ratio is pruned *on top of* them. By default they are
     # ordinary candidates, and every criterion here ranks them first: after rtn:w3 (38.5% zeros on
     # SmolLM2) a following ratio-0.1 pruner then removes nothing that was not zero already.
     zeros_pruned: bool = False
+    target: Targets = field(default_factory=Targets)
+
+    method = "prune"  # the registered name, set per subclass
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.nm is None):
@@ -37,12 +40,39 @@ class PruneConfig:
             raise ConfigError("zeros=pruned applies to unstructured ratios; an N:M pattern fixes the count per group")
 
     @property
-    def target_sparsity(self) -> float:
-        return self.nm.ratio if self.nm is not None else float(self.ratio)
+    def targets(self) -> Targets:
+        return self.target
 
-    def _args(self) -> list[str]:
-        zeros = ["zeros=pruned"] if self.zeros_pruned else []
-        return [str(self.nm) if self.nm is not None else f"{self.ratio:g}"] + zeros + A.targets_suffix(self.include, self.exclude)
+    @property
+    def sparsity(self) -> Sparsity:
+        return Sparsity(self.ratio, self.nm)
+
+    def text(self) -> str:
+        args = [str(self.nm) if self.nm is not None else f"{self.ratio:g}"]
+        args += ["zeros=pruned"] if self.zeros_pruned else []
+        return f"{self.method}:" + ",".join(args + self._own_args() + self.target.args())
+
+    def _own_args(self) -> list[str]:
+        """Canonical text of a subclass's own settings (those that differ from the defaults)."""
+        return []
+
+    @classmethod
+    def _parse_own(cls, positional: list[str], keyword: dict[str, str]) -> dict[str, Any]:
+        """A subclass's own settings, consumed from the arguments."""
+        return {}
+
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> PruneConfig:
+        target = A.pop_targets(keyword)
+        ratio, nm = A.parse_sparsity(positional, keyword)
+        extra = cls._parse_own(positional, keyword)
+        if "zeros" in keyword:
+            zeros = keyword.pop("zeros")
+            if zeros not in ("pruned", "candidates"):
+                raise ConfigError(f"zeros must be 'pruned' or 'candidates', got {zeros!r}")
+            extra["zeros_pruned"] = zeros == "pruned"
+        A.reject_leftovers(name, positional, keyword)
+        return cls(ratio=ratio, nm=nm, target=target, **extra)
 
     def prior(self, weight: torch.Tensor, record: LinearRecord) -> torch.Tensor | None:
         """The mask this stage prunes on top of: earlier stages' mask, plus exact zeros with zeros=pruned."""
@@ -56,16 +86,14 @@ class PruneConfig:
 class MagnitudeConfig(PruneConfig):
     """Magnitude pruning: one threshold per matrix (SparseGPT's `--gmp`); N:M within groups of M inputs."""
 
-    def spec(self) -> str:
-        return "magnitude:" + ",".join(self._args())
+    method = "magnitude"
 
 
 @dataclass(frozen=True)
 class WandaConfig(PruneConfig):
     """Wanda (Sun et al., 2024): score |W_ij| * ||X_j||_2, compared within each output row."""
 
-    def spec(self) -> str:
-        return "wanda:" + ",".join(self._args())
+    method = "wanda"
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,8 @@ class SparseGPTConfig(PruneConfig):
     block_size: int = 128  # columns per lazy-update block; also the mask-selection block
     dampening_fraction: float = 0.01  # λ = fraction * mean(diag H), added to H before inversion
 
+    method = "sparsegpt"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.block_size < 1:
@@ -82,13 +112,28 @@ class SparseGPTConfig(PruneConfig):
         if not 0 <= self.dampening_fraction < 1:
             raise ConfigError(f"dampening must be in [0, 1), got {self.dampening_fraction}")
 
-    def spec(self) -> str:
-        extra = []
-        if self.block_size != 128:
-            extra.append(f"bs={self.block_size}")
-        if self.dampening_fraction != 0.01:
-            extra.append(f"damp={self.dampening_fraction:g}")
-        return "sparsegpt:" + ",".join(self._args() + extra)
+    def _own_args(self) -> list[str]:
+        return obs_args(self.block_size, self.dampening_fraction)
+
+    @classmethod
+    def _parse_own(cls, positional: list[str], keyword: dict[str, str]) -> dict[str, Any]:
+        return parse_obs_args(keyword)
+
+
+def obs_args(block_size: int, dampening_fraction: float) -> list[str]:
+    """Canonical text of the OBS sweep settings that differ from the defaults (GPTQ and SparseGPT)."""
+    return ([f"bs={block_size}"] if block_size != 128 else []) + (
+        [f"damp={dampening_fraction:g}"] if dampening_fraction != 0.01 else [])
+
+
+def parse_obs_args(keyword: dict[str, str]) -> dict[str, Any]:
+    """`bs=` and `damp=` of an OBS-sweep method (GPTQ and SparseGPT), consumed."""
+    out: dict[str, Any] = {}
+    if "bs" in keyword:
+        out["block_size"] = A.parse_int(keyword.pop("bs"), "block size")
+    if "damp" in keyword:
+        out["dampening_fraction"] = A.parse_float(keyword.pop("damp"), "dampening")
+    return out
 
 
 def _check_nm_fits(weight: torch.Tensor, nm: NM | None) -> None:
@@ -125,41 +170,19 @@ def sparsegpt_linear(weight, hessian, record: LinearRecord, config: SparseGPTCon
     _check_nm_fits(weight, config.nm)
     result = obs_sweep(
         weight,
-        hessian,
+        hessian.prepared(config.dampening_fraction),
         sparsity=config.ratio or 0.0,
         nm=config.nm,
         prior_mask=config.prior(weight, record),
         grid=record.grid,  # after a quantizer: keep the updated weights on its recorded grid
         grid_params=record.grid_params,
         block_size=config.block_size,
-        dampening_fraction=config.dampening_fraction,
     )
     record.mask = result.mask
     record.nm = config.nm if config.nm is not None else record.nm
     return result.weight
 
 
-def _parser(cls):
-    def parse(name: str, positional: list[str], keyword: dict[str, str]):
-        include, exclude = A.pop_targets(keyword)
-        ratio, nm = A.parse_sparsity(positional[:1] if positional else [], keyword)
-        extra = {}
-        if "zeros" in keyword:
-            zeros = keyword.pop("zeros")
-            if zeros not in ("pruned", "candidates"):
-                raise ConfigError(f"zeros must be 'pruned' or 'candidates', got {zeros!r}")
-            extra["zeros_pruned"] = zeros == "pruned"
-        if cls is SparseGPTConfig:
-            if "bs" in keyword:
-                extra["block_size"] = A.parse_int(keyword.pop("bs"), "block size")
-            if "damp" in keyword:
-                extra["dampening_fraction"] = A.parse_float(keyword.pop("damp"), "dampening")
-        A.reject_leftovers(name, positional[1:], keyword)
-        return cls(ratio=ratio, nm=nm, include=include, exclude=exclude, **extra)
-
-    return parse
-
-
-register_method(MethodSpec("magnitude", "prune", MagnitudeConfig, _parser(MagnitudeConfig), None, magnitude_linear))
-register_method(MethodSpec("wanda", "prune", WandaConfig, _parser(WandaConfig), "input_sq_norm", wanda_linear))
-register_method(MethodSpec("sparsegpt", "prune", SparseGPTConfig, _parser(SparseGPTConfig), "hessian", sparsegpt_linear))
+register_method(MethodSpec("magnitude", "prune", MagnitudeConfig, None, magnitude_linear))
+register_method(MethodSpec("wanda", "prune", WandaConfig, "input_sq_norm", wanda_linear))
+register_method(MethodSpec("sparsegpt", "prune", SparseGPTConfig, "hessian", sparsegpt_linear))

@@ -8,18 +8,21 @@ with an integer zero point, per output channel, no clipping search; GPTQ block 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.wrappers import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
+from ..transforms import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..errors import ConfigError
 from ..kernels.obs import obs_sweep
 from ..grids import Grid, UniformGrid
-from ..types import check_bits
+from ..types import Targets, check_bits
 from . import args as A
-from .base import LinearRecord, MethodSpec, register_method
+from ..state import LinearRecord
+from .base import MethodConfig, MethodSpec, register_method
+from .pruning import obs_args, parse_obs_args
 
 
 class ActivationQuantizer(nn.Module):
@@ -56,11 +59,8 @@ class KVQuantizer(nn.Module):
         return repr(self.grid)
 
 
-_KV_SUFFIXES = ("k_proj", "v_proj")
-
-
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(MethodConfig):
     """Bit-widths for weights (None = leave weights), activations and the KV cache (None = off)."""
 
     weight_bits: int | None = None
@@ -68,8 +68,9 @@ class QuantConfig:
     kv_bits: int | None = None
     group_size: int | None = None  # weight columns sharing a scale; None = per output channel
     symmetric: bool = False
-    include: str | None = None
-    exclude: str | None = None
+    target: Targets = field(default_factory=Targets)
+
+    method = "quant"  # the registered name, set per subclass
 
     def __post_init__(self) -> None:
         if self.weight_bits is None and self.act_bits is None and self.kv_bits is None:
@@ -81,6 +82,10 @@ class QuantConfig:
             raise ConfigError(f"group size must be >= 1, got {self.group_size}")
 
     @property
+    def targets(self) -> Targets:
+        return self.target
+
+    @property
     def weight_grid(self) -> UniformGrid | None:
         if self.weight_bits is None:
             return None
@@ -90,24 +95,60 @@ class QuantConfig:
     def act_grid(self) -> UniformGrid | None:
         return None if self.act_bits is None else UniformGrid(self.act_bits, symmetric=True)
 
-    def _args(self) -> list[str]:
+    def text(self) -> str:
         bits = "".join(
             f"{p}{b}" for p, b in (("w", self.weight_bits), ("a", self.act_bits), ("kv", self.kv_bits)) if b is not None
         )
-        out = [bits]
-        if self.group_size is not None:
-            out.append(f"g{self.group_size}")
-        if self.symmetric:
-            out.append("sym")
-        return out + A.targets_suffix(self.include, self.exclude)
+        args = [bits] + ([f"g{self.group_size}"] if self.group_size is not None else [])
+        args += ["sym"] if self.symmetric else []
+        return f"{self.method}:" + ",".join(args + self._own_args() + self.target.args())
+
+    def _own_args(self) -> list[str]:
+        return []
+
+    @classmethod
+    def _parse_own(cls, positional: list[str], keyword: dict[str, str]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> QuantConfig:
+        fields: dict[str, Any] = {"target": A.pop_targets(keyword)}
+        fields.update(cls._parse_own(positional, keyword))
+        rest = []
+        for token in positional:
+            t = token.lower()
+            bits = A.parse_bits_token(t)
+            group = A.parse_group(t)
+            if bits is not None:
+                for key, b in zip(("weight_bits", "act_bits", "kv_bits"), bits):
+                    if b is not None:
+                        if key in fields:
+                            raise ConfigError(f"{key.replace('_', ' ')} given twice in {name}")
+                        fields[key] = b
+            elif group is not None:
+                _set_once(fields, "group_size", group, name)
+            elif t in ("sym", "asym"):
+                _set_once(fields, "symmetric", t == "sym", name)
+            else:
+                rest.append(token)
+        for key, field_name in (("bits", "weight_bits"), ("group", "group_size")):
+            if key in keyword:
+                _set_once(fields, field_name, A.parse_int(keyword.pop(key), key), name)
+        A.reject_leftovers(name, rest, keyword)
+        return cls(**fields)
+
+
+def _set_once(fields: dict[str, Any], key: str, value: Any, name: str) -> None:
+    if key in fields:
+        raise ConfigError(f"{key.replace('_', ' ')} given twice in {name}")
+    fields[key] = value
 
 
 @dataclass(frozen=True)
 class RTNConfig(QuantConfig):
     """Round-to-nearest onto a min-max grid."""
 
-    def spec(self) -> str:
-        return "rtn:" + ",".join(self._args())
+    method = "rtn"
 
 
 @dataclass(frozen=True)
@@ -118,6 +159,8 @@ class GPTQConfig(QuantConfig):
     block_size: int = 128
     dampening_fraction: float = 0.01
 
+    method = "gptq"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weight_bits is None:
@@ -127,21 +170,27 @@ class GPTQConfig(QuantConfig):
         if not 0 <= self.dampening_fraction < 1:
             raise ConfigError(f"dampening must be in [0, 1), got {self.dampening_fraction}")
 
-    def spec(self) -> str:
-        extra = ["actorder"] if self.act_order else []
-        if self.block_size != 128:
-            extra.append(f"bs={self.block_size}")
-        if self.dampening_fraction != 0.01:
-            extra.append(f"damp={self.dampening_fraction:g}")
-        return "gptq:" + ",".join(self._args() + extra)
+    def _own_args(self) -> list[str]:
+        return (["actorder"] if self.act_order else []) + obs_args(self.block_size, self.dampening_fraction)
+
+    @classmethod
+    def _parse_own(cls, positional: list[str], keyword: dict[str, str]) -> dict[str, Any]:
+        own = parse_obs_args(keyword)
+        if A.pop_flag(positional, "actorder", "act_order"):
+            own["act_order"] = True
+        return own
 
 
 @dataclass(frozen=True)
 class ActConfig(QuantConfig):
     """Activation fake-quantization alone."""
 
-    def spec(self) -> str:
-        return "act:" + ",".join(self._args())
+    method = "act"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weight_bits is not None:
+            raise ConfigError("act quantizes activations only; use rtn or gptq for weights")
 
 
 def rtn_linear(weight, stats, record: LinearRecord, config: QuantConfig) -> torch.Tensor:
@@ -159,85 +208,29 @@ def rtn_linear(weight, stats, record: LinearRecord, config: QuantConfig) -> torc
 def gptq_linear(weight, hessian, record: LinearRecord, config: GPTQConfig) -> torch.Tensor:
     result = obs_sweep(
         weight,
-        hessian,
+        hessian.prepared(config.dampening_fraction, config.act_order),
         prior_mask=record.mask,  # pruned weights stay exactly zero; their error is compensated
         grid=config.weight_grid,
         block_size=config.block_size,
-        dampening_fraction=config.dampening_fraction,
-        act_order=config.act_order,
     )
     record.grid, record.grid_params = config.weight_grid, result.grid_params
     return result.weight
 
 
-def attach_activation_quantizer(module: nn.Module, record: LinearRecord, config: QuantConfig, model_config=None) -> None:
+def attach_activation_quantizer(module: nn.Module, record: LinearRecord, config: QuantConfig, adapter, model) -> None:
     grid = config.act_grid
     if grid is not None:
         remove_transforms_(module, ActivationQuantizer)  # a later activation quantizer replaces an earlier one
         add_input_transform_(module, ActivationQuantizer(grid))
         record.act_grid = grid
-    if config.kv_bits is not None and record.name.endswith(_KV_SUFFIXES):
+    if config.kv_bits is not None and adapter.is_kv_projection(record.name):
         remove_transforms_(module, KVQuantizer)
-        add_output_transform_(module, KVQuantizer(config.kv_bits, head_dim_of(model_config)))
+        add_output_transform_(module, KVQuantizer(config.kv_bits, adapter.head_dim(model)))
         record.kv_bits = config.kv_bits
 
 
-def head_dim_of(model_config) -> int:
-    head_dim = getattr(model_config, "head_dim", None)
-    if head_dim:
-        return int(head_dim)
-    return int(model_config.hidden_size // model_config.num_attention_heads)
-
-
-def check_kv_supported(targets: dict[str, nn.Module]) -> None:
-    """KV quantization needs separate k/v projections (LLaMA, Mistral, Qwen2, OPT); fused QKV is not split."""
-    if not any(n.endswith(_KV_SUFFIXES) for n in targets):
-        raise ConfigError("KV-cache quantization needs separate k_proj/v_proj layers; this model fuses them")
-
-
-def _parser(cls):
-    def parse(name: str, positional: list[str], keyword: dict[str, str]):
-        include, exclude = A.pop_targets(keyword)
-        fields: dict = {"include": include, "exclude": exclude}
-        rest = []
-        for token in positional:
-            t = token.lower()
-            bits = A.parse_bits_token(t)
-            group = A.parse_group(t)
-            if bits is not None:
-                for key, b in zip(("weight_bits", "act_bits", "kv_bits"), bits):
-                    if b is not None:
-                        fields[key] = b
-            elif group is not None:
-                fields["group_size"] = group
-            elif t in ("sym", "asym"):
-                fields["symmetric"] = t == "sym"
-            elif t in ("actorder", "act_order") and cls is GPTQConfig:
-                fields["act_order"] = True
-            else:
-                rest.append(token)
-        if cls is GPTQConfig:
-            if "bs" in keyword:
-                fields["block_size"] = A.parse_int(keyword.pop("bs"), "block size")
-            if "damp" in keyword:
-                fields["dampening_fraction"] = A.parse_float(keyword.pop("damp"), "dampening")
-        for key, field_name in (("bits", "weight_bits"), ("group", "group_size")):
-            if key in keyword:
-                fields[field_name] = A.parse_int(keyword.pop(key), key)
-        A.reject_leftovers(name, rest, keyword)
-        if cls is ActConfig and fields.get("weight_bits") is not None:
-            raise ConfigError("act quantizes activations only; use rtn or gptq for weights")
-        return cls(**fields)
-
-    return parse
-
-
-register_method(
-    MethodSpec("rtn", "quantize", RTNConfig, _parser(RTNConfig), None, rtn_linear, attach_activation_quantizer)
-)
-register_method(
-    MethodSpec("gptq", "quantize", GPTQConfig, _parser(GPTQConfig), "hessian", gptq_linear, attach_activation_quantizer)
-)
-register_method(MethodSpec("act", "quantize", ActConfig, _parser(ActConfig), None, None, attach_activation_quantizer))
+register_method(MethodSpec("rtn", "quantize", RTNConfig, None, rtn_linear, attach_activation_quantizer))
+register_method(MethodSpec("gptq", "quantize", GPTQConfig, "hessian", gptq_linear, attach_activation_quantizer))
+register_method(MethodSpec("act", "quantize", ActConfig, None, None, attach_activation_quantizer))
 
 __all__ = ["ActivationQuantizer", "GPTQConfig", "RTNConfig", "ActConfig", "input_transforms"]

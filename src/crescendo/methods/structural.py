@@ -1,45 +1,44 @@
-"""Whole-model stages: QuaRot rotation (`rotate`)."""
+"""Whole-model stages: QuaRot rotation (`rotate`) and SLEB block removal (`sleb`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..engine.block_removal import remove_blocks_, select_blocks_greedy
 from ..errors import ConfigError
-from ..models.rotation import rotate_llama_
+from ..state import state_of
+from ..types import check_ratio
 from . import args as A
-from .base import MethodSpec, register_method
+from .base import MethodConfig, MethodSpec, register_method
 
 
 @dataclass(frozen=True)
-class RotateConfig:
+class RotateConfig(MethodConfig):
     """QuaRot randomized Hadamard rotation of the residual stream, plus online Hadamard before down_proj."""
 
     seed: int = 0  # seed of the random signs of the residual rotation
     value_hadamard: bool = True  # also rotate attention values per head (exact, offline)
 
-    def spec(self) -> str:
+    def text(self) -> str:
         args = ([f"seed={self.seed}"] if self.seed else []) + ([] if self.value_hadamard else ["novalue"])
         return "rotate" + (":" + ",".join(args) if args else "")
 
-
-def _parse_rotate(name: str, positional: list[str], keyword: dict[str, str]) -> RotateConfig:
-    seed = A.parse_int(keyword.pop("seed"), "seed") if "seed" in keyword else 0
-    value = "novalue" not in positional
-    A.reject_leftovers(name, [p for p in positional if p != "novalue"], keyword)
-    return RotateConfig(seed=seed, value_hadamard=value)
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> RotateConfig:
+        seed = A.parse_int(keyword.pop("seed"), "seed") if "seed" in keyword else 0
+        value = not A.pop_flag(positional, "novalue")
+        A.reject_leftovers(name, positional, keyword)
+        return cls(seed=seed, value_hadamard=value)
 
 
 def rotate_model(model, adapter, config: RotateConfig, calibration, progress: bool = True) -> None:
-    if getattr(model, "crescendo_records", None):
+    if state_of(model).compressed:
         raise ConfigError("rotate must come before any compression stage (it would densify pruned weights)")
-    rotate_llama_(model, seed=config.seed, value_hadamard=config.value_hadamard)
-
-
-register_method(MethodSpec("rotate", "rotate", RotateConfig, _parse_rotate, apply_model=rotate_model))
+    adapter.rotate(model, seed=config.seed, value_hadamard=config.value_hadamard)
 
 
 @dataclass(frozen=True)
-class SLEBConfig:
+class SLEBConfig(MethodConfig):
     """SLEB (Song et al., 2024): remove whole decoder blocks, greedily, by calibration perplexity.
 
     ratio: fraction of decoder blocks to remove (rounded to a whole number of blocks, at least one).
@@ -51,29 +50,25 @@ class SLEBConfig:
     samples: int = 8
 
     def __post_init__(self) -> None:
-        from ..types import check_ratio
-
         check_ratio(self.ratio, "block removal ratio")
         if self.ratio <= 0:
             raise ConfigError("sleb needs a ratio > 0")
         if self.samples < 1:
             raise ConfigError(f"sleb samples must be >= 1, got {self.samples}")
 
-    def spec(self) -> str:
+    def text(self) -> str:
         return f"sleb:{self.ratio:g}" + (f",samples={self.samples}" if self.samples != 8 else "")
 
-
-def _parse_sleb(name: str, positional: list[str], keyword: dict[str, str]) -> SLEBConfig:
-    if len(positional) != 1:
-        raise ConfigError("sleb needs one ratio, e.g. sleb:0.1")
-    samples = A.parse_int(keyword.pop("samples"), "samples") if "samples" in keyword else 8
-    A.reject_leftovers(name, [], keyword)
-    return SLEBConfig(A.parse_float(positional[0], "block removal ratio"), samples)
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> SLEBConfig:
+        if len(positional) != 1:
+            raise ConfigError("sleb needs one ratio, e.g. sleb:0.1")
+        samples = A.parse_int(keyword.pop("samples"), "samples") if "samples" in keyword else 8
+        A.reject_leftovers(name, [], keyword)
+        return cls(A.parse_float(positional[0], "block removal ratio"), samples)
 
 
 def sleb_model(model, adapter, config: SLEBConfig, calibration, progress: bool = True) -> None:
-    from ..engine.block_removal import remove_blocks_, select_blocks_greedy
-
     n_blocks = len(adapter.blocks(model))
     n_remove = max(1, int(round(config.ratio * n_blocks)))
     if n_remove >= n_blocks:
@@ -82,6 +77,5 @@ def sleb_model(model, adapter, config: SLEBConfig, calibration, progress: bool =
     remove_blocks_(model, adapter, chosen)
 
 
-register_method(
-    MethodSpec("sleb", "prune", SLEBConfig, _parse_sleb, apply_model=sleb_model, needs_calibration=True)
-)
+register_method(MethodSpec("rotate", "rotate", RotateConfig, apply_model=rotate_model))
+register_method(MethodSpec("sleb", "prune", SLEBConfig, apply_model=sleb_model, needs_calibration=True))

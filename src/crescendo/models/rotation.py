@@ -13,38 +13,25 @@ makes a model's activations easy to quantize without changing what it computes:
    offline into v_proj and o_proj (attention mixes tokens, not channels, so the rotation passes through).
 
 Every weight is transformed in float64 and cast back to its dtype. The function changes the model in
-place; the online transforms are non-persistent, so `state_dict()` keys stay the same, and the
-config records what was done (`config.crescendo_rotation`) so that a loader can re-attach them.
+place and records a `RotationInfo` in the model's compression state (`crescendo.state`); the
+online transforms are non-persistent, so `state_dict()` keys stay the same,
+and loaders re-attach them from the saved state with `restore_rotation_`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from crescendo.engine.wrappers import add_input_transform_
-from crescendo.errors import ModelError
-from crescendo.kernels.hadamard import apply_hadamard, hadamard_matrix, random_hadamard_matrix
+from ..errors import ModelError
+from ..kernels.hadamard import apply_hadamard, hadamard_matrix, random_hadamard_matrix
+from ..state import RotationInfo, state_of
+from ..transforms import add_input_transform_
 
 logger = logging.getLogger(__name__)
-
-CONFIG_KEY = "crescendo_rotation"  # attribute on model.config; serialised by save_pretrained
-
-
-@dataclass(frozen=True)
-class RotationInfo:
-    """What `rotate_llama_` did; also stored as a dict in `model.config.crescendo_rotation`."""
-
-    hidden_size: int  # order of the residual-stream rotation Q
-    intermediate_size: int  # order of the online Hadamard before every down_proj
-    seed: int  # seed of Q's random signs
-    untied: bool  # lm_head got its own weight (it was tied to the embedding and had to differ)
-    value_hadamard: bool  # per-head Hadamard folded into v_proj / o_proj
-
 
 class OnlineHadamard(nn.Module):
     """x -> x @ H on the last dimension, for a linear whose weight already absorbed H (W <- W H).
@@ -81,8 +68,8 @@ def _check_model(model: nn.Module) -> None:
         raise ModelError(
             f"rotation supports LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, not {name}"
         )
-    if hasattr(model.config, CONFIG_KEY):
-        raise ModelError(f"{name} is already rotated (config.{CONFIG_KEY} is set)")
+    if state_of(model).rotation is not None:
+        raise ModelError(f"{name} is already rotated")
     inner = model.model
     norms = [inner.norm]
     for layer in inner.layers:
@@ -171,7 +158,7 @@ def rotate_llama_(model: nn.Module, seed: int = 0, value_hadamard: bool = True) 
         value_hadamard: also rotate attention values per head (exact, offline, no run-time cost).
 
     Returns:
-        RotationInfo, also recorded as a dict in `model.config.crescendo_rotation`.
+        RotationInfo, also kept in the model's compression state (`state_of(model).rotation`).
 
     Raises:
         ModelError: unsupported architecture, non-RMSNorm norms, or a model that is already rotated.
@@ -224,7 +211,7 @@ def rotate_llama_(model: nn.Module, seed: int = 0, value_hadamard: bool = True) 
         add_input_transform_(mlp.down_proj, OnlineHadamard(H_int.to(mlp.down_proj.weight.device)), first=True)
 
     info = RotationInfo(hidden, intermediate, seed, untie, value_hadamard)
-    setattr(config, CONFIG_KEY, {"method": "quarot", "online_hadamard": ["mlp.down_proj"], **asdict(info)})
+    state_of(model).rotation = info
     logger.info(
         "rotation: %s rotated (hidden %d, online Hadamard %d on %d down_proj, seed %d)",
         type(model).__name__, hidden, intermediate, len(inner.layers), seed,
@@ -232,17 +219,11 @@ def rotate_llama_(model: nn.Module, seed: int = 0, value_hadamard: bool = True) 
     return info
 
 
-def restore_rotation_(model: nn.Module) -> bool:
-    """Re-attach the online Hadamards of a rotated model loaded from disk (weights already rotated).
-
-    The online transforms are not saved with the weights; `config.crescendo_rotation` says where they
-    go. Returns True when the model was rotated. Needed by every loader of a rotated checkpoint.
-    """
-    record = getattr(model.config, CONFIG_KEY, None)
-    if not record:
-        return False
-    H_int = hadamard_matrix(int(record["intermediate_size"]))
+def restore_rotation_(model: nn.Module, info: RotationInfo) -> None:
+    """Re-attach the online Hadamards of a rotated model loaded from disk (weights already rotated)
+    and record the rotation in its state. Needed by every loader of a rotated checkpoint."""
+    H_int = hadamard_matrix(int(info.intermediate_size))
     for layer in model.model.layers:
         down = layer.mlp.down_proj
         add_input_transform_(down, OnlineHadamard(H_int.to(down.weight.device)), first=True)
-    return True
+    state_of(model).rotation = info

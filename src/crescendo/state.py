@@ -1,0 +1,141 @@
+"""The compression state of a model: what every stage did to it, as one typed object.
+
+`state_of(model)` is the only way to reach it. It holds, per compressed linear, a `LinearRecord`
+(pruning mask, the grid its weights lie on and that grid's recorded parameters, the activation and
+KV quantizers attached to it, the stages that touched it), the decoder blocks removed by block
+pruning, and the rotation applied to the model. Later stages read it to keep earlier invariants;
+summaries, exports and `verify` read it to describe what the model is.
+
+The state travels with the model object (a deep copy of the model copies it) and is written to
+disk by the exporters (`to_dict`); it is never stored on the model's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .grids import Grid, Params, grid_from_dict
+from .types import NM
+
+_ATTRIBUTE = "_crescendo_state"
+
+
+@dataclass
+class LinearRecord:
+    """What earlier stages did to one linear layer (weights viewed as (out, in))."""
+
+    name: str
+    mask: torch.Tensor | None = None  # (out, in) bool, True = pruned (held at exactly zero)
+    nm: NM | None = None  # the N:M pattern the mask follows, when a pruner imposed one
+    grid: Grid | None = None  # the grid the weights lie on
+    grid_params: Params | None = None  # {name: (out, n_groups)}
+    act_grid: Grid | None = None  # per-token activation quantizer on the input
+    kv_bits: int | None = None  # KV fake-quantization of this projection's output (k_proj / v_proj)
+    history: list[str] = field(default_factory=list)  # canonical text of every stage that changed it
+
+    @property
+    def sparsity(self) -> float:
+        return float(self.mask.float().mean()) if self.mask is not None else 0.0
+
+    def weight_bits(self, in_features: int) -> float:
+        """Average storage bits per weight element, scales included (16 when not quantized)."""
+        return self.grid.avg_bits(in_features) if self.grid is not None else 16.0
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON part of the record (masks and grid parameters are tensors, stored by exporters)."""
+        return {"nm": str(self.nm) if self.nm else None, "act_grid": self.act_grid.to_dict() if self.act_grid else None,
+                "kv_bits": self.kv_bits, "history": list(self.history)}
+
+
+@dataclass(frozen=True)
+class RotationInfo:
+    """What a QuaRot rotation did (`crescendo.models.rotation.rotate_llama_`)."""
+
+    hidden_size: int  # order of the residual-stream rotation Q
+    intermediate_size: int  # order of the online Hadamard before every down_proj
+    seed: int  # seed of Q's random signs
+    untied: bool  # lm_head got its own weight (it was tied to the embedding and had to differ)
+    value_hadamard: bool  # per-head Hadamard folded into v_proj / o_proj
+    method: str = "quarot"
+
+
+@dataclass
+class RemovedBlocks:
+    """Decoder blocks removed by block pruning (SLEB), in the original model's numbering."""
+
+    original_layers: int
+    removed: list[int] = field(default_factory=list)
+    params: int = 0  # parameters the removed blocks held
+    linears: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every removed linear
+
+    def survivors(self) -> list[int]:
+        return [i for i in range(self.original_layers) if i not in self.removed]
+
+
+@dataclass
+class CompressionState:
+    """Everything crescendo did to one model. Reach it with `state_of(model)`."""
+
+    records: dict[str, LinearRecord] = field(default_factory=dict)
+    removed: RemovedBlocks | None = None
+    rotation: RotationInfo | None = None
+
+    def record(self, name: str) -> LinearRecord:
+        """The record of linear `name`, created empty on first use."""
+        if name not in self.records:
+            self.records[name] = LinearRecord(name=name)
+        return self.records[name]
+
+    @property
+    def compressed(self) -> bool:
+        """Whether any stage changed a weight or removed a block (rotation alone does not count)."""
+        return bool(self.records) or self.removed is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able part of the state: removed blocks and rotation (records are exported per layer)."""
+        return {"removed_blocks": asdict(self.removed) if self.removed else None,
+                "rotation": asdict(self.rotation) if self.rotation else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CompressionState:
+        """Inverse of `to_dict` (records start empty). Malformed input raises ModelError."""
+        data = data or {}
+        try:
+            removed = data.get("removed_blocks")
+            rotation = data.get("rotation")
+            return cls(
+                removed=None if removed is None else RemovedBlocks(
+                    int(removed["original_layers"]), [int(i) for i in removed["removed"]], int(removed["params"]),
+                    [(int(a), int(b)) for a, b in removed["linears"]]),
+                rotation=None if rotation is None else RotationInfo(**rotation),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None
+
+
+def state_of(model: nn.Module) -> CompressionState:
+    """The compression state of `model`, created empty on first use (the only accessor)."""
+    state = model.__dict__.get(_ATTRIBUTE)
+    if state is None:
+        state = CompressionState()
+        model.__dict__[_ATTRIBUTE] = state
+    return state
+
+
+def set_state_(model: nn.Module, state: CompressionState) -> None:
+    """Attach `state` to `model` (loaders rebuilding a saved model)."""
+    model.__dict__[_ATTRIBUTE] = state
+
+
+def record_from_dict(name: str, described: dict[str, Any], mask: torch.Tensor | None, grid: Grid | None,
+                     params: Params | None) -> LinearRecord:
+    """A record rebuilt from `LinearRecord.describe()` plus the tensors an exporter stored."""
+    nm = described.get("nm")
+    return LinearRecord(name=name, mask=mask, nm=NM.parse(str(nm)) if nm else None, grid=grid, grid_params=params,
+                        act_grid=grid_from_dict(described.get("act_grid")), kv_bits=described.get("kv_bits"),
+                        history=[str(h) for h in described.get("history", [])])
