@@ -39,7 +39,10 @@ def test_three_method_study_shares_prefixes(bench):
     # the measured best order is the best metric among the orders
     assert max(o["metric"] for o in study.orders) == dict(
         (tuple(o["order"]), o["metric"]) for o in study.orders)[tuple(study.best_order)]
-    assert sorted(study.predicted_order) == sorted(methods)
+    # a random tiny model measures 4-bit RTN a hair better than 8-bit: the curve is flagged and,
+    # without the envelope, no CER (and no prediction) is made from it
+    assert "not monotone" in study.curve_warning and study.predicted_order == []
+    assert study.agrees is None
 
 
 def test_two_method_study_json_and_error_analysis(bench):

@@ -153,7 +153,7 @@ def test_order_records_into_a_new_store_and_prints_both_error_numbers(saved_tiny
                           "--layerwise-samples", "2", "--cer-anchor", "dense", "--cer-scale", "log", "--quiet")
     assert code == 0, err
     assert "CER: linear in log-perplexity, anchored at dense (C = 1)" in out
-    assert "interference Δ(magnitude:0.5 → rtn:w4) (003 Def. 6)" in out
+    assert "interference Δ(magnitude:0.5 → rtn:w4) (003 Def. 6: rtn:w4's error after" in out
     assert "excess over the sum of single errors (Harma)" in out
     with ResultStore(store_path) as store:
         rows = {r.recipe: r for r in store.rows()}
@@ -188,6 +188,7 @@ def test_report_takes_the_cer_options(tmp_path, capsys):
     md = (tmp_path / "r" / "report.md").read_text()
     # sparsegpt:0.1 (10.5) between dense (10, C = 1) and 8 bits (11, C = 2): 1.50, not "<= 2.00"
     assert "CER: linear in perplexity, anchored at dense (C = 1)" in md and "| 1.50 |" in md
-    code, _, err = _run(capsys, "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "x"),
-                        "--cer-scale", "cubic")
-    assert code == 2 and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it: one line, exit 2
+        main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "x"),
+              "--cer-scale", "cubic"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
