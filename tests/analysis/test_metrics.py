@@ -63,10 +63,13 @@ def test_cer_with_negative_perplexity_metric():
     assert cer.value == pytest.approx(3.5) and cer.bound == "exact"
 
 
-def test_cer_non_monotone_curve_uses_first_crossing():
-    # The curve dips below 65 between C=2 and C=3, recovers, then falls again: first crossing wins.
+def test_cer_non_monotone_curve_is_refused_unless_the_envelope_is_asked_for():
+    # The curve dips below 65 between C=2 and C=3, recovers, then falls again: no silent first
+    # crossing any more (tests/analysis/test_cer.py covers the envelope).
     curve = [(2.0, 70.0), (3.0, 60.0), (4.0, 68.0), (5.0, 50.0)]
-    assert compression_equivalent_ratio(65.0, curve) == CER(2.5, "exact")
+    with pytest.raises(ValueError, match="not monotone"):
+        compression_equivalent_ratio(65.0, curve)
+    assert compression_equivalent_ratio(65.0, curve, envelope=True) == CER(2.5, "exact")
 
 
 def test_cer_collapsed_quantizer_point_gives_a_bound():
@@ -208,13 +211,17 @@ def test_orthogonality_missing_layers():
 
 
 def test_interference_hand_computed():
-    composed = {"q_proj": 1.25, "k_proj": 3.0, "v_proj": 9.0}
-    second_alone = {"q_proj": 0.5, "k_proj": 0.25}
-    # Delta = (1.25 - 0.5) + (3.0 - 0.25) = 3.5 over the units the second method modifies.
-    assert interference(composed, second_alone) == pytest.approx(3.5)
-    assert interference(composed, second_alone, modified_layers=["k_proj"]) == pytest.approx(2.75)
+    # Definition 6: Delta(f1 -> f2) = sum over u in X of delta_{f2 o f1}(u) - delta_{f2}(u), where
+    # delta_{f2 o f1}(u) is the error f2 makes on u inside the pipeline (against f1's output) and X
+    # the units f2 modifies there (a nonzero error).
+    in_pipeline = {"q_proj": 0.75, "k_proj": 0.0, "v_proj": 2.0}  # f2 left k_proj alone here
+    alone = {"q_proj": 0.5, "k_proj": 0.25, "v_proj": 1.5}
+    # X = {q_proj, v_proj}: (0.75 - 0.5) + (2.0 - 1.5) = 0.75; k_proj is not in X
+    assert interference(in_pipeline, alone) == pytest.approx(0.75)
+    assert interference(in_pipeline, alone, modified_layers=["q_proj"]) == pytest.approx(0.25)
+    assert interference({"o_proj": 1.0}, alone) == pytest.approx(1.0)  # f2 alone left it: 0
     with pytest.raises(ValueError):
-        interference(composed, second_alone, modified_layers=["v_proj"])
+        interference(in_pipeline, alone, modified_layers=["o_proj"])
 
 
 def _magnitude_prune(w: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -250,9 +257,15 @@ def test_real_prune_then_quantize_example():
     assert result.excess["layer"] == pytest.approx(
         errors["composed"]["layer"] - errors["prune"]["layer"] - errors["quant"]["layer"]
     )
-    delta = interference(errors["composed"], errors["quant"])
-    assert delta == pytest.approx(errors["composed"]["layer"] - errors["quant"]["layer"])
-    assert delta > 0  # composing adds the pruning error on top of RTN's on the layer
+    # Delta(P -> Q) compares RTN's error inside the pipeline (on the pruned weights) with RTN's
+    # error alone; the pruning error itself is not part of it.
+    rtn_in_pipeline = {"layer": layerwise_output_error(pruned, composed, x)}
+    delta = interference(rtn_in_pipeline, errors["quant"])
+    assert delta == pytest.approx(rtn_in_pipeline["layer"] - errors["quant"]["layer"])
+    assert delta < 0  # RTN has fewer weights to round after pruning
+    # excess = Delta + the cross term 2 <(P(W) - W) X, (Q(P(W)) - P(W)) X> (Harma vs 003)
+    cross = 2 * float((((pruned - w) @ x.T) * ((composed - pruned) @ x.T)).sum())
+    assert result.excess_total == pytest.approx(delta + cross, rel=1e-4, abs=1e-4)
 
     # With whitened inputs (X = I) the error is ||D||_F^2 and the supports are disjoint, so the
     # composed error is prune's plus RTN's on the survivors: orthogonal, with a hand-computable Delta.
@@ -264,6 +277,9 @@ def test_real_prune_then_quantize_example():
     assert e_composed == pytest.approx(e_prune + float(d_quant[mask].pow(2).sum()), rel=1e-5)
     white = orthogonality([{"layer": e_prune}, {"layer": e_quant}], {"layer": e_composed})
     assert white.orthogonal
-    expected_delta = e_prune - float(d_quant[~mask].pow(2).sum())  # pruned weights lose RTN's error
-    measured = interference({"layer": e_composed}, {"layer": e_quant})
+    # X = I: RTN inside the pipeline errs only on the survivors, so Delta = -(RTN's error on the
+    # pruned weights); disjoint supports make the cross term 0, so the excess is the same number.
+    expected_delta = -float(d_quant[~mask].pow(2).sum())
+    measured = interference({"layer": layerwise_output_error(pruned, composed, eye)}, {"layer": e_quant})
     assert measured == pytest.approx(expected_delta, rel=1e-5)
+    assert white.excess_total == pytest.approx(expected_delta, rel=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from crescendo.analysis.order import run_order_study, study_to_dict
 from crescendo.workflow import Workbench
@@ -38,7 +39,10 @@ def test_three_method_study_shares_prefixes(bench):
     # the measured best order is the best metric among the orders
     assert max(o["metric"] for o in study.orders) == dict(
         (tuple(o["order"]), o["metric"]) for o in study.orders)[tuple(study.best_order)]
-    assert sorted(study.predicted_order) == sorted(methods)
+    # a random tiny model measures 4-bit RTN a hair better than 8-bit: the curve is flagged and,
+    # without the envelope, no CER (and no prediction) is made from it
+    assert "not monotone" in study.curve_warning and study.predicted_order == []
+    assert study.agrees is None
 
 
 def test_two_method_study_json_and_error_analysis(bench):
@@ -76,3 +80,117 @@ def test_memo_shares_dense_and_singles_between_studies(bench):
     assert second.dense == first.dense and second.singles["magnitude:0.5"] == first.singles["magnitude:0.5"]
     assert second.singles["rtn:w8"] == second.curve[0][2]  # the same recipe: one memo entry
     assert set(second.orthogonality) == {"magnitude:0.5 > rtn:w8", "rtn:w8 > magnitude:0.5"}
+
+
+# ------------------------------------------------------------------ hand-computed error analysis
+
+
+class LinearBench:
+    """One 1 x 4 linear with X = I, so every error is ||W' - W||_F^2 and can be done by hand.
+
+    W = [4, 1, -2.2, 0.5]. magnitude:0.5 zeroes the two smallest |w|; rtn:wB rounds symmetrically
+    per row, step max|w| / (2^(B-1) - 1). M = -(1 + total error).
+    """
+
+    metric_name = "-perplexity"
+    W = torch.tensor([[4.0, 1.0, -2.2, 0.5]])
+
+    def fresh(self):
+        layer = torch.nn.Linear(4, 1, bias=False)
+        layer.weight.data = self.W.clone()
+        return layer
+
+    def apply(self, model, stage):
+        w = model.weight.data
+        method, arg = stage.text.split(":", 1)
+        if method == "magnitude":
+            k = int(w.numel() * float(arg))
+            if k:
+                threshold = w.abs().flatten().kthvalue(k).values
+                w[w.abs() <= threshold] = 0.0
+        else:
+            qmax = 2 ** (int(arg.lstrip("w")) - 1) - 1
+            scale = w.abs().amax(dim=1, keepdim=True) / qmax
+            model.weight.data = torch.round(w / scale) * scale
+
+    def _errors(self, reference, model):
+        e = float((model.weight.data - reference).pow(2).sum())
+        return {"per_linear": {"layer": e}, "per_block": [e], "total": e}
+
+    def metric(self, model):
+        return -(1.0 + self._errors(self.W, model)["total"])
+
+    def layer_errors(self, model):
+        return self._errors(self.W, model)
+
+    def stage_errors(self, reference, model):
+        return self._errors(reference.weight.data, model)
+
+
+def test_interference_and_excess_are_separate_hand_computed_numbers():
+    study = run_order_study(LinearBench(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3))
+    # P(W) = [4, 0, -2.2, 0]: e_P = 1 + 0.25 = 5/4.  Q(W) = [4, 4/3, -8/3, 0] (step 4/3):
+    # e_Q = 1/9 + (7/15)^2 + 1/4.  Both orders end at [4, 0, -8/3, 0]: composed error
+    # 1 + (7/15)^2 + 1/4, so the excess over e_P + e_Q is -1/9 - 1/4 = -13/36 for both.
+    e_p, e_q = 5 / 4, 1 / 9 + (7 / 15) ** 2 + 1 / 4
+    p_first, q_first = "magnitude:0.5 > rtn:w3", "rtn:w3 > magnitude:0.5"
+    for key in (p_first, q_first):
+        v = study.orthogonality[key]
+        assert v["composed_error"] == pytest.approx(1 + (7 / 15) ** 2 + 1 / 4)
+        assert v["sum_single_errors"] == pytest.approx(e_p + e_q)
+        assert v["excess"] == pytest.approx(-13 / 36) and v["orthogonal"]
+    # Definition 6: the last stage's error inside the pipeline minus its error alone.
+    # P first: RTN rounds [4, 0, -2.2, 0] with error (7/15)^2: Delta = (7/15)^2 - e_Q = -13/36.
+    assert study.interference[p_first] == pytest.approx(-13 / 36)
+    # Q first: pruning [4, 4/3, -8/3, 0] removes 4/3 (the 0 is already zero): 16/9 - 5/4 = 19/36,
+    # not the composed error minus e_P (49/225 + 1/4 - 1/4 ...), which would count RTN's own error.
+    assert study.interference[q_first] == pytest.approx(19 / 36)
+    out = study_to_dict(study)
+    assert out["orthogonality"][q_first]["excess"] == pytest.approx(-13 / 36)
+    assert out["interference"][q_first] == pytest.approx(19 / 36)
+
+
+def test_prediction_is_bound_aware():
+    # magnitude at 0.01 or 0.02 prunes nothing of 4 weights: both beat every quantizer point, so
+    # both CERs are "<= 2.00" and the hypothesis cannot order them.
+    study = run_order_study(LinearBench(), ["magnitude:0.01", "magnitude:0.02"], bits=(8, 3),
+                            layerwise=False)
+    assert all(c.bound == "upper" for c in study.cer.values())
+    assert study.prediction_open == [("magnitude:0.01", "magnitude:0.02")]
+    assert study.agrees is None and study_to_dict(study)["prediction_agrees"] is None
+    # a bound touching the other CER decides: <= 2.00 against rtn:w8's exact 2.00
+    study = run_order_study(LinearBench(), ["rtn:w8", "magnitude:0.01"], bits=(8, 3), layerwise=False)
+    assert study.predicted_order == ["magnitude:0.01", "rtn:w8"] and study.prediction_open == []
+
+
+def test_cer_settings_and_a_non_monotone_curve_are_reported():
+    from crescendo.analysis.cer import CERSettings
+
+    bench = LinearBench()
+    study = run_order_study(bench, ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False,
+                            cer_settings=CERSettings(anchor="dense", scale="log"))
+    out = study_to_dict(study)
+    assert out["cer_method"] == "CER: linear in log-perplexity, anchored at dense (C = 1)"
+    assert out["curve_monotone"] is True and out["curve_warning"] is None
+    # rtn:w3 alone is a curve point: its CER is its own ratio, 16/3
+    assert out["cer"]["rtn:w3"] == pytest.approx(16 / 3)
+
+    class Wiggle(LinearBench):  # "8 bits" zeroes every weight: worse than 3 bits, C rises, M rises
+        def apply(self, model, stage):
+            if stage.text == "rtn:w8":
+                model.weight.data.zero_()
+            else:
+                super().apply(model, stage)
+
+    study = run_order_study(Wiggle(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False)
+    out = study_to_dict(study)
+    assert out["curve_monotone"] is False and "not monotone" in out["curve_warning"]
+    assert out["cer"] == {"magnitude:0.5": None, "rtn:w3": None}
+    assert out["predicted_order"] == [] and out["prediction_agrees"] is None
+    study = run_order_study(Wiggle(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False,
+                            cer_settings=CERSettings(envelope=True))
+    # envelope: 8 bits keeps M = -(1 + 16 + 1 + 4.84 + 0.25) = -23.09 and 3 bits takes that
+    # running minimum too; rtn:w3 alone (M = -(1 + 0.58)) beats the flat curve: CER <= 2.00
+    out = study_to_dict(study)
+    assert out["curve_monotone"] is False and "monotone envelope" in out["curve_warning"]
+    assert out["cer"]["rtn:w3"] == "<= 2.00"

@@ -137,3 +137,58 @@ def test_packed_save_eval_and_verify_round_trip(saved_tiny, capsys, tmp_path):
     save_file(tensors, path)
     code, _, err = _run(capsys, "verify", str(out))
     assert code != 0 and name.rsplit(".", 1)[0] in err
+
+
+def test_order_with_one_method_is_one_line_and_exit_2(capsys):
+    code, out, err = _run(capsys, "order", "--methods", "sparsegpt:0.5")
+    assert code == 2 and out == ""
+    assert "at least two distinct methods" in err and err.count("\n") == 1
+
+
+def test_order_records_into_a_new_store_and_prints_both_error_numbers(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    store_path = tmp_path / "new.sqlite"  # a new, empty store: falsy by len(), yet it must record
+    code, out, err = _run(capsys, "order", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                          "--methods", "magnitude:0.5", "rtn:w4", "--bits", "8,4", "--store", str(store_path),
+                          "--layerwise-samples", "2", "--cer-anchor", "dense", "--cer-scale", "log", "--quiet")
+    assert code == 0, err
+    assert "CER: linear in log-perplexity, anchored at dense (C = 1)" in out
+    assert "interference Δ(magnitude:0.5 → rtn:w4) (003 Def. 6: rtn:w4's error after" in out
+    assert "excess over the sum of single errors (Harma)" in out
+    with ResultStore(store_path) as store:
+        rows = {r.recipe: r for r in store.rows()}
+    assert {"dense", "rtn:w8", "rtn:w4", "magnitude:0.5", "magnitude:0.5 > rtn:w4",
+            "rtn:w4 > magnitude:0.5"} <= set(rows)
+    composed = rows["rtn:w4 > magnitude:0.5"]
+    assert {"interference", "orthogonality_excess"} <= set(composed.metrics)
+    code, out, _ = _run(capsys, "order", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                        "--methods", "magnitude:0.5", "rtn:w4", "--bits", "8,4", "--no-layerwise", "--json",
+                        "--quiet")
+    result = json.loads(out)
+    assert result["cer_method"] == "CER: linear in perplexity, not anchored"
+    assert isinstance(result["curve_monotone"], bool) and "prediction_open" in result
+
+
+def test_report_takes_the_cer_options(tmp_path, capsys):
+    from crescendo.store import Row
+
+    rows = [("dense", "dense", 10.0, {}), ("rtn:w8", "single", 11.0, {"method": "quant", "bits": 8}),
+            ("rtn:w4", "single", 14.0, {"method": "quant", "bits": 4}),
+            ("sparsegpt:0.1", "single", 10.5, {"method": "prune", "ratio": 0.1})]
+    for first, recipe in (("prune", "sparsegpt:0.1 > rtn:w4"), ("quant", "rtn:w4 > sparsegpt:0.1")):
+        rows.append((recipe, "order", 15.0, {"ratio": 0.1, "bits": 4, "first": first}))
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        for recipe, kind, ppl, extra in rows:
+            tpl = {"prune": "sparsegpt:{r}", "quant": "rtn:w{b}"} if kind != "dense" else {}
+            store.put(Row.create("m", "p", recipe, 0, "0.1.0", kind, metrics={"perplexity": ppl},
+                                 extra=extra | tpl))
+    code, out, err = _run(capsys, "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r"),
+                          "--cer-anchor", "dense")
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    # sparsegpt:0.1 (10.5) between dense (10, C = 1) and 8 bits (11, C = 2): 1.50, not "<= 2.00"
+    assert "CER: linear in perplexity, anchored at dense (C = 1)" in md and "| 1.50 |" in md
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it: one line, exit 2
+        main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "x"),
+              "--cer-scale", "cubic"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1

@@ -138,7 +138,13 @@ def test_markdown_grids_hold_hand_computed_values(store_path: Path, tmp_path: Pa
     assert quant_first["rtn alone"]["sparsegpt alone"] == "10.00"  # dense in the corner
     summary = markdown_table(sgpt, "Spearman rank correlation")
     assert summary["p = 0.3"]["rho"] == "1.000" and summary["p = 0.3"]["n"] == "4"
+    # exact: rho = 1 is 2 of the 4! = 24 pairings (the t approximation printed 0.000)
+    assert summary["p = 0.3"]["p-value"] == "0.083"
+    assert summary["p = 0.3"]["p-value method"] == "exact (24 permutations)"
     assert summary["p = 0.5"]["n"] == "3"  # the -inf cell is left out
+    assert summary["p = 0.5"]["p-value"] == "0.333"  # 2 of 3! = 6
+    order = markdown_table(sgpt, "Predicted / measured first method")
+    assert order["0.1 (1.11)"]["B=8 (C_Q 2.00)"] == "P/Q MISS"  # the bound decides (was "?/Q")
     assert "Verdict: supported" in sgpt
     table1 = markdown_table(md, "Table 1: A(Q->P) by C_Q, rtn, p = 0.1")
     assert table1["2.00 (8)"] == {"C_Q (B_Q)": "2.00 (8)", "sleb": "0", "sparsegpt": "0.020"}
@@ -151,8 +157,11 @@ def test_summary_counts_predictions(store_path: Path):
         grouping = group_rows(store.rows(model=MODEL))
     sgpt = next(e for e in grouping.experiments if e.key.prune == P_TPL)
     summary = summarize(cells(sgpt))
-    # undecided: p=0.1 B=8 (C*_P <= 2.00 = C_Q); miss: p=0.5 B=5 (x = 0.42 > 0 but A < 0)
-    assert (summary.total, summary.decided, summary.agree) == (12, 11, 10)
+    # p=0.1 B=8: C*_P <= 2.00 touches C_Q = 2.00, so P is not stronger: P first (bound-aware),
+    # measured Q first (A = +0.02): a miss. Miss: p=0.5 B=5 (x = 0.42 > 0 but A < 0).
+    assert (summary.total, summary.decided, summary.agree) == (12, 12, 10)
+    first = next(c for c in cells(sgpt) if (c.ratio, c.bits) == (0.1, 8))
+    assert first.predicted_first == "prune" and first.agrees is False
     assert [c.rho for c in summary.per_ratio] == pytest.approx([1.0, 1.0, 1.0])
     assert summary.pooled.n == 7 and summary.verdict == "supported"  # exact CERs, finite A
 
@@ -247,3 +256,72 @@ def test_exact_zero_fractions_are_tabulated_per_order(tmp_path: Path):
     build_report(tmp_path / "z.sqlite", tmp_path / "rep")
     table = markdown_table((tmp_path / "rep" / "report.md").read_text(), "Exact zeros")
     assert table["0.1 (1.11)"]["B=3"] == "35.2% / 28.1%"
+
+
+def _store(tmp_path: Path, rows: list[Row], name: str = "s.sqlite") -> Path:
+    path = tmp_path / name
+    with ResultStore(path) as store:
+        for row in rows:
+            store.put(row)
+    return path
+
+
+def test_cer_variants_are_applied_and_named(store_path: Path, tmp_path: Path):
+    from crescendo.analysis.cer import CERSettings
+
+    md = build_report(store_path, tmp_path / "default").markdown.read_text()
+    assert "CER: linear in perplexity, not anchored" in md
+    md = build_report(store_path, tmp_path / "r", cer=CERSettings(anchor="dense", scale="log")
+                      ).markdown.read_text()
+    assert "CER: linear in log-perplexity, anchored at dense (C = 1)" in md
+    cer = markdown_table(md[md.index("## sparsegpt:{r} ×"):], "CER of sparsegpt")
+    # P(0.1) = 10.05 between dense 10.0 (C = 1) and W8A8 10.1 (C = 2), in log-perplexity:
+    # 1 + log(10.05 / 10) / log(10.1 / 10) = 1.50 (no longer the bound "<= 2.00")
+    assert cer["0.1 (1.11)"]["C*_P"] == "1.50"
+
+
+def test_a_non_monotone_curve_is_flagged_not_used(tmp_path: Path):
+    from crescendo.analysis.cer import CERSettings
+
+    rows = [r for r in sweep_rows() if r.recipe != "rtn:w5a5"]
+    extra = {"method": "quant", "bits": 5, "prune": P_TPL, "quant": Q_TPL}
+    rows.append(_row("rtn:w5a5", "single", 10.3, extra))  # better than 6 bits (10.6): C up, M up
+    path = _store(tmp_path, rows)
+    md = build_report(path, tmp_path / "r").markdown.read_text()
+    sgpt = md[md.index("## sparsegpt:{r} ×"):]
+    assert "Warning: the reference curve rtn:w{b}a{b} is not monotone" in sgpt
+    assert "2.67 to 3.20" in sgpt and "--cer-envelope" in sgpt
+    cer = markdown_table(sgpt, "CER of sparsegpt")
+    assert cer["0.3 (1.43)"]["C*_P"] == "undefined"
+    enveloped = build_report(path, tmp_path / "e", cer=CERSettings(envelope=True)).markdown.read_text()
+    sgpt = enveloped[enveloped.index("## sparsegpt:{r} ×"):]
+    assert "monotone envelope" in sgpt
+    # envelope: 5 bits takes 6 bits' 10.6; 11.2 lies between 10.6 (C 3.20) and 16.0 (C 4.00)
+    cer = markdown_table(sgpt, "CER of sparsegpt")
+    assert cer["0.3 (1.43)"]["C*_P"] == f"{3.2 + (11.2 - 10.6) / (16.0 - 10.6) * 0.8:.2f}"
+
+
+def test_interference_and_excess_are_reported_where_the_store_has_them(store_path: Path,
+                                                                      tmp_path: Path):
+    md = build_report(store_path, tmp_path / "sweep").markdown.read_text()
+    assert "Interference (003, Definition 6)" in md and "no per-linear" in md
+    rows = sweep_rows()
+    for recipe, delta, excess in (("sparsegpt:0.5 > rtn:w4a4", -0.361, 0.125),
+                                  ("rtn:w4a4 > sparsegpt:0.5", 0.528, -0.25)):
+        row = Row.create(MODEL, PROTOCOL, recipe, 0, VERSION, "order",
+                         metrics={"perplexity": 20.0, "interference": delta,
+                                  "orthogonality_excess": excess, "composed_error": 3.0,
+                                  "sum_single_errors": 3.0 - excess},
+                         extra={"study": "order", "methods": recipe.split(" > ")})
+        rows.append(row)
+    md = build_report(_store(tmp_path, rows), tmp_path / "r").markdown.read_text()
+    table = markdown_table(md, "Interference and orthogonality")
+    assert table["rtn:w4a4 > sparsegpt:0.5"]["Δ (Definition 6)"] == "0.528"
+    assert table["rtn:w4a4 > sparsegpt:0.5"]["excess over the sum of singles (Harma)"] == "-0.25"
+    assert table["sparsegpt:0.5 > rtn:w4a4"]["excess over the sum of singles (Harma)"] == "0.125"
+    assert "rows skipped" not in md  # order-study rows are not malformed sweep rows
+
+
+def test_the_report_names_the_commit_that_generated_it(store_path: Path, tmp_path: Path):
+    md = build_report(store_path, tmp_path / "r", generated_by="abc1234").markdown.read_text()
+    assert "Generated by crescendo" in md and "commit abc1234" in md

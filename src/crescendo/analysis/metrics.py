@@ -4,11 +4,12 @@ M is any "higher is better" metric (accuracy, or -perplexity for language models
 assumes which. Definitions implemented:
 
 - Definition 2, performance gap: `performance_gap`.
-- Definition 3, compression equivalent ratio (CER): `compression_equivalent_ratio` -> `CER`.
+- Definition 3, compression equivalent ratio (CER): `compression_equivalent_ratio` -> `CER`, its
+  variants and the bound-aware Progressive-Intensity call (in `cer`, re-exported here).
 - Definition 4, compression order advantage: `order_advantage`.
 - Definition 6, interference, and Harma et al.'s orthogonality test: `interference`, `orthogonality`,
   on per-layer output errors from `layerwise_output_error`.
-- Hypothesis 1 as an order chooser: `progressive_intensity_order`.
+- Hypothesis 1 as an order chooser: `progressive_intensity_order`, `predicted_order`, `pih_first`.
 - Section 5.2 / Figure 3, y = a * exp(b * x) + c per pruning ratio: `fit_exponential` -> `ExpFit`.
 """
 
@@ -19,15 +20,26 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy.optimize import OptimizeWarning, curve_fit
 
-logger = logging.getLogger(__name__)
+from .cer import (  # noqa: F401  (re-exported: the public home of every order metric)
+    CER,
+    Bound,
+    CERSettings,
+    NonMonotoneCurve,
+    ReferenceCurve,
+    compare_intensity,
+    compression_equivalent_ratio,
+    pih_first,
+    predicted_order,
+    progressive_intensity_order,
+    reference_curve,
+)
 
-Bound = Literal["exact", "lower", "upper"]
+logger = logging.getLogger(__name__)
 
 
 def performance_gap(m1: float, m2: float) -> float:
@@ -45,107 +57,6 @@ def order_advantage(m_f1_then_f2: float, m_f2_then_f1: float) -> float:
     `m_f1_then_f2` is the metric of the pipeline that applies f1 first. A > 0 means "f1 first" wins.
     """
     return float(m_f1_then_f2) - float(m_f2_then_f1)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Compression equivalent ratio
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CER:
-    """A compression equivalent ratio (Definition 3), possibly only a bound.
-
-    bound="exact": CER == value. bound="upper": CER <= value (the method beats every measured
-    quantizer point; value is the smallest measured ratio). bound="lower": CER >= value (the method is
-    worse than every measured point; value is the largest measured ratio).
-    """
-
-    value: float
-    bound: Bound = "exact"
-
-    def __post_init__(self) -> None:
-        if self.bound not in ("exact", "lower", "upper"):
-            raise ValueError(f"CER bound must be 'exact', 'lower' or 'upper', got {self.bound!r}")
-
-    @property
-    def is_exact(self) -> bool:
-        return self.bound == "exact"
-
-    def __str__(self) -> str:
-        prefix = {"exact": "", "upper": "<= ", "lower": ">= "}[self.bound]
-        return f"{prefix}{self.value:.2f}"
-
-
-def compression_equivalent_ratio(metric: float, curve: Sequence[tuple[float, float]]) -> CER:
-    """Definition 3: the quantization ratio C' at which the reference quantizer matches `metric`.
-
-    `curve` holds the reference quantizer's measured points (C_Q = 16 / bits, M). Between measured
-    points the curve is interpolated linearly, as in 003 (Section 3.2): with the quantizer at 70% for
-    C=2 and 60% for C=4, a method at 65% has CER 3.
-
-    A quantizer curve should fall as C grows, but measured ones can wiggle (noise at high bit-widths).
-    Points are sorted by ratio and the *first* crossing (smallest ratio) is returned, so a wiggle
-    never yields a CER beyond the first point where the quantizer is as bad as the method. Outside
-    the measured range nothing is extrapolated: a metric better than every point gives an upper
-    bound at the smallest ratio, one worse than every point a lower bound at the largest (see `CER`).
-    A crossing into a non-finite point (a collapsed quantizer, M = -inf) is only known to lie inside
-    the segment, so it is reported as a bound at the finite end.
-
-    Raises ValueError on an empty curve, NaN values, non-positive or duplicate ratios (aggregate
-    seeds before calling).
-
-    >>> str(compression_equivalent_ratio(0.65, [(2.0, 0.70), (4.0, 0.60)]))
-    '3.00'
-    """
-    target = float(metric)
-    if math.isnan(target):
-        raise ValueError("CER of a NaN metric is undefined")
-    points = sorted((float(r), float(m)) for r, m in curve)
-    if not points:
-        raise ValueError("CER needs at least one measured point of the reference quantizer")
-    ratios = [r for r, _ in points]
-    values = [m for _, m in points]
-    if any(not math.isfinite(r) or r <= 0 for r in ratios):
-        raise ValueError(f"compression ratios must be finite and positive, got {ratios}")
-    if len(set(ratios)) != len(ratios):
-        raise ValueError(f"duplicate compression ratios in the quantizer curve: {ratios}")
-    if any(math.isnan(m) for m in values):
-        raise ValueError("the quantizer curve contains a NaN metric")
-
-    if target > max(values):
-        return CER(ratios[0], "upper")
-    if target < min(values):
-        return CER(ratios[-1], "lower")
-    for i, (r, m) in enumerate(points):
-        if m == target:
-            # An exact hit on a collapsed point (-inf == -inf) only says "at least this ratio".
-            return CER(r, "exact" if math.isfinite(m) else "lower")
-        if i + 1 == len(points):
-            break
-        r_next, m_next = points[i + 1]
-        if min(m, m_next) < target < max(m, m_next):
-            if math.isfinite(m) and math.isfinite(m_next):
-                return CER(r + (target - m) * (r_next - r) / (m_next - m), "exact")
-            if math.isfinite(m):
-                return CER(r, "lower")
-            if math.isfinite(m_next):
-                return CER(r_next, "upper")
-            return CER(r, "lower")
-    raise AssertionError("unreachable: a target within [min, max] crosses a piecewise-linear curve")
-
-
-def progressive_intensity_order(cers: Mapping[str, CER]) -> list[str]:
-    """Hypothesis 1 as an order chooser: method names sorted weakest (smallest CER) to strongest.
-
-    Bounds compare by value; at equal values "CER <= v" sorts before "CER == v" before "CER >= v",
-    which is the only order consistent with what each bound says. Two bounds on the same side with
-    the same value (e.g. two methods that both beat every quantizer point) carry no information about
-    their relative order; they, like exact ties, are ordered by name so the result is deterministic.
-    Measure the quantizer curve further out to separate them.
-    """
-    rank = {"upper": 0, "exact": 1, "lower": 2}
-    return sorted(cers, key=lambda name: (cers[name].value, rank[cers[name].bound], name))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,21 +236,35 @@ def orthogonality(
 
 
 def interference(
-    composed_error: Mapping[str, float],
-    second_method_alone_error: Mapping[str, float],
+    stage_error_in_pipeline: Mapping[str, float],
+    stage_error_alone: Mapping[str, float],
     modified_layers: Sequence[str] | None = None,
 ) -> float:
     """Definition 6: Delta(f1 -> f2) = sum over u in X of delta_{f2 o f1}(u) - delta_{f2}(u).
 
-    `composed_error` holds the per-unit errors of f2 o f1, `second_method_alone_error` those of f2
-    applied alone. X, the units f2 modifies in f2 o f1, is `modified_layers`, by default every unit
-    f2 modifies alone. The units are whatever the errors were measured on (layers, for the engine):
-    the value depends on that granularity, exactly as in 003, where X is taken at granularity t_f2.
+    `stage_error_in_pipeline` holds, per unit, the error f2 makes inside the pipeline f2 o f1: the
+    output error of f2(f1(W)) against f1(W), on f1's inputs (Appendix B.2's delta_{f2}(f1(W), f1(X));
+    the composition's total error is f1's own plus this). `stage_error_alone` holds f2's error when
+    applied alone, against the dense model. X, the units f2 modifies in f2 o f1, is
+    `modified_layers`, by default every unit with a nonzero in-pipeline error; a unit f2 alone left
+    unmodified (absent from `stage_error_alone`) counts 0 there.
+
+    Delta < 0: f1 left f2 less to do (e.g. pruned weights RTN no longer rounds); Delta > 0: f1 made
+    f2's job harder. Delta is not the composed error minus f2's error alone: that difference also
+    holds f1's own error, which Definition 6's "additional error from mutual interaction" excludes.
+    Harma et al.'s test (`orthogonality`) is the other number: composed - (sum of single errors) =
+    Delta + 2 <delta_{f1}, delta_{f2 o f1}> (the cross term of the two error terms).
+
+    The units are whatever the errors were measured on (linears, for the engine); as in 003, where X
+    is taken at granularity t_f2, the value depends on that choice.
     """
-    composed = _checked(composed_error, "composed error")
-    alone = _checked(second_method_alone_error, "second method's error")
-    units = list(alone) if modified_layers is None else list(dict.fromkeys(map(str, modified_layers)))
-    missing = sorted({u for u in units if u not in composed or u not in alone})
+    in_pipeline = _checked(stage_error_in_pipeline, "stage error in the pipeline")
+    alone = _checked(stage_error_alone, "stage error alone")
+    if modified_layers is None:
+        units = [u for u, e in in_pipeline.items() if e > 0]
+    else:
+        units = list(dict.fromkeys(map(str, modified_layers)))
+    missing = sorted(u for u in units if u not in in_pipeline)
     if missing:
-        raise ValueError(f"units modified by the second method without both errors: {missing}")
-    return sum(composed[u] - alone[u] for u in units)
+        raise ValueError(f"units modified by the last stage without an in-pipeline error: {missing}")
+    return sum(in_pipeline[u] - alone.get(u, 0.0) for u in units)

@@ -4,7 +4,14 @@ Progressive Intensity Hypothesis' cheap prediction.
 Permutations form a trie: the model after each distinct prefix is computed once and branched by deep
 copy, so an n-method study costs sum_{k=1..n} n!/(n-k)! stage applications instead of n * n!
 (n=3: 15 instead of 18; n=4: 64 instead of 96), and its depth-1 nodes are the single-method runs the
-CER and the prediction need anyway. Only the current branch of the trie is held in memory.
+CER and the prediction need anyway. Only the current branch of the trie is held in memory (plus,
+with layer-wise errors, the parent of each complete order, whose last stage is compared with it).
+
+Two error numbers are reported per complete order, from per-linear output errors:
+- interference, 003's Definition 6, Delta(f1 -> ... -> fn): the last stage's error inside the
+  pipeline (its output error against the model it was applied to) minus its error alone;
+- excess, Harma et al.'s orthogonality test: the composed model's error minus the sum of every
+  single method's error (> 0: not orthogonal). See `metrics.interference` for how they relate.
 """
 
 from __future__ import annotations
@@ -18,16 +25,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..recipe import Stage, parse_recipe, parse_stage
-from .metrics import (
-    CER,
-    compression_equivalent_ratio,
-    interference,
-    order_advantage,
-    orthogonality,
-    performance_gap,
-    progressive_intensity_order,
-)
+from .cer import CER, CERSettings, compare_intensity, predicted_order, reference_curve
+from .metrics import interference, order_advantage, orthogonality, performance_gap
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class Evaluator(Protocol):
 
     def layer_errors(self, model: nn.Module) -> dict[str, Any] | None: ...
 
+    # Optional: stage_errors(reference, model) -> per-linear errors of `model` against `reference`
+    # on the reference's inputs ({"per_linear": {...}}), for Definition 6. Without it, an evaluator
+    # with the Workbench's `calibration`, `layerwise_samples` and `compute()` is measured directly.
+
 
 @dataclass
 class OrderStudy:
@@ -54,7 +59,7 @@ class OrderStudy:
     singles: dict[str, float]
     orders: list[dict[str, Any]]  # {"order": [m1, m2, ...], "metric": M}
     curve: list[tuple[int, float, float]]  # (bits, C_Q = 16/bits, M) of the reference quantizer
-    cer: dict[str, CER]
+    cer: dict[str, CER | None]  # None: undefined (see curve_warning)
     gaps: dict[str, float]  # "f1 | f2" -> G(f1, f2)
     advantage: dict[str, float]  # "order a || order b" -> M(a) - M(b)
     best_order: list[str]
@@ -62,12 +67,25 @@ class OrderStudy:
     stage_applications: int
     naive_stage_applications: int
     layer_errors: dict[str, dict[str, Any]] = field(default_factory=dict)  # recipe -> LayerwiseError dict
-    orthogonality: dict[str, dict[str, Any]] = field(default_factory=dict)  # order -> verdict
-    interference: dict[str, float] = field(default_factory=dict)  # order -> Δ(f1 -> ... -> fn)
+    orthogonality: dict[str, dict[str, Any]] = field(default_factory=dict)  # order -> verdict and excess
+    interference: dict[str, float | None] = field(default_factory=dict)  # order -> Δ(f1 -> ... -> fn)
+    prediction_open: list[tuple[str, str]] = field(default_factory=list)  # pairs the CERs cannot order
+    cer_settings: CERSettings = CERSettings()
+    curve_monotone: bool = True
+    curve_warning: str | None = None
 
     @property
-    def agrees(self) -> bool:
-        return self.best_order == self.predicted_order
+    def agrees(self) -> bool | None:
+        """Does the measured best order follow the hypothesis? False when it puts a method the CERs
+        call stronger before a weaker one; None when no such violation exists but the CERs leave a
+        pair open (bounds on one side, an exact tie) or are undefined; True otherwise."""
+        if not self.predicted_order:
+            return None
+        cers = {k: v for k, v in self.cer.items() if v is not None}
+        for i, a in enumerate(self.best_order):
+            if any(compare_intensity(cers[a], cers[b]) == 1 for b in self.best_order[i + 1:]):
+                return False
+        return None if self.prediction_open else True
 
     @property
     def orthogonal(self) -> bool | None:
@@ -90,6 +108,7 @@ def run_order_study(
     layerwise: bool = True,
     on_result: Callable[[str, str, float], None] | None = None,
     memo: dict[str, tuple[float, dict[str, Any] | None]] | None = None,
+    cer_settings: CERSettings = CERSettings(),
 ) -> OrderStudy:
     """Measure dense, each method alone, every permutation and the reference-quantizer curve.
 
@@ -100,6 +119,9 @@ def run_order_study(
     memo: measurements shared between studies on the same evaluator ({recipe: (metric, layer errors)}):
     a study of (P, Q1) then (P, Q2) measures the dense model and P alone once. Stages are still applied
     where a longer order needs them; only their evaluation is skipped.
+    cer_settings: how the reference curve is read (dense anchor, log-perplexity, monotone envelope);
+    a curve that is not monotone is flagged in `curve_warning` and, unless the envelope is asked
+    for, leaves every CER (and so the prediction) undefined.
     """
     stages = [parse_stage(m) for m in methods]
     names = [s.text for s in stages]
@@ -107,6 +129,8 @@ def run_order_study(
         raise ValueError("an order study needs at least two methods")
     if len(set(names)) != len(names):
         raise ValueError(f"methods must be distinct, got {names}")
+    if cer_settings.scale == "log" and evaluator.metric_name != "-perplexity":
+        raise ConfigError(f"a log-perplexity CER needs M = -perplexity, not {evaluator.metric_name}")
     report = on_result or (lambda kind, recipe, metric: None)
     memo = {} if memo is None else memo
     if "dense" not in memo:
@@ -137,18 +161,26 @@ def run_order_study(
         nonlocal applications
         remaining = [i for i in range(len(stages)) if i not in prefix]
         for pos, i in enumerate(remaining):
-            last = pos == len(remaining) - 1
-            child = model if last and prefix else _copy(model)  # the last branch may consume its parent
-            evaluator.apply(child, stages[i])
-            applications += 1
             path = prefix + (i,)
             order = tuple(names[j] for j in path)
-            if len(path) == 1 or len(path) == len(stages):
-                key = order_key(order)
-                if key not in memo or (layerwise and memo[key][1] is None):
+            key = order_key(order)
+            complete = len(path) == len(stages)
+            measure = (len(path) == 1 or complete) and (
+                key not in memo or (layerwise and not _memo_complete(memo[key][1], complete)))
+            # the last branch may consume its parent, unless its last stage is compared with it
+            last = pos == len(remaining) - 1 and not (measure and complete and layerwise)
+            child = model if last and prefix else _copy(model)
+            evaluator.apply(child, stages[i])
+            applications += 1
+            if len(path) == 1 or complete:
+                if measure:
                     m = evaluator.metric(child)
                     report("single" if len(path) == 1 else "order", key, m)
-                    memo[key] = (m, evaluator.layer_errors(child) if layerwise else None)
+                    le = evaluator.layer_errors(child) if layerwise else None
+                    if le is not None and complete and le.get("per_linear"):
+                        stage = _stage_errors(evaluator, model, child)
+                        le = {**le, "last_stage_per_linear": None if stage is None else stage["per_linear"]}
+                    memo[key] = (m, le)
                 m, le = memo[key]
                 if len(path) == 1:
                     singles[names[i]] = m
@@ -162,8 +194,10 @@ def run_order_study(
 
     visit(evaluator.fresh(), ())
 
-    curve_points = [(c, m) for _, c, m in curve]
-    cer = {n: compression_equivalent_ratio(singles[n], curve_points) for n in names} if curve_points else {}
+    ref = reference_curve([(c, m) for _, c, m in curve], cer_settings, dense)
+    cer = {n: ref.cer(singles[n]) for n in names}
+    decided = {n: c for n, c in cer.items() if c is not None}
+    predicted, open_pairs = predicted_order(decided) if len(decided) == len(names) else ([], [])
     gaps = {f"{a} | {b}": performance_gap(singles[a], singles[b]) for a, b in itertools.permutations(names, 2)}
     ordered = sorted(finals.items(), key=lambda kv: kv[1], reverse=True)
     advantage = {
@@ -181,10 +215,14 @@ def run_order_study(
         gaps=gaps,
         advantage=advantage,
         best_order=list(ordered[0][0]),
-        predicted_order=progressive_intensity_order(cer) if cer else [],
+        predicted_order=predicted,
         stage_applications=applications,
         naive_stage_applications=len(names) * len(list(itertools.permutations(names))),
         layer_errors=errors,
+        prediction_open=open_pairs,
+        cer_settings=cer_settings,
+        curve_monotone=ref.monotone,
+        curve_warning=ref.problem,
     )
     if errors:
         _error_analysis(study, errors)
@@ -197,22 +235,52 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def _memo_complete(errors: dict[str, Any] | None, complete: bool) -> bool:
+    """Whether memoised layer errors hold all a study needs (a complete order: its last stage too)."""
+    return errors is not None and (not complete or not errors.get("per_linear")
+                                   or "last_stage_per_linear" in errors)
+
+
+def _stage_errors(evaluator: Evaluator, reference: nn.Module, model: nn.Module) -> dict[str, Any] | None:
+    """Per-linear errors of `model` against `reference` (the last stage's own error in a pipeline),
+    from the evaluator's `stage_errors`, else measured on a Workbench's calibration windows."""
+    own = getattr(evaluator, "stage_errors", None)
+    if own is not None:
+        return own(reference, model)
+    needed = ("calibration", "layerwise_samples", "compute")
+    if not all(hasattr(evaluator, a) for a in needed):
+        log.warning("evaluator cannot measure a stage against its input model: no interference")
+        return None
+    from ..eval.layerwise import layerwise_error
+
+    calib = evaluator.calibration[: evaluator.layerwise_samples]  # type: ignore[attr-defined]
+    with evaluator.compute():  # type: ignore[attr-defined]
+        return layerwise_error(reference, model, calib).to_dict()
+
+
 def _error_analysis(study: OrderStudy, errors: dict[str, dict[str, Any]]) -> None:
-    """Harma's orthogonality test and 003's interference, per composed order, from per-linear errors."""
-    single_err = {n: errors[n]["per_linear"] for n in study.methods if n in errors}
+    """Per complete order: Harma's orthogonality test (composed error against the sum of the single
+    errors, and that excess) and 003's interference Δ (the last stage's in-pipeline error against its
+    error alone), from per-linear errors. Orders without per-linear errors (rotated or block-removed
+    models) get neither."""
+    single_err = {n: errors[n]["per_linear"] for n in study.methods if errors.get(n, {}).get("per_linear")}
+    if len(single_err) != len(study.methods):
+        return
     for entry in study.orders:
         key = order_key(entry["order"])
-        if key not in errors or len(single_err) != len(study.methods):
+        composed = errors.get(key, {}).get("per_linear")
+        if not composed:
             continue
-        composed = errors[key]["per_linear"]
         verdict = orthogonality([single_err[n] for n in study.methods], composed)
         study.orthogonality[key] = {
             "orthogonal": verdict.orthogonal,
             "composed_error": verdict.composed_total,
             "sum_single_errors": verdict.single_total,
+            "excess": verdict.excess_total,
         }
-        last = entry["order"][-1]  # Δ(f1 -> f2): what the earlier stages do to the last one's error
-        study.interference[key] = interference(composed, single_err[last])
+        stage = errors[key].get("last_stage_per_linear")
+        last = entry["order"][-1]
+        study.interference[key] = None if stage is None else interference(stage, single_err[last])
 
 
 def study_to_dict(study: OrderStudy) -> dict[str, Any]:
@@ -228,12 +296,16 @@ def study_to_dict(study: OrderStudy) -> dict[str, Any]:
         "singles": {k: show(v) for k, v in study.singles.items()},
         "orders": [{"order": o["order"], ("perplexity" if is_ppl else "metric"): show(o["metric"])} for o in study.orders],
         "curve": [{"bits": b, "ratio": c, ("perplexity" if is_ppl else "metric"): show(m)} for b, c, m in study.curve],
-        "cer": {k: (v.value if v.bound == "exact" else str(v)) for k, v in study.cer.items()},
+        "cer_method": study.cer_settings.label,
+        "curve_monotone": study.curve_monotone,
+        "curve_warning": study.curve_warning,
+        "cer": {k: (None if v is None else v.value if v.is_exact else str(v)) for k, v in study.cer.items()},
         "gap": study.gaps,
         "advantage": study.advantage,
         "best_order": study.best_order,
         "predicted_order": study.predicted_order,
         "prediction_agrees": study.agrees,
+        "prediction_open": [f"{a} | {b}" for a, b in study.prediction_open],
         "orthogonal": study.orthogonal,
         "orthogonality": study.orthogonality,
         "interference": study.interference,

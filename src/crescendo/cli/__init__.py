@@ -17,6 +17,17 @@ from .commands import _cmd_compress, _cmd_demo, _cmd_eval_tasks, _cmd_report, _c
 from .common import _common, _Parser
 from .studies import _cmd_order, _cmd_search, _cmd_sweep
 
+def _cer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cer-anchor", default="none", choices=["none", "dense"],
+                   help="none (default, 003): the quantizer's measured points only; dense: add the dense model "
+                        "at C = 1, so a method better than the highest bit-width gets a value, not a bound")
+    p.add_argument("--cer-scale", default="linear", choices=["linear", "log"],
+                   help="interpolate the reference curve linearly in perplexity (default, 003) or in log-perplexity")
+    p.add_argument("--cer-envelope", action="store_true",
+                   help="read a reference curve that is not monotone off its monotone envelope (running minimum "
+                        "of M); without it such a curve is flagged and gives no CER")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crescendo", description="Order-aware joint model compression.")
     parser.add_argument("--version", action="version", version=f"crescendo {__version__}")
@@ -48,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layerwise", action="store_true", help="skip layer-wise errors (orthogonality, interference)")
     p.add_argument("--layerwise-samples", type=int, default=8, help="calibration windows for layer-wise errors")
     p.add_argument("--store", default=None, help="also record every measurement in this results store")
+    _cer_options(p)
     p.set_defaults(func=_cmd_order)
 
     p = sub.add_parser("sweep", help="resumable (ratio x bits x order) grid into a results store")
@@ -94,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new or empty output directory")
     p.add_argument("--model", default=None, help="only rows of this model")
     p.add_argument("--protocol", default=None, help="only rows of this protocol")
+    _cer_options(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("verify", help="check a packed directory against its recipe (grids, sparsity, NaN/Inf)")

@@ -58,11 +58,15 @@ def _cmd_compress(args) -> int:
 
 def _cmd_report(args) -> int:
     from ..report import build_report
+    from .studies import cer_settings
 
-    index = build_report(args.store, args.out, model=args.model, protocol=args.protocol)
+    index = build_report(args.store, args.out, model=args.model, protocol=args.protocol,
+                         cer=cer_settings(args))
     print(f"report: {index.html}  ({len(index.figures)} figures, {len(index.experiments)} experiments)")
     for label, summary in index.summaries.items():
         agreement = "n/a" if summary.agreement is None else f"{summary.agreement:.0%}"
+        if index.curve_warnings.get(label):
+            print(f"  WARNING: {label}: {index.curve_warnings[label]}")
         print(f"  {label}: Progressive Intensity Hypothesis {summary.verdict} "
               f"(predicted order right in {agreement} of {summary.decided} decided cells)")
     return 0

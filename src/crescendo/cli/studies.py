@@ -8,8 +8,16 @@ from .. import __version__
 from ..workflow import BenchFactory
 from .common import _floats, _ints, _model_name, _protocol, _workbench
 
+def cer_settings(args):
+    """The CER options shared by `order` and `report` (--cer-anchor, --cer-scale, --cer-envelope)."""
+    from ..analysis.cer import CERSettings
+
+    return CERSettings(anchor=args.cer_anchor, scale=args.cer_scale, envelope=args.cer_envelope)
+
+
 def _cmd_order(args) -> int:
     from ..analysis.order import run_order_study, study_to_dict
+    from ..errors import ConfigError
     from ..recipe import parse_recipe, parse_stage
     from ..types import check_bits
 
@@ -18,16 +26,17 @@ def _cmd_order(args) -> int:
     for b in bits:
         parse_recipe(args.reference.format(b=b))
     if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
-        from ...errors import ConfigError
-
         raise ConfigError("--methods needs at least two distinct methods")
+    settings = cer_settings(args)
     store = _open_store(args.store) if args.store else None
     bench = _workbench(args)
     bench.layerwise_samples = args.layerwise_samples
-    recorder = _recorder(store, bench, args) if store else None
+    recorder = _recorder(store, bench) if store is not None else None  # an empty store is falsy
     study = run_order_study(bench, [s.text for s in stages], reference=args.reference, bits=bits,
-                            layerwise=not args.no_layerwise, on_result=recorder)
+                            layerwise=not args.no_layerwise, on_result=recorder, cer_settings=settings)
     out = {**bench.describe(), **study_to_dict(study)}
+    if store is not None:
+        _record_error_analysis(store, bench, out)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -41,37 +50,74 @@ def _open_store(path: str):
     return ResultStore(path)
 
 
-def _recorder(store, bench, args):
+_STUDY = {"study": "order"}  # marks order-study rows, so reports do not take them for sweep rows
+
+
+def _recorder(store, bench):
     from ..store import Row
 
     def record(kind: str, recipe: str, metric: float) -> None:
+        extra = {} if kind == "dense" else _STUDY
         store.put(Row.create(bench.model_name, bench.protocol_id, recipe, 0, __version__, kind,
-                             metrics={"perplexity": -metric}))
+                             metrics={"perplexity": -metric}, extra=extra))
 
     return record
+
+
+def _record_error_analysis(store, bench, out: dict) -> None:
+    """Rewrite each composed order's row with its interference and orthogonality excess."""
+    from ..store import Row
+
+    for entry in out["orders"]:
+        key = " > ".join(entry["order"])
+        verdict = out["orthogonality"].get(key)
+        if verdict is None:
+            continue
+        metrics = {"perplexity": entry["perplexity"], "interference": out["interference"].get(key),
+                   "orthogonality_excess": verdict["excess"], "composed_error": verdict["composed_error"],
+                   "sum_single_errors": verdict["sum_single_errors"]}
+        store.put(Row.create(bench.model_name, bench.protocol_id, key, 0, __version__, "order",
+                             metrics=metrics, extra={**_STUDY, "methods": entry["order"]}))
 
 
 def _print_order(out: dict) -> None:
     print(f"order study: {out['model']}  protocol {out['protocol']}  ({out['dtype']}, metric M = {out['metric']})")
     print(f"  dense perplexity {out['dense']:.3f}")
     print("  reference curve: " + ", ".join(f"{c['bits']}b {c['perplexity']:.2f}" for c in out["curve"]))
+    print(f"  {out['cer_method']}")
+    if out["curve_warning"]:
+        print(f"  WARNING: {out['curve_warning']}")
     for m, v in out["singles"].items():
         cer = out["cer"][m]
-        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {cer:.2f}" if isinstance(cer, float) else
-              f"  alone  {m:<28} ppl {v:9.3f}   CER {cer}")
+        shown = "undefined" if cer is None else f"{cer:.2f}" if isinstance(cer, float) else cer
+        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {shown}")
     for key, g in out["gap"].items():
         print(f"  gap G({key}) = {g:+.3f}")
     for o in out["orders"]:
         print(f"  order  {' > '.join(o['order']):<44} ppl {o['perplexity']:9.3f}")
     for key, a in out["advantage"].items():
         print(f"  advantage A({key}) = {a:+.3f}")
-    agree = "agrees" if out["prediction_agrees"] else "DISAGREES"
+    agree = {True: "agrees with the measurement", False: "DISAGREES with the measurement",
+             None: "undecided"}[out["prediction_agrees"]]
+    if out["prediction_open"]:
+        agree += "; the CERs cannot order " + ", ".join(out["prediction_open"])
+    predicted = " > ".join(out["predicted_order"]) or "none (no CER)"
     print(f"  best measured order : {' > '.join(out['best_order'])}")
-    print(f"  PIH prediction      : {' > '.join(out['predicted_order'])}  ({agree} with the measurement)")
-    for key, v in out["orthogonality"].items():
+    print(f"  PIH prediction      : {predicted}  ({agree})")
+    for o in out["orders"]:
+        key = " > ".join(o["order"])
+        v = out["orthogonality"].get(key)
+        if v is None:
+            continue
+        prefix, last = " → ".join(o["order"][:-1]), o["order"][-1]
+        delta = out["interference"].get(key)
+        shown = "n/a" if delta is None else f"{delta:+.4g}"
         verdict = "orthogonal" if v["orthogonal"] else "NOT orthogonal"
-        print(f"  {key}: composed error {v['composed_error']:.4g} vs sum of singles {v['sum_single_errors']:.4g} "
-              f"-> {verdict}; interference {out['interference'][key]:+.4g}")
+        print(f"  {key}:")
+        print(f"    interference Δ({prefix} → {last}) (003 Def. 6: {last}'s error after {prefix} "
+              f"minus its error alone) = {shown}")
+        print(f"    excess over the sum of single errors (Harma) = {v['excess']:+.4g} "
+              f"(composed {v['composed_error']:.4g} vs sum {v['sum_single_errors']:.4g}) -> {verdict}")
     for key, v in out["layer_errors"].items():
         print(f"  layer-wise error {key:<44} total {v['total']:.4g}  last block {v['per_block'][-1]:.4g}")
     print(f"  stage applications: {out['stage_applications']} (naive n*n! = {out['naive_stage_applications']})")

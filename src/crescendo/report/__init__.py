@@ -14,17 +14,20 @@ PosixPath('report/report.html')
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from .. import __version__
+from ..analysis.cer import CERSettings
 from ..errors import StoreError
 from ..outputs import atomic_output_dir, check_output_dir
 from ..store import ResultStore
 from . import figures, tables
-from .analysis import Cell, Summary, cells, summarize
-from .data import Experiment, Grouping, group_rows
+from .analysis import DEFAULT_CER, Cell, Summary, cells, reference_of, summarize
+from .data import ErrorAnalysis, Experiment, Grouping, group_rows
 from .html import FigureRef, Section, render_html, render_markdown
 
 __all__ = ["ReportIndex", "build_report"]
@@ -40,6 +43,7 @@ class ReportIndex:
     figures: tuple[Path, ...]  # every PNG and SVG
     experiments: tuple[str, ...]  # one label per experiment, in report order
     summaries: Mapping[str, Summary]  # experiment label -> hypothesis summary
+    curve_warnings: Mapping[str, str] = field(default_factory=dict)  # label -> reference-curve problem
 
 
 def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Grouping, int]:
@@ -51,7 +55,7 @@ def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Gr
             raise StoreError(f"results store {store_path} is empty")
         rows = store.rows(model=model, protocol=protocol)
     grouping = group_rows(rows)
-    if not grouping.experiments:
+    if not grouping.experiments and not grouping.errors:
         wanted = ", ".join(f"{k}={v}" for k, v in (("model", model), ("protocol", protocol)) if v)
         raise StoreError(f"no sweep rows{' for ' + wanted if wanted else ''} in {store_path}")
     return grouping, len(rows)
@@ -61,27 +65,35 @@ def _fig(paths: list[Path], caption: str) -> tuple[FigureRef, ...]:
     return (FigureRef(paths[0], paths[1], caption),) if paths else ()
 
 
-def _order_caption(exp: Experiment, found: list[Cell]) -> str:
+def _order_caption(exp: Experiment, found: list[Cell], settings: CERSettings) -> str:
     no_cer = sum(c.cer is None for c in found)
     undefined = sum(math.isnan(c.advantage) for c in found)
     missing = [f"{no_cer} cells without a CER" if no_cer else "",
                f"{undefined} cells where both orders collapsed" if undefined else ""]
     left_out = "; ".join(m for m in missing if m)
     return (f"Figure 3: A(Q→P) against C*_P − C_Q for {exp.key.prune} (P) and {exp.key.quant} (Q), "
-            f"one exponential fit a·exp(b·x)+c per pruning ratio (dashed: C*_P is a bound)."
-            + (f" Not drawn: {left_out}." if left_out else ""))
+            f"one exponential fit a·exp(b·x)+c per pruning ratio (dashed: C*_P is a bound). "
+            f"{settings.label}." + (f" Not drawn: {left_out}." if left_out else ""))
 
 
-def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary,
-                         folder: Path) -> list[Section]:
+def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary, folder: Path,
+                         settings: CERSettings) -> list[Section]:
     k = exp.key
     dense = tables.fmt_number(exp.dense.perplexity if exp.dense else None)
+    _, problem = reference_of(exp, settings)
+    measured = bool(exp.quant) and bool(exp.prune)  # else Figure 3's section says what is missing
+    warning = problem.replace("the reference curve", f"the reference curve {k.quant}", 1) \
+        if problem and measured else ""
     out = [Section(k.label, 2, (f"P = {k.prune}, Q = {k.quant}; ratios {exp.ratios}, "
-                                f"bits {exp.bits}; dense perplexity {dense}.",))]
+                                f"bits {exp.bits}; dense perplexity {dense}. {settings.label}.",)
+                   + ((f"Warning: {warning}.",) if warning else ()))]
     if any(c.cer is not None for c in found):
         fig3 = figures.plot_order_advantage(exp, found, folder)
         out.append(Section("Order advantage against CER difference (Figure 3)", 3,
-                           figures=_fig(fig3, _order_caption(exp, found))))
+                           figures=_fig(fig3, _order_caption(exp, found, settings))))
+    elif found and warning:
+        out.append(Section("Order advantage against CER difference (Figure 3)", 3, (
+            f"Not drawn: no C*_P ({warning}).",)))
     elif found:  # an empty plot would say nothing; say why instead
         out.append(Section("Order advantage against CER difference (Figure 3)", 3, (
             f"Not drawn: C*_P needs {k.quant} alone and {k.prune} alone at the same protocol, "
@@ -90,10 +102,11 @@ def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary,
         out.append(Section("Does the Progressive Intensity Hypothesis hold?", 3,
                            (f"Verdict: {summary.verdict}. Per ratio, every cell shares C*_P, so a "
                             "bound C*_P does not change the ranks; the pooled rho uses exact CERs "
-                            "only.",), tables=(tables.summary_table(summary),
-                                               tables.order_table(exp, found))))
+                            "only. A bound C*_P decides the predicted order whenever it lies on one "
+                            "side of C_Q, touching included.",),
+                           tables=(tables.summary_table(summary), tables.order_table(exp, found, settings))))
     zeros = tables.zeros_table(exp)
-    grids = (*tables.perplexity_tables(exp), tables.cer_table(exp)) + (
+    grids = (*tables.perplexity_tables(exp), tables.cer_table(exp, settings)) + (
         (tables.advantage_table(exp, found),) if found else ()) + ((zeros,) if zeros else ())
     out.append(Section("Perplexity, CER and A(Q→P) grids", 3, tables=grids))
     for total in exp.multistage_totals:
@@ -114,15 +127,64 @@ def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary,
     return out
 
 
-def _overview(store_path: Path, grouping: Grouping, n_rows: int) -> Section:
-    lines = [f"Built from {store_path} ({n_rows} rows read; seeds {list(grouping.seeds)}, "
+def source_commit() -> str | None:
+    """The short git commit of the crescendo source tree this code runs from, with a note when the
+    package has uncommitted changes; None outside a git checkout."""
+    here = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                                  timeout=20, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    dirty = git("status", "--porcelain", "--", ".")
+    return head + (" (with uncommitted changes to the package)" if dirty else "")
+
+
+def _interference_section(errors: list[ErrorAnalysis]) -> Section:
+    title = "Interference (003, Definition 6) and Harma's orthogonality excess"
+    if not errors:
+        return Section(title, 2, (
+            "Not in this store: both numbers need per-linear output errors of every single method "
+            "and composition (Δ also the last stage's error against the model it was applied to), "
+            "and sweep rows record per-block errors through depth only, no per-linear errors. "
+            "`crescendo order --store` records both per composed order.",))
+    groups: dict[tuple[str, str], list[ErrorAnalysis]] = {}
+    for e in errors:
+        groups.setdefault((e.model, e.protocol), []).append(e)
+    text = ("Δ (Definition 6): the last stage's own error inside the pipeline minus its error alone "
+            "(< 0: the earlier stages left it less to do). Excess (Harma et al.): the composed "
+            "model's error minus the sum of the single methods' errors (> 0: not orthogonal). "
+            "The two differ by the cross term of the earlier stages' and the last stage's errors.")
+    found = tuple(tables.error_table(rows) for rows in groups.values())
+    notes = tuple(f"{model} ({protocol})" for model, protocol in groups)
+    return Section(title, 2, (text, "Rows from: " + "; ".join(notes) + "."), tables=found)
+
+
+def _overview(store_path: Path, grouping: Grouping, n_rows: int, settings: CERSettings,
+              generated_by: str | None) -> Section:
+    commit = f" at commit {generated_by}" if generated_by else " (source commit unknown)"
+    lines = [f"Generated by crescendo {__version__}{commit}.",
+             f"Built from {store_path} ({n_rows} rows read; seeds {list(grouping.seeds)}, "
              f"versions {list(grouping.versions)}). Repeated seeds are averaged; per seed the "
              "newest row counts.",
              "M = −perplexity. A(Q→P) = M(Q first, then P) − M(P first, then Q) = "
              "perplexity(\"P > Q\") − perplexity(\"Q > P\"): A > 0 means quantizing first is "
              "better. C_Q = 16/B, C_P = 1/(1−p); C*_P is the ratio at which the quantizer's own "
-             "curve matches P alone (linear interpolation; ≤/≥ marks a bound outside the curve).",
-             "The hypothesis predicts the weaker method first: Q first iff C_Q < C*_P."]
+             "curve matches P alone (interpolated; ≤/≥ marks a bound outside the curve).",
+             f"{settings.label}. A reference curve that is not monotone (a higher ratio measured "
+             "better) is flagged and gives no CER unless the monotone envelope is asked for.",
+             "The hypothesis predicts the weaker method first: Q first iff C_Q < C*_P; a bound "
+             "C*_P decides when it lies on one side of C_Q, touching included; an exact tie "
+             "C*_P == C_Q names no order.",
+             "p-values: exact permutation distribution up to 9 points, t approximation above; "
+             "each table names the method."]
     if grouping.skipped:
         lines.append(f"{len(grouping.skipped)} rows skipped (missing fields): "
                      + "; ".join(grouping.skipped[:10]))
@@ -135,6 +197,8 @@ def build_report(
     *,
     model: str | None = None,
     protocol: str | None = None,
+    cer: CERSettings = DEFAULT_CER,
+    generated_by: str | None = None,
 ) -> ReportIndex:
     """Rebuild the order-analysis report of every sweep experiment in a results store.
 
@@ -143,7 +207,10 @@ def build_report(
     failure leaves no half-written report.
 
     Parameters: `store_path` a results store written by `crescendo sweep`; `out_dir` a folder that
-    does not exist or is empty; `model` / `protocol` restrict the report to those rows.
+    does not exist or is empty; `model` / `protocol` restrict the report to those rows; `cer` how
+    the reference curve is read (default: 003's, linear in perplexity, not anchored, no CER from a
+    curve that is not monotone); `generated_by` the commit named in the report (default: the git
+    commit of this source tree, when it is one).
 
     Raises ConfigError when `out_dir` exists and is not empty, StoreError when the store is missing,
     empty, or holds no sweep rows matching the filters.
@@ -151,27 +218,32 @@ def build_report(
     store_path, out = Path(store_path), Path(out_dir)
     check_output_dir(out)
     grouping, n_rows = _load(store_path, model, protocol)
+    generated_by = generated_by or source_commit()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(out) as tmp:
         folder = tmp / "figures"
         folder.mkdir()
-        sections = [_overview(store_path, grouping, n_rows)]
-        cells_of = {e.key.slug: cells(e) for e in grouping.experiments}
-        summaries = {}
+        sections = [_overview(store_path, grouping, n_rows, cer, generated_by)]
+        cells_of = {e.key.slug: cells(e, cer) for e in grouping.experiments}
+        summaries, warnings = {}, {}
         for exp in grouping.experiments:
             summary = summarize(cells_of[exp.key.slug])
             summaries[exp.key.label] = summary
-            sections += _experiment_sections(exp, cells_of[exp.key.slug], summary, folder)
+            problem = reference_of(exp, cer)[1]
+            if problem:
+                warnings[exp.key.label] = problem
+            sections += _experiment_sections(exp, cells_of[exp.key.slug], summary, folder, cer)
         table1 = tables.table1(grouping.experiments, cells_of)
         if table1:
             sections.append(Section("A(Q→P) by quantization ratio (Table 1)", 2, (
                 "As 003's Table 1: one column per pruning method sharing a quantizer and a ratio "
                 "(an exact 0 means both orders gave identical perplexity).",), tables=tuple(table1)))
-        models = sorted({e.key.model for e in grouping.experiments})
+        sections.append(_interference_section(grouping.errors))
+        models = sorted({e.key.model for e in grouping.experiments} | {e.model for e in grouping.errors})
         title = f"crescendo order report: {', '.join(models)}"
         (tmp / "report.md").write_text(render_markdown(title, sections, tmp), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(title, sections), encoding="utf-8")
         written = sorted(p.relative_to(tmp) for p in folder.iterdir())
     return ReportIndex(out, out / "report.md", out / "report.html",
                        tuple(out / p for p in written),
-                       tuple(e.key.label for e in grouping.experiments), summaries)
+                       tuple(e.key.label for e in grouping.experiments), summaries, warnings)

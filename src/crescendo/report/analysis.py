@@ -8,39 +8,43 @@ So, with M = -perplexity,
               = M(recipe "Q > P") - M(recipe "P > Q")
               = perplexity("P > Q") - perplexity("Q > P").
 A > 0: quantizing first wins. The hypothesis predicts it does exactly when quantization is the weaker
-method, i.e. when C_Q < C*_P (x = C*_P - C_Q > 0), and that A grows with x.
+method, i.e. when C_Q < C*_P (x = C*_P - C_Q > 0), and that A grows with x. A CER that is only a
+bound still decides when it lies on one side of C_Q, touching included (`cer.compare_intensity`).
+How the reference curve is read (dense anchor, log-perplexity, monotone envelope) is a
+`CERSettings`; a curve that is not monotone gives no CER unless the envelope is asked for.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
-from ..analysis.metrics import (
-    CER,
-    ExpFit,
-    compression_equivalent_ratio,
-    fit_exponential,
-    order_advantage,
-)
+from ..analysis.cer import CER, CERSettings, ReferenceCurve, pih_first, reference_curve
+from ..analysis.metrics import ExpFit, fit_exponential, order_advantage
+from ..analysis.ranks import spearman_test
 from .data import Experiment
 
-MIN_RANK_POINTS = 3  # a rank correlation of 2 points is always +-1: not evidence
+DEFAULT_CER = CERSettings()
 
 
-def cer_by_ratio(exp: Experiment) -> dict[float, CER | None]:
+def reference_of(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> tuple[ReferenceCurve | None, str | None]:
+    """The experiment's quantizer curve as `settings` reads it, and a warning when it gives no
+    CER or only a flagged one (not monotone, nothing measured, no dense row to anchor at)."""
+    dense = exp.dense.metric if exp.dense is not None else None
+    if settings.anchor == "dense" and (dense is None or math.isnan(dense)):
+        return None, "a CER anchored at dense needs a dense row, and the store has none: CER undefined"
+    curve = reference_curve(exp.quant_curve(), settings, dense)
+    return curve, curve.problem
+
+
+def cer_by_ratio(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> dict[float, CER | None]:
     """C*_P of P(r) alone against the experiment's quantizer curve; None where it is undefined
-    (no quantizer curve, or P(r) alone has a NaN perplexity)."""
-    curve = exp.quant_curve()
-    out: dict[float, CER | None] = {}
-    for ratio, measured in exp.prune.items():
-        ok = curve and not math.isnan(measured.perplexity)
-        out[ratio] = compression_equivalent_ratio(measured.metric, curve) if ok else None
-    return out
+    (no usable curve, see `reference_of`, or P(r) alone has a NaN perplexity)."""
+    curve, _ = reference_of(exp, settings)
+    return {ratio: None if curve is None else curve.cer(measured.metric)
+            for ratio, measured in exp.prune.items()}
 
 
 def _side(difference: float) -> str | None:
@@ -77,15 +81,11 @@ class Cell:
 
     @property
     def predicted_first(self) -> str | None:
-        """The hypothesis' order: the weaker method first ("quant" iff C_Q < C*_P); None when a tie
-        or a CER bound leaves the comparison open."""
-        x = self.cer_difference
-        if x is None or x == 0:
-            return None
-        bound = self.cer.bound if self.cer is not None else "exact"
-        if (bound == "upper" and x > 0) or (bound == "lower" and x < 0):
-            return None  # C*_P <= v with v > C_Q (or >= v with v < C_Q) can lie either side
-        return _side(x)
+        """The hypothesis' order: the weaker method first ("quant" iff C_Q < C*_P). A bound decides
+        whenever the interval it leaves lies on one side of C_Q, touching included: "C*_P <= 2.00"
+        against C_Q = 2.00 (P measured better than 8 bits) is "prune". None for an exact tie
+        (C*_P == C_Q), a bound reaching across C_Q, or no CER (see `cer.pih_first`)."""
+        return pih_first(self.cer, self.c_q)
 
     @property
     def measured_first(self) -> str | None:
@@ -100,9 +100,9 @@ class Cell:
         return self.predicted_first == self.measured_first
 
 
-def cells(exp: Experiment) -> list[Cell]:
+def cells(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> list[Cell]:
     """Every cell with both orders measured, by ratio then bits (high to low)."""
-    cers = cer_by_ratio(exp)
+    cers = cer_by_ratio(exp, settings)
     found = {(r, b) for r, b, _ in exp.orders}
     out = []
     for r, b in sorted(found, key=lambda rb: (rb[0], -rb[1])):
@@ -114,24 +114,21 @@ def cells(exp: Experiment) -> list[Cell]:
 
 @dataclass(frozen=True)
 class Correlation:
-    """Spearman's rho of A(Q -> P) against x = C*_P - C_Q; rho is None below MIN_RANK_POINTS."""
+    """Spearman's rho of A(Q -> P) against x = C*_P - C_Q and its two-sided p-value, with the
+    method that gave it (exact permutation distribution up to 9 points, t approximation above);
+    rho is None below 3 points or when one side is constant."""
 
     label: str
     n: int
     rho: float | None
     pvalue: float | None
+    method: str = "-"
 
 
 def spearman(label: str, xs: list[float], ys: list[float]) -> Correlation:
-    """Spearman rank correlation, None when there are too few points or one side is constant."""
-    if len(xs) < MIN_RANK_POINTS:
-        return Correlation(label, len(xs), None, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
-        result = stats.spearmanr(xs, ys)
-    rho, p = float(result.statistic), float(result.pvalue)
-    return Correlation(label, len(xs), None if math.isnan(rho) else rho,
-                       None if math.isnan(p) else p)
+    """Spearman rank correlation with an exact p-value for small n (see `analysis.ranks`)."""
+    test = spearman_test(xs, ys)
+    return Correlation(label, test.n, test.rho, test.pvalue, test.method)
 
 
 def _finite(c: Cell) -> bool:

@@ -206,6 +206,44 @@ def _slot(row: Row) -> tuple[str, tuple[Any, ...]]:
 
 
 @dataclass(frozen=True)
+class ErrorAnalysis:
+    """One composed order's two error numbers, as `crescendo order --store` records them."""
+
+    model: str
+    protocol: str
+    recipe: str
+    interference: float | None  # 003 Definition 6: last stage in the pipeline minus alone
+    excess: float | None  # Harma: composed error minus the sum of the single errors
+    composed_error: float | None
+    sum_single_errors: float | None
+
+
+ERROR_METRICS = ("interference", "orthogonality_excess")
+
+
+def _optional(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
+def error_analyses(rows: Iterable[Row]) -> list[ErrorAnalysis]:
+    """Rows that carry an interference or orthogonality-excess figure, newest per recipe."""
+    newest: dict[tuple[str, str, str], Row] = {}
+    for row in sorted(rows, key=lambda r: (r.created, r.key)):
+        if any(row.metrics.get(name) is not None for name in ERROR_METRICS):
+            newest[(row.model, row.protocol, row.recipe)] = row
+    return [ErrorAnalysis(m, p, recipe, _optional(r.metrics, "interference"),
+                          _optional(r.metrics, "orthogonality_excess"),
+                          _optional(r.metrics, "composed_error"), _optional(r.metrics, "sum_single_errors"))
+            for (m, p, recipe), r in sorted(newest.items())]
+
+
+def is_order_study_row(row: Row) -> bool:
+    """A row `crescendo order --store` wrote (not a sweep row, though it shares the kinds)."""
+    return row.extra.get("study") == "order" and row.kind != "dense"
+
+
+@dataclass(frozen=True)
 class Grouping:
     """The result of `group_rows`: experiments, and the rows that could not be placed (with why)."""
 
@@ -213,6 +251,7 @@ class Grouping:
     skipped: list[str]
     seeds: tuple[int, ...]
     versions: tuple[str, ...]
+    errors: list[ErrorAnalysis] = field(default_factory=list)  # order-study error numbers
 
 
 def _latest_per_seed(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
@@ -232,9 +271,13 @@ def group_rows(rows: Iterable[Row]) -> Grouping:
     that name both templates). Single runs attach by their own method's template alone: two sweeps
     sharing a quantizer (SparseGPT x RTN, SLEB x RTN) store `rtn:w4a4` once, under one key, and both
     experiments need it. Rows of other kinds (order studies, searches) are ignored; a sweep row whose
-    `extra` lacks the fields its kind needs is skipped and named in `skipped`.
+    `extra` lacks the fields its kind needs is skipped and named in `skipped`. Rows
+    `crescendo order --store` wrote are not sweep rows: their error numbers (Definition 6,
+    Harma's excess) go to `errors`, and they are neither grouped nor reported as skipped.
     """
-    rows = [r for r in rows if r.kind in SWEEP_KINDS]
+    rows = list(rows)
+    errors = error_analyses(rows)
+    rows = [r for r in rows if r.kind in SWEEP_KINDS and not is_order_study_row(r)]
     experiments: dict[ExperimentKey, Experiment] = {}
     dense: dict[tuple[str, str], Measurement] = {}
     singles: dict[tuple[str, str, str, str, str], dict[Any, Measurement]] = {}  # (m, p, prefix, slot, tpl)
@@ -269,4 +312,4 @@ def group_rows(rows: Iterable[Row]) -> Grouping:
     ordered = [experiments[k] for k in sorted(experiments, key=lambda k: (k.model, k.protocol, k.prefix,
                                                                         k.quant, k.prune))]
     return Grouping(ordered, skipped, tuple(sorted({r.seed for r in rows})),
-                    tuple(sorted({r.version for r in rows})))
+                    tuple(sorted({r.version for r in rows})), errors)

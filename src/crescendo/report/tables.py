@@ -12,9 +12,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..analysis.metrics import CER
-from .analysis import Cell, Summary, cer_by_ratio, multistage_series
-from .data import Experiment, Measurement, method_name
+from ..analysis.cer import CER, CERSettings
+from .analysis import DEFAULT_CER, Cell, Summary, cer_by_ratio, multistage_series, reference_of
+from .data import ErrorAnalysis, Experiment, Measurement, method_name
 
 
 def md_escape(text: str) -> str:
@@ -43,8 +43,10 @@ def fmt_advantage(value: float | None) -> str:
     return fmt_number(value, 3)
 
 
-def fmt_cer(cer: CER | None) -> str:
-    return "-" if cer is None else {"exact": "", "upper": "<= ", "lower": ">= "}[cer.bound] + \
+def fmt_cer(cer: CER | None, missing: str = "-") -> str:
+    """"2.93", "<= 2.00", ">= 5.33"; `missing` where there is none ("undefined" for an unusable
+    reference curve)."""
+    return missing if cer is None else {"exact": "", "upper": "<= ", "lower": ">= "}[cer.bound] + \
         f"{cer.value:.2f}"
 
 
@@ -111,13 +113,19 @@ def perplexity_tables(exp: Experiment) -> list[Table]:
     return tables
 
 
-def cer_table(exp: Experiment) -> Table:
+def cer_table(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> Table:
     """C*_P per pruning ratio against the quantizer curve."""
-    cers = cer_by_ratio(exp)
-    rows = tuple((ratio_label(r), _ppl(exp.prune.get(r)), fmt_cer(cers.get(r))) for r in exp.prune)
+    cers = cer_by_ratio(exp, settings)
+    curve, problem = reference_of(exp, settings)
+    unusable = curve is None or not curve.usable
+    rows = tuple((ratio_label(r), _ppl(m), fmt_cer(cers.get(r), "undefined" if unusable and
+                                                  not math.isnan(m.perplexity) else "-"))
+                 for r, m in exp.prune.items())
+    anchor = " and dense at C = 1" if settings.anchor == "dense" else ""
     return Table(f"CER of {exp.key.prune_name} per pruning ratio", ("p (C_P)", "perplexity", "C*_P"),
-                 rows, f"reference curve: {exp.key.quant} at B = {sorted(exp.quant)}, C_Q = 16/B; "
-                 "<= / >= : outside the measured curve, only a bound")
+                 rows, f"{settings.label}; reference curve: {exp.key.quant} at B = {sorted(exp.quant)}, "
+                 f"C_Q = 16/B{anchor}; <= / >= : outside the curve, only a bound"
+                 + (f". Warning: {problem}" if problem else ""))
 
 
 def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
@@ -132,7 +140,7 @@ def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
                  "-inf: only quantize-first collapsed, nan: both")
 
 
-def order_table(exp: Experiment, all_cells: list[Cell]) -> Table:
+def order_table(exp: Experiment, all_cells: list[Cell], settings: CERSettings = DEFAULT_CER) -> Table:
     """Predicted (weaker first) vs measured better order per cell."""
     by = {(c.ratio, c.bits): c for c in all_cells}
     letter = {"quant": "Q", "prune": "P", None: "?"}
@@ -141,25 +149,28 @@ def order_table(exp: Experiment, all_cells: list[Cell]) -> Table:
         mark = {True: "ok", False: "MISS", None: ""}[c.agrees]
         return f"{letter[c.predicted_first]}/{letter[c.measured_first]} {mark}".strip()
 
-    cers = cer_by_ratio(exp)
+    cers = cer_by_ratio(exp, settings)
     rows = tuple((ratio_label(r), fmt_cer(cers.get(r)))
                  + tuple(cell(by[(r, b)]) if (r, b) in by else "-" for b in exp.bits)
                  for r in exp.ratios)
     header = ("p (C_P)", "C*_P") + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in exp.bits)
     return Table("Predicted / measured first method (Q or P)", header, rows,
-                 "predicted: the weaker method first (Q iff C_Q < C*_P); ?: undecided "
-                 "(tie, or a CER bound on the wrong side)")
+                 "predicted: the weaker method first (Q iff C_Q < C*_P); a bound decides when it "
+                 "lies on one side of C_Q, touching included (C*_P <= 2.00 against C_Q = 2.00: P is "
+                 "the weaker, P first); ?: undecided (C*_P == C_Q exactly, a bound reaching across "
+                 "C_Q, or no CER)")
 
 
 def summary_table(summary: Summary) -> Table:
-    rows = [(c.label, str(c.n), fmt_number(c.rho, 3), fmt_number(c.pvalue, 3))
+    rows = [(c.label, str(c.n), fmt_number(c.rho, 3), fmt_number(c.pvalue, 3), c.method)
             for c in summary.per_ratio + [summary.pooled]]
     share = "-" if summary.agreement is None else f"{100 * summary.agreement:.0f}%"
     return Table("Spearman rank correlation of A(Q->P) with C*_P - C_Q",
-                 ("points", "n", "rho", "p-value"), tuple(rows),
-                 f"predicted order matches the measured better order in {summary.agree} of "
-                 f"{summary.decided} decided cells ({share}; {summary.total} cells in all). "
-                 f"Verdict: {summary.verdict}")
+                 ("points", "n", "rho", "p-value", "p-value method"), tuple(rows),
+                 f"two-sided p-values: exact permutation distribution (all n! pairings, ties by "
+                 f"midranks) up to 9 points, t approximation above. Predicted order matches the "
+                 f"measured better order in {summary.agree} of {summary.decided} decided cells "
+                 f"({share}; {summary.total} cells in all). Verdict: {summary.verdict}")
 
 
 def multistage_table(exp: Experiment, total: float) -> Table:
@@ -249,3 +260,20 @@ def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> li
                             ("C_Q (B_Q)",) + tuple(f"{exp.key.prune_name} p={r:g}" for r in ratios),
                             rows))
     return tables
+
+
+def error_table(errors: list[ErrorAnalysis]) -> Table:
+    """Definition 6's interference and Harma's orthogonality excess, per composed order."""
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    rows = tuple((e.recipe, num(e.interference), num(e.excess), num(e.composed_error),
+                  num(e.sum_single_errors),
+                  "-" if e.excess is None else ("yes" if e.excess <= 0 else "no"))
+                 for e in errors)
+    return Table("Interference and orthogonality per composed order",
+                 ("order", "Δ (Definition 6)", "excess over the sum of singles (Harma)",
+                  "composed error", "sum of single errors", "orthogonal"), rows,
+                 "squared per-linear output errors summed over linears. Δ: the last stage's error in "
+                 "the pipeline (against the model it was applied to) minus its error alone; excess: "
+                 "composed error minus the sum of every single method's error (> 0: not orthogonal)")
