@@ -35,8 +35,8 @@ def main() -> None:
 
     def get(recipe: str) -> dict:
         row = measure(bench, recipe, store)
-        return {"recipe": row.recipe, "perplexity": row.metrics["perplexity"],
-                "zero_fraction": row.metrics.get("zero_fraction"), "sparsity": row.metrics.get("sparsity")}
+        return {"recipe": row.recipe, "perplexity": row.metrics.perplexity,
+                "zero_fraction": row.metrics.zero_fraction, "sparsity": row.metrics.sparsity}
 
     for b in args.bits:
         q = get(f"rtn:w{b}")

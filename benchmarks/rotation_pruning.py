@@ -48,15 +48,15 @@ def main() -> None:
     bench = bench_from_options(args)
     store = ResultStore(args.store) if args.store else None
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
-    dense = measure(bench, "dense", store, kind="dense").metrics["perplexity"]
+    dense = measure(bench, "dense", store, kind="dense").metrics.perplexity
     methods = [m for m, _ in plan]
     ratios = sorted({r for _, rs in plan for r in rs})
     rows = {}
     for method, method_ratios in plan:
         for r in method_ratios:
             stage = _stage(method, r)
-            plain = measure(bench, stage, store).metrics["perplexity"]
-            rotated = measure(bench, f"rotate > {stage}", store).metrics["perplexity"]
+            plain = measure(bench, stage, store).metrics.perplexity
+            rotated = measure(bench, f"rotate > {stage}", store).metrics.perplexity
             rows[(method, r)] = (plain, rotated)
             print(f"{stage}  no rotation {plain:.3f}  rotation {rotated:.3f}", flush=True)
     head = " | ".join(f"{m} no rot. | {m} rot. | {m} diff." for m in methods)

@@ -28,11 +28,11 @@ def test_ray_backend_matches_local(saved_tiny, tmp_path, local_ray):
     tasks = grid_tasks("magnitude", [0.5], "rtn", [4])
     with ResultStore(tmp_path / "ray.sqlite") as store:
         counts = run_sweep(factory, "tiny", protocol.name, tasks, store, backend="ray")
-        ray_rows = {r.recipe: r.metrics["perplexity"] for r in store.rows()}
+        ray_rows = {r.recipe: r.metrics.perplexity for r in store.rows()}
     assert counts["computed"] == len(tasks) == 5  # dense, 2 singles, 2 orders
     with ResultStore(tmp_path / "local.sqlite") as store:
         run_sweep(factory, "tiny", protocol.name, tasks, store, backend="local")
-        local_rows = {r.recipe: r.metrics["perplexity"] for r in store.rows()}
+        local_rows = {r.recipe: r.metrics.perplexity for r in store.rows()}
     assert ray_rows == local_rows
     with ResultStore(tmp_path / "ray.sqlite") as store:  # rerun: nothing left to do
         assert run_sweep(factory, "tiny", protocol.name, tasks, store, backend="ray")["computed"] == 0

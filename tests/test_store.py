@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from crescendo.errors import StoreError
-from crescendo.store import SCHEMA_VERSION, ResultStore, Row, run_key
+from crescendo.store import SCHEMA_VERSION, ResultStore, Row, RunMetrics, check_store, record_run, run_key
 
 FIELDS = {
     "model": "smollm2-135m",
@@ -28,25 +28,46 @@ FIELDS = {
 }
 
 
-def make_row(recipe: str = "wanda:0.5 > rtn:w4", kind: str = "order", **metrics: float) -> Row:
+def make_row(recipe: str = "wanda:0.5 > rtn:w4", kind: str = "order", ppl: float = 31.25, **more) -> Row:
     return Row.create(
         FIELDS["model"], FIELDS["protocol"], recipe, 0, FIELDS["version"], kind,
-        metrics=metrics or {"ppl": 31.25},
+        metrics=RunMetrics.from_perplexity(ppl, **more),
         timings={"compress_s": 1.5}, environment={"torch": "2.13"}, extra={"stages": ["wanda", "rtn"]},
     )
 
 
 def test_round_trip(tmp_path: Path):
-    row = make_row(ppl=math.inf, acc=np.float32(0.5))  # collapsed ppl and a numpy scalar survive
+    row = make_row(ppl=math.inf, sparsity=np.float32(0.5), per_block_error=[0.1, 0.2])  # inf and numpy survive
     with ResultStore(tmp_path / "runs.sqlite") as store:
         assert len(store) == 0 and store.get(row.key) is None
         store.put(row)
         got = store.get(row.key)
     assert got is not None
-    assert got.metrics == {"ppl": math.inf, "acc": 0.5}
+    assert got.metrics.perplexity == math.inf and got.metrics.metric == -math.inf
+    assert got.metrics.sparsity == 0.5 and got.metrics.per_block_error == (0.1, 0.2)
     assert (got.timings, got.environment, got.extra) == (row.timings, row.environment, row.extra)
-    assert isinstance(got.metrics["acc"], float)
-    assert got == replace(row, metrics={"ppl": math.inf, "acc": 0.5})  # every field, JSON ones included
+    assert got == replace(row, metrics=replace(row.metrics, sparsity=0.5))  # every field, JSON ones included
+
+
+def test_metrics_schema_is_typed():
+    assert RunMetrics.from_dict({"perplexity": 20.0}).metric == -20.0  # rows from before `metric` existed
+    assert RunMetrics.from_accuracy(91.5).metric == 91.5
+    with pytest.raises(StoreError, match="unknown fields"):
+        RunMetrics.from_dict({"perplexity": 2.0, "ppl": 2.0})
+    with pytest.raises(StoreError, match="neither"):
+        RunMetrics.from_dict({"sparsity": 0.5})
+    with pytest.raises(StoreError, match="RunMetrics"):
+        Row.create("m", "p", "r", 0, "v", "single", metrics={"perplexity": 2.0})  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="kind"):
+        Row.create("m", "p", "r", 0, "v", "bogus", metrics=RunMetrics.from_perplexity(2.0))
+
+
+def test_record_run_writes_environment(tmp_path: Path):
+    with ResultStore(tmp_path / "runs.sqlite") as store:
+        row = record_run(store, model="m", protocol="p", recipe="rtn:w4", seed=0, kind="single",
+                         metrics=RunMetrics.from_perplexity(9.0), device="cpu")
+        env = store.get(row.key).environment
+    assert env["device"] == "cpu" and env["threads"] >= 1 and "torch" in env and "commit" in env
 
 
 def test_resume_semantics(tmp_path: Path):
@@ -61,7 +82,7 @@ def test_resume_semantics(tmp_path: Path):
         assert len(store) == 2
     with ResultStore(path) as reopened:  # a rerun sweep sees what the killed one finished
         assert len(reopened) == 2 and reopened.has(single.key)
-        assert reopened.get(order.key).metrics == {"ppl": 40.0}
+        assert reopened.get(order.key).metrics.perplexity == 40.0
         assert [r.key for r in reopened.rows(kind="single")] == [single.key]
         assert len(reopened.rows(model=FIELDS["model"], protocol=FIELDS["protocol"])) == 2
         assert reopened.rows(recipe="wanda:0.5")[0].kind == "single"
@@ -88,14 +109,16 @@ def test_run_key_is_stable_and_sensitive():
 
 def test_wal_mode_is_on(tmp_path: Path):
     path = tmp_path / "runs.sqlite"
-    ResultStore(path).close()
+    with ResultStore(path) as store:
+        store.put(make_row())
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_schema_mismatch_raises(tmp_path: Path):
     path = tmp_path / "runs.sqlite"
-    ResultStore(path).close()
+    with ResultStore(path) as store:
+        store.put(make_row())
     conn = sqlite3.connect(path)
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.commit()
@@ -122,7 +145,7 @@ def test_bad_paths_raise(tmp_path: Path):
 def test_bad_rows_and_closed_store(tmp_path: Path):
     store = ResultStore(tmp_path / "runs.sqlite")
     with pytest.raises(StoreError):
-        store.put(make_row(ppl=object()))  # type: ignore[arg-type]
+        store.put(replace(make_row(), metrics=replace(make_row().metrics, sparsity=object())))  # type: ignore[arg-type]
     with pytest.raises(StoreError):
         store.put(replace(make_row(), created="yesterday"))  # type: ignore[arg-type]
     assert len(store) == 0  # nothing half-written
@@ -134,12 +157,12 @@ def test_bad_rows_and_closed_store(tmp_path: Path):
 
 WRITER = """
 import sys
-from crescendo.store import ResultStore, Row
+from crescendo.store import ResultStore, Row, RunMetrics
 store = ResultStore(sys.argv[1])
 prefix = sys.argv[2]
 i = 0
 while i < int(sys.argv[3]):
-    payload = {f"m{j}": float(i * 1000 + j) for j in range(300)}
+    payload = RunMetrics.from_perplexity(float(i), per_block_error=[float(i * 1000 + j) for j in range(300)])
     store.put(Row.create("m", "p", f"{prefix}:{i}", 0, "v", "single", metrics=payload))
     if i == 0:
         print("started", flush=True)
@@ -168,9 +191,9 @@ def test_sigkill_mid_write_leaves_complete_rows(tmp_path: Path):
         assert len(rows) >= 1 and len(rows) == len(store)
         for row in rows:
             i = int(row.recipe.split(":")[1])
-            assert row.metrics == {f"m{j}": float(i * 1000 + j) for j in range(300)}
+            assert row.metrics.per_block_error == tuple(float(i * 1000 + j) for j in range(300))
         raw = store._fetch("SELECT metrics FROM runs")
-        assert all(len(json.loads(metrics)) == 300 for (metrics,) in raw)
+        assert all(len(json.loads(metrics)["per_block_error"]) == 300 for (metrics,) in raw)
         assert store._fetch("PRAGMA integrity_check") == [("ok",)]
         store.put(make_row())  # and it is writable again
         assert store.has(make_row().key)
@@ -185,3 +208,68 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path):
     with ResultStore(path) as store:
         assert len(store) == 80
         assert len(store.rows(recipe="a:39")) == 1 and len(store.rows(recipe="b:0")) == 1
+
+
+def test_refusals_touch_nothing(tmp_path: Path):
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE something (x)")
+    before = foreign.read_bytes()
+    for opener in (lambda: ResultStore(foreign), lambda: check_store(foreign)):
+        with pytest.raises(StoreError, match="not a crescendo"):
+            opener()
+    assert foreign.read_bytes() == before and not Path(str(foreign) + "-wal").exists()  # not switched to WAL
+    old = tmp_path / "old.sqlite"
+    with ResultStore(old) as store:
+        store.put(make_row())
+    with sqlite3.connect(old) as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    before = old.read_bytes()
+    with pytest.raises(StoreError, match="schema version 0"):
+        ResultStore(old)
+    assert old.read_bytes() == before
+
+
+def test_new_store_file_appears_with_its_first_write(tmp_path: Path):
+    path = tmp_path / "new.sqlite"
+    store = ResultStore(path)
+    assert len(store) == 0 and not store.has("k") and store.rows() == [] and bool(store)
+    assert not path.exists()  # a refused run that opened it leaves nothing behind
+    store.put(make_row())
+    assert path.exists() and len(store) == 1
+    store.close()
+    with ResultStore(path, readonly=True) as reader:
+        assert len(reader) == 1
+        with pytest.raises(StoreError, match="read-only"):
+            reader.put(make_row("rtn:w8"))
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultStore(tmp_path / "absent.sqlite", readonly=True)
+
+
+def test_claims_share_work_between_processes(tmp_path: Path):
+    path = tmp_path / "runs.sqlite"
+    a, b = ResultStore(path), ResultStore(path)
+    assert a.claim("k1") and a.claim("k1")  # idempotent for its owner
+    assert not b.claim("k1")  # a live claim by another owner
+    assert b.claim("k2")
+    row = make_row()
+    a.put(row)  # writing the row releases any claim on it; a stored row cannot be claimed
+    assert not b.claim(row.key)
+    a.release("k1")
+    assert b.claim("k1")
+
+
+CLAIMER = """
+import sys
+from crescendo.store import ResultStore
+store = ResultStore(sys.argv[1])
+print(store.claim("orphan"), flush=True)
+"""
+
+
+def test_claim_of_a_dead_process_is_taken_over(tmp_path: Path):
+    path = tmp_path / "runs.sqlite"
+    ResultStore(path).put(make_row())  # create the file
+    done = subprocess.run([sys.executable, "-c", CLAIMER, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True"
+    assert ResultStore(path).claim("orphan")  # its owner exited without releasing it

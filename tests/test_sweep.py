@@ -45,7 +45,7 @@ def test_prefix_starts_every_compressed_recipe_and_is_shared(tmp_path):
         rows = {r.recipe: r for r in store.rows()}
     assert bench.applied.count("rotate") == 2  # once per group (Q first, P first), not once per row
     assert bench.applied.count("magnitude:0.5") == 2  # P alone shares with P > Q; once after Q
-    assert rows["rotate > magnitude:0.5"].metrics["sparsity"] > 0.45
+    assert rows["rotate > magnitude:0.5"].metrics.sparsity > 0.45
 
 
 def test_measure_reuses_stored_rows(tmp_path):
@@ -57,7 +57,7 @@ def test_measure_reuses_stored_rows(tmp_path):
         again = measure(bench, "magnitude:0.5 > rtn:w4", store)
         assert bench.applied == ["magnitude:0.5", "rtn:w4"]  # computed once, canonical spelling shared
         assert again.key == first.key and again.metrics == first.metrics
-        assert measure(bench, "dense", store, kind="dense").metrics["perplexity"] > 1
+        assert measure(bench, "dense", store, kind="dense").metrics.perplexity > 1
         assert len(store) == 2
 
 

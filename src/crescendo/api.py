@@ -12,8 +12,8 @@ from .budget.accounting import LayerCost, model_bops, model_size_bits
 from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
-from .state import state_of
 from .recipe import Recipe, parse_recipe
+from .state import state_of
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ def compress(
 
     calibration: batches of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
 
-    >>> result = compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
-    >>> result.summary.sparsity, result.summary.avg_weight_bits
+    Usage (a model and its calibration batches at hand):
+
+        result = compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
+        result.summary.sparsity, result.summary.avg_weight_bits
     """
     recipe = parse_recipe(recipe)
     adapter = get_adapter(model)

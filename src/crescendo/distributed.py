@@ -22,20 +22,21 @@ def _require_ray():
 
 
 def run_groups_on_ray(
-    bench_factory: Callable[[], Any], groups: Sequence[Sequence[Any]], seed: int
-) -> Iterator[tuple[Any, dict, dict]]:
-    """Yield (task, metrics, timings) as Ray tasks finish. Starts a local Ray if none is connected."""
+    bench_factory: Callable[[], Any], groups: Sequence[Sequence[Any]], seed: int,
+    run_group: Callable[[Any, Sequence[Any], int], Any],
+) -> Iterator[tuple[Any, Any, dict]]:
+    """Yield (task, metrics, timings) as Ray tasks finish; each task runs `run_group(bench, tasks,
+    seed)` on a bench built by `bench_factory()` in its own process. Starts a local Ray if none is
+    connected."""
     ray = _require_ray()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
 
     @ray.remote
-    def run_remote(factory, tasks, seed):
-        from .sweep import run_group
+    def run_remote(factory, run, tasks, seed):
+        return list(run(factory(), tasks, seed))
 
-        return list(run_group(factory(), tasks, seed))
-
-    pending = [run_remote.remote(bench_factory, list(g), seed) for g in groups]
+    pending = [run_remote.remote(bench_factory, run_group, list(g), seed) for g in groups]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for item in ray.get(done[0]):

@@ -22,6 +22,21 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return out
 
 
+def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A file the run will write: its folder must exist and be writable, the path must not be a
+    directory, and (with `suffix`) it must end with it. Checked before any work is done."""
+    out = Path(path)
+    if suffix is not None and out.suffix.lower() != suffix:
+        raise ConfigError(f"{out} must end with {suffix}")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory")
+    if not out.parent.is_dir():
+        raise ConfigError(f"folder {out.parent} of {out} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"folder {out.parent} of {out} is not writable")
+    return out
+
+
 @contextmanager
 def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success it is renamed to `path`, on

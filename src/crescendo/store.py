@@ -1,25 +1,35 @@
 """The results store: every run is one row of a SQLite file (WAL mode), keyed by what determines it.
 
-key = sha256 of (model identity, protocol, recipe, seed, package version); value = metrics, timings,
-environment and free-form extras as JSON. Sweeps resume by skipping keys the store `has`. Each `put`
-is one short transaction, so several processes may write one after another (a busy timeout makes
-them wait their turn) and a process killed mid-write leaves every committed row whole: atomicity and
-recovery are SQLite's, and this module never holds a transaction open across a run.
+key = sha256 of (model identity, protocol, recipe, seed, package version); value = typed metrics
+(`RunMetrics`), timings, environment (versions, device, thread count, code commit) and extras as
+JSON. This module owns the row schema and its one writer, `record_run`, which sweeps, order studies
+and searches all call. Sweeps resume by skipping keys the store `has`, and share work with
+concurrent sweeps by `claim`ing a row before computing it. Each write is one short transaction, so
+several processes may write one after another (a busy timeout makes them wait their turn) and a
+process killed mid-write leaves every committed row whole: atomicity and recovery are SQLite's.
+
+Opening checks before it writes: a file that is not a crescendo store, or one of another schema
+version, is refused without being touched (`check_store` does the same without opening for writing).
 
 The file must live on a local disk: WAL needs shared memory, which network file systems lack.
 
->>> with ResultStore("runs.sqlite") as store:  # doctest: +SKIP
-...     row = Row.create("smollm2-135m", "wikitext2:128x2048", "wanda:0.5 > rtn:w4", 0, "0.1.0",
-...                      kind="order", metrics={"ppl": 31.2})
-...     if not store.has(row.key):
-...         store.put(row)
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "runs.sqlite")
+>>> with ResultStore(path) as store:
+...     row = record_run(store, model="tiny", protocol="p", recipe="wanda:0.5 > rtn:w4", seed=0, kind="order",
+...                      metrics=RunMetrics.from_perplexity(31.2))
+...     store.get(row.key).metrics.perplexity
+31.2
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -28,10 +38,12 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import StoreError
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction to finish
+CLAIM_TIMEOUT_S = 6 * 3600.0  # a claim by a process on another host older than this is taken over
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +63,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_model ON runs (model, protocol, kind);
 """
+# Claims are transient (a row being computed): a store written before they existed gets the table
+# the first time a writer opens it, which changes no row.
+_CLAIMS = "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, " \
+          "pid INTEGER NOT NULL, claimed REAL NOT NULL)"
 _COLUMNS = ("key", "model", "protocol", "recipe", "seed", "version", "kind",
             "metrics", "timings", "environment", "extra", "created")
 _JSON_COLUMNS = ("metrics", "timings", "environment", "extra")
@@ -58,6 +74,7 @@ _TEXT_COLUMNS = ("key", "model", "protocol", "recipe", "version", "kind")
 _INSERT = (
     f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
+KINDS = ("dense", "single", "order", "multistage", "curve", "search", "run", "choose")
 
 
 def run_key(model: str, protocol: str, recipe: str, seed: int, version: str) -> str:
@@ -75,9 +92,74 @@ def run_key(model: str, protocol: str, recipe: str, seed: int, version: str) -> 
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class RunMetrics:
+    """What one measured run produced: the schema of every row's `metrics`.
+
+    `metric` is M of 003 (higher is better): -perplexity for language models, top-1 accuracy (%) for
+    classifiers; `metric_name` says which. The compression summary fields are those of
+    `crescendo.api.CompressionSummary`; error-analysis fields are filled by order studies only.
+    """
+
+    metric: float
+    metric_name: str = "-perplexity"
+    perplexity: float | None = None
+    accuracy: float | None = None
+    # compression summary
+    sparsity: float | None = None
+    avg_weight_bits: float | None = None
+    compression_ratio: float | None = None
+    params: int | None = None
+    bop_reduction: float | None = None
+    size_reduction: float | None = None
+    zero_fraction: float | None = None
+    # layer-wise error analysis
+    per_block_error: tuple[float, ...] | None = None  # relative output error by depth (calibration windows)
+    interference: float | None = None  # Definition 6 of 003
+    orthogonality_excess: float | None = None  # Harma et al.: composed error minus the sum of the singles
+    composed_error: float | None = None
+    sum_single_errors: float | None = None
+
+    @classmethod
+    def from_perplexity(cls, perplexity: float, summary: Mapping[str, Any] | None = None, **more: Any) -> RunMetrics:
+        """Metrics of a language-model run (M = -perplexity), plus a compression summary dict."""
+        return cls.from_dict({**(summary or {}), **more, "perplexity": float(perplexity),
+                              "metric": -float(perplexity), "metric_name": "-perplexity"})
+
+    @classmethod
+    def from_accuracy(cls, accuracy: float, summary: Mapping[str, Any] | None = None, **more: Any) -> RunMetrics:
+        """Metrics of a classifier run (M = top-1 accuracy in %), plus a compression summary dict."""
+        return cls.from_dict({**(summary or {}), **more, "accuracy": float(accuracy), "metric": float(accuracy),
+                              "metric_name": "accuracy"})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunMetrics:
+        """From stored JSON. Rows written before `metric` existed hold only a perplexity: M = -ppl.
+        Unknown keys raise StoreError (a row is never half understood)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise StoreError(f"row metrics have unknown fields {sorted(unknown)}")
+        values = dict(data)
+        if "metric" not in values:
+            if values.get("perplexity") is None:
+                raise StoreError("row metrics hold neither a metric nor a perplexity")
+            values["metric"] = -float(values["perplexity"])
+        if values.get("per_block_error") is not None:
+            values["per_block_error"] = tuple(float(v) for v in values["per_block_error"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stored JSON: the fields that are set."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if "per_block_error" in out:
+            out["per_block_error"] = list(out["per_block_error"])
+        return out
+
+
 @dataclass
 class Row:
-    """One stored run. `kind` says what it measured: "dense", "single", "order", "curve", "search"."""
+    """One stored run. `kind` says what it measured: "dense", "single", "order", "curve", "search", ..."""
 
     key: str
     model: str
@@ -86,7 +168,7 @@ class Row:
     seed: int
     version: str
     kind: str
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: RunMetrics
     timings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -101,19 +183,73 @@ class Row:
         seed: int,
         version: str,
         kind: str,
-        metrics: Mapping[str, Any] | None = None,
+        metrics: RunMetrics,
         timings: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Row:
         """A row whose key is `run_key` of its fields and whose creation time is now."""
+        if kind not in KINDS:
+            raise StoreError(f"unknown row kind {kind!r} (one of {', '.join(KINDS)})")
+        if not isinstance(metrics, RunMetrics):
+            raise StoreError(f"row metrics must be RunMetrics, got {type(metrics).__name__}")
         return cls(
             key=run_key(model, protocol, recipe, seed, version),
             model=model, protocol=protocol, recipe=recipe, seed=seed, version=version, kind=kind,
-            metrics=dict(metrics or {}), timings=dict(timings or {}),
+            metrics=metrics, timings=dict(timings or {}),
             environment=dict(environment or {}), extra=dict(extra or {}),
             created=time.time(),
         )
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """What a row's figures may depend on besides its key: versions, device, threads, code commit.
+
+    Results are bit-reproducible only for the same device type and thread count (CPU reductions
+    split differently across threads), which is why both are recorded.
+    """
+    import platform
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+        "commit": code_commit(),
+    }
+
+
+def code_commit() -> str | None:
+    """The git commit of the crescendo source tree in use, or None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent  # the package; its parent is src/
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(here.parent), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def record_run(store: ResultStore | None, *, model: str, protocol: str, recipe: str, seed: int, kind: str,
+               metrics: RunMetrics, timings: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+               device: str | None = None, version: str = __version__) -> Row:
+    """The one writer of result rows: builds the typed row (key, environment) and stores it (if a
+    store is given; releasing this process's claim on it). Returns the row."""
+    row = Row.create(model, protocol, recipe, seed, version, kind, metrics, timings=timings,
+                     environment=environment(device), extra=extra)
+    if store is not None:
+        store.put(row)
+    return row
 
 
 def _json_default(value: Any) -> Any:
@@ -127,6 +263,10 @@ def _encode(row: Row) -> tuple[Any, ...]:
     values: list[Any] = []
     for column in _COLUMNS:
         value = getattr(row, column)
+        if column == "metrics":
+            if not isinstance(value, RunMetrics):
+                raise StoreError(f"row {row.key[:12]}: metrics must be RunMetrics, got {type(value).__name__}")
+            value = value.to_dict()
         if column in _JSON_COLUMNS:
             if not isinstance(value, Mapping):
                 raise StoreError(
@@ -153,30 +293,101 @@ def _decode(values: tuple[Any, ...]) -> Row:
     data = dict(zip(_COLUMNS, values))
     for column in _JSON_COLUMNS:
         data[column] = json.loads(data[column])
+    data["metrics"] = RunMetrics.from_dict(data["metrics"])
     return Row(**data)
 
 
+def check_store(path: str | PathLike[str]) -> None:
+    """Refuse, without creating or changing anything, a path that cannot become a results store:
+    a missing folder, a file that is not a crescendo store, or one of another schema version.
+    A path that does not exist yet is fine (it will be created by the first writer)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise StoreError(f"cannot open results store {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise StoreError(f"results store {path} is a directory")
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open results store {path}: {err}") from err
+    try:
+        _check_schema(conn, path)
+    except sqlite3.Error as err:
+        raise StoreError(f"{path} is not a crescendo results store ({err})") from err
+    finally:
+        conn.close()
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
+    """True for a crescendo store of this schema version, False for an empty database; StoreError else."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return False
+    if "meta" not in tables or "runs" not in tables:
+        raise StoreError(f"{path} is an SQLite file but not a crescendo results store")
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if found is None or found[0] != str(SCHEMA_VERSION):
+        version = None if found is None else found[0]
+        raise StoreError(f"results store {path} has schema version {version}, this crescendo reads {SCHEMA_VERSION}")
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ResultStore:
-    """A SQLite results store; opening creates the file and schema if needed.
+    """A SQLite results store. A new store's file is created by its first write (a row or a claim),
+    so a run refused after opening it leaves no file behind.
 
     Raises StoreError when the parent folder is missing, the file is not SQLite (or not a crescendo
-    store), or it was written with another schema version.
+    store), or it was written with another schema version; in each case the file is left untouched.
+    `readonly=True` opens an existing store for reading only (reports).
     """
 
-    def __init__(self, path: str | PathLike[str]) -> None:
+    def __init__(self, path: str | PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise StoreError(
-                f"cannot open results store {self.path}: folder {self.path.parent} does not exist"
-            )
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
+            raise StoreError(f"results store {self.path} does not exist")
+        check_store(self.path)  # before anything is created or switched to WAL
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._on_disk = False
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
+        if not self.path.exists():
+            self._conn = self._empty()  # reads see an empty store; the first write creates the file
+            return
+        self._connect()
+
+    @staticmethod
+    def _empty() -> sqlite3.Connection:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.executescript(_SCHEMA + ";" + _CLAIMS)
+        return conn
+
+    def _connect(self) -> None:
+        readonly = self.readonly
         try:
-            # isolation_level=None: no implicit transactions; `put` opens and commits its own.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            if readonly:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None)
+            else:
+                # isolation_level=None: no implicit transactions; each write opens and commits its own.
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open results store {self.path}: {err}") from err
         try:
-            self._init_schema(conn)
+            if not readonly:
+                self._init_schema(conn)
         except StoreError:
             conn.close()
             raise
@@ -184,32 +395,23 @@ class ResultStore:
             conn.close()
             raise StoreError(f"cannot open results store {self.path}: {err}") from err
         self._conn = conn
+        self._on_disk = True
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]  # raises if not a database
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"results store {self.path} cannot use WAL mode (journal mode is {mode})")
         # IMMEDIATE: two processes creating the same new store serialise instead of racing.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            found_tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = {name for (name,) in found_tables}
-            if not tables:
+            if not _check_schema(conn, self.path):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif "meta" not in tables or "runs" not in tables:
-                raise StoreError(f"{self.path} is an SQLite file but not a crescendo results store")
-            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is None or found[0] != str(SCHEMA_VERSION):
-                version = None if found is None else found[0]
-                raise StoreError(
-                    f"results store {self.path} has schema version {version}, "
-                    f"this crescendo reads {SCHEMA_VERSION}"
-                )
+            conn.execute(_CLAIMS)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -223,7 +425,7 @@ class ResultStore:
 
     @property
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
+        if self._conn is None or self._closed:
             raise StoreError(f"results store {self.path} is closed")
         return self._conn
 
@@ -239,20 +441,58 @@ class ResultStore:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.has(key)
 
-    def put(self, row: Row) -> None:
-        """Insert or replace one row, in its own transaction: it is stored whole or not at all."""
-        values = _encode(row)  # serialise before the transaction, so a bad row never opens one
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]], what: str) -> list[Any]:
+        """Run statements in one IMMEDIATE transaction; returns each statement's rowcount."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} is open read-only")
+        if not self._on_disk and not self._closed:
+            check_store(self.path)  # the path may have changed since opening
+            self._conn.close()
+            self._connect()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(_INSERT, values)
+                counts = [db.execute(q, p).rowcount for q, p in statements]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as err:
-            raise StoreError(f"cannot write to results store {self.path}: {err}") from err
+            raise StoreError(f"cannot {what} results store {self.path}: {err}") from err
+        return counts
+
+    def put(self, row: Row) -> None:
+        """Insert or replace one row, in its own transaction: it is stored whole or not at all.
+        Any claim on its key is released in the same transaction."""
+        values = _encode(row)  # serialise before the transaction, so a bad row never opens one
+        self._write([(_INSERT, values), ("DELETE FROM claims WHERE key = ?", (row.key,))], "write to")
+
+    def claim(self, key: str) -> bool:
+        """Claim `key` for this process before computing it; False when the row exists or a live
+        claim by another process holds it. A claim whose owner died (same host, dead pid) or that
+        is older than CLAIM_TIMEOUT_S is taken over."""
+        now = time.time()
+        host, pid = socket.gethostname(), os.getpid()
+        found = self._fetch("SELECT owner, host, pid, claimed FROM claims WHERE key = ?", (key,))
+        if found:
+            owner, c_host, c_pid, claimed = found[0]
+            if owner == self.owner:
+                return True
+            dead = (c_host == host and not _pid_alive(int(c_pid))) or now - float(claimed) > CLAIM_TIMEOUT_S
+            if not dead:
+                return False
+        taken = self._write([
+            ("DELETE FROM claims WHERE key = ? AND owner = ?", (key, found[0][0] if found else "")),
+            ("INSERT OR IGNORE INTO claims (key, owner, host, pid, claimed) "
+             "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM runs WHERE key = ?)",
+             (key, self.owner, host, pid, now, key)),
+        ], "claim in")
+        return taken[1] == 1
+
+    def release(self, key: str) -> None:
+        """Give up this process's claim on `key` (a failed or skipped computation)."""
+        self._write([("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))], "release in")
 
     def rows(
         self,
@@ -275,11 +515,15 @@ class ResultStore:
     def __len__(self) -> int:
         return int(self._fetch("SELECT COUNT(*) FROM runs")[0][0])
 
+    def __bool__(self) -> bool:
+        return True  # an open store is truthy even when empty (`if store:` must not mean "has rows")
+
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._closed = True
 
     def __enter__(self) -> ResultStore:
         return self
@@ -288,5 +532,5 @@ class ResultStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._conn is None else "open"
+        state = "closed" if self._conn is None or self._closed else "open"
         return f"ResultStore({str(self.path)!r}, {state})"

@@ -6,13 +6,15 @@ recipe runs on a copy (P(r) alone and P(r) > Q(b) for every b and every quantize
 expensive pruning). Before any work, finished rows are looked up by key
 (model, protocol, recipe, seed, version), so a sweep killed at any moment and rerun redoes nothing
 that was stored and loses nothing: each row is written in its own transaction as soon as it exists.
+Every row is claimed in the store before it is computed, so two sweeps on one store share the work
+instead of both computing (and the second overwriting) every row.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import platform
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +25,12 @@ import torch
 from . import __version__
 from .errors import ConfigError
 from .recipe import Recipe, parse_recipe
-from .store import ResultStore, Row, run_key
+from .store import ResultStore, Row, RunMetrics, record_run, run_key
+from .types import check_ratio
 
 log = logging.getLogger(__name__)
+
+MAX_MULTISTAGE_STEPS = 100  # p1 values of one multi-stage series (each is a full compression)
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,28 @@ class SweepTask:
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
-def _fmt_ratio(r: float) -> str:
-    return f"{r:g}"
+def ratio_label(r: float) -> str:
+    """How a ratio is written into a recipe (`sparsegpt:0.05`); refuses ratios the label would round
+    (the stored ratio and the one in the recipe must be the same number)."""
+    label = f"{r:g}"
+    if abs(float(label) - r) > 1e-12:
+        raise ConfigError(f"ratio {r!r} has more than 6 significant digits; it would be written as {label}")
+    return label
 
 
-def stage_text(template: str, **values: Any) -> str:
-    """`sparsegpt` -> `sparsegpt:{r}` style expansion; a template containing `{` is formatted."""
-    return template.format(**values)
+def _check_templates(prune: str, quants: Sequence[str]) -> None:
+    if "{" in prune and "{r}" not in prune:
+        raise ConfigError(f"pruning template {prune!r} must contain {{r}}")
+    for q in quants:
+        if "{" in q and "{b}" not in q:
+            raise ConfigError(f"quantizer template {q!r} must contain {{b}}")
+
+
+def _format(template: str, what: str, **values: Any) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{what} template {template!r} is malformed: {e!r}") from None
 
 
 def grid_tasks(
@@ -65,15 +85,49 @@ def grid_tasks(
     (default: all of them).
     prefix: stages every compressed recipe starts with (`rotate`: orders on the rotated model, as
     003 does with QuaRot); the dense row stays the unmodified model.
+    Every recipe is validated here, before any model is loaded.
     """
-    if not isinstance(quant, str):
-        merged: dict[str, SweepTask] = {}
-        for q in quant:
-            staged = multistage_quant is None or q in multistage_quant
-            for t in grid_tasks(prune, ratios, q, bits, multistage_total=multistage_total if staged else None,
-                                multistage_step=multistage_step, multistage_bits=multistage_bits, prefix=prefix):
-                merged.setdefault(t.recipe, t)
-        return list(merged.values())
+    quants = [quant] if isinstance(quant, str) else list(quant)
+    if not ratios:
+        raise ConfigError("a sweep needs at least one pruning ratio")
+    if not bits:
+        raise ConfigError("a sweep needs at least one bit-width")
+    if not quants:
+        raise ConfigError("a sweep needs at least one quantizer")
+    _check_templates(prune, quants)
+    for r in ratios:
+        check_ratio(r)
+        ratio_label(r)
+    steps = None
+    if multistage_total is not None:
+        steps = _multistage_steps(multistage_total, multistage_step)
+    if multistage_bits is not None and not set(multistage_bits) <= set(bits):
+        raise ConfigError(f"--multistage-bits {list(multistage_bits)} must be among the sweep's bits {list(bits)}")
+    if multistage_quant is not None and not set(multistage_quant) <= set(quants):
+        raise ConfigError("--multistage-quant templates must be among the sweep's quantizers")
+    merged: dict[str, SweepTask] = {}
+    for q in quants:
+        staged = multistage_quant is None or q in multistage_quant
+        for t in _grid(prune, ratios, q, bits, steps if staged else None, multistage_total, multistage_step,
+                       multistage_bits, prefix):
+            merged.setdefault(t.recipe, t)
+    return list(merged.values())
+
+
+def _multistage_steps(total: float, step: float) -> int:
+    if not (math.isfinite(total) and 0 < total < 1):
+        raise ConfigError(f"--multistage total must be in (0, 1), got {total}")
+    if not (math.isfinite(step) and 0 < step <= total):
+        raise ConfigError(f"--multistage-step must be in (0, {total:g}], got {step}")
+    steps = total / step
+    if abs(steps - round(steps)) > 1e-6:
+        raise ConfigError(f"--multistage-step {step:g} must divide the total {total:g} into whole steps")
+    if round(steps) > MAX_MULTISTAGE_STEPS:
+        raise ConfigError(f"--multistage-step {step:g} gives {round(steps)} steps; at most {MAX_MULTISTAGE_STEPS}")
+    return int(round(steps))
+
+
+def _grid(prune, ratios, quant, bits, steps, total, step, multistage_bits, prefix) -> list[SweepTask]:
     p_tpl = prune if "{" in prune else prune + ":{r}"
     q_tpl = quant if "{" in quant else quant + ":w{b}"
     head = str(parse_recipe(prefix)) + " > " if prefix.strip() else ""
@@ -87,36 +141,31 @@ def grid_tasks(
             info.update(prefix=head[:-3], prefix_stages=n_prefix)
         tasks.setdefault(text, SweepTask(text, kind, info))
 
+    def p(r: float) -> str:
+        return _format(p_tpl, "pruning", r=ratio_label(r))
+
+    def q(b: int) -> str:
+        return _format(q_tpl, "quantizer", b=b)
+
     add_dense = SweepTask("dense", "dense", {"prune": p_tpl, "quant": q_tpl})
     for b in bits:
-        add(q_tpl.format(b=b), "single", method="quant", bits=b)
+        add(q(b), "single", method="quant", bits=b)
     for r in ratios:
-        add(p_tpl.format(r=_fmt_ratio(r)), "single", method="prune", ratio=r)
+        add(p(r), "single", method="prune", ratio=float(ratio_label(r)))
     for r in ratios:
         for b in bits:
-            p, q = p_tpl.format(r=_fmt_ratio(r)), q_tpl.format(b=b)
-            add(f"{p} > {q}", "order", ratio=r, bits=b, first="prune")
-            add(f"{q} > {p}", "order", ratio=r, bits=b, first="quant")
-    if multistage_total is not None:
-        steps = int(round(multistage_total / multistage_step))
+            ratio = float(ratio_label(r))
+            add(f"{p(r)} > {q(b)}", "order", ratio=ratio, bits=b, first="prune")
+            add(f"{q(b)} > {p(r)}", "order", ratio=ratio, bits=b, first="quant")
+    if steps is not None:
         for b in bits if multistage_bits is None else multistage_bits:
-            q = q_tpl.format(b=b)
             for k in range(steps + 1):
-                p1 = round(k * multistage_step, 10)
-                p2 = round(multistage_total - p1, 10)
-                parts = ([p_tpl.format(r=_fmt_ratio(p1))] if p1 > 0 else []) + [q]
-                parts += [p_tpl.format(r=_fmt_ratio(p2))] if p2 > 0 else []
-                add(" > ".join(parts), "multistage", total=multistage_total, p1=p1, p2=p2, bits=b)
+                p1 = round(k * step, 10)
+                p2 = round(total - p1, 10)
+                parts = ([p(p1)] if p1 > 0 else []) + [q(b)] + ([p(p2)] if p2 > 0 else [])
+                add(" > ".join(parts), "multistage", total=total, p1=float(ratio_label(p1)),
+                    p2=float(ratio_label(p2)), bits=b)
     return [add_dense] + list(tasks.values())
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def _shared_depth(task: SweepTask) -> int:
@@ -132,13 +181,12 @@ def _groups(tasks: Iterable[SweepTask]) -> dict[str, list[SweepTask]]:
     return groups
 
 
-def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[SweepTask, dict, dict]]:
+def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[SweepTask, RunMetrics, dict]]:
     """Run tasks sharing a first stage; yields (task, metrics, timings) as each finishes."""
     torch.manual_seed(seed)
     if tasks[0].recipe == "dense":
-        ppl = bench.dense()
-        yield tasks[0], {"perplexity": ppl.perplexity, "sparsity": 0.0, "avg_weight_bits": 16.0,
-                         "compression_ratio": 1.0}, {"eval_seconds": ppl.seconds}
+        metrics, seconds = bench.measure(bench.model)
+        yield tasks[0], metrics, {"eval_seconds": seconds}
         return
     depth = _shared_depth(tasks[0])
     start = time.perf_counter()
@@ -150,18 +198,10 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[Sw
         start = time.perf_counter()
         model = copy.deepcopy(base)
         result = bench.compress_inplace(model, rest) if len(rest) else None
-        from .api import summarize
-
-        summary = summarize(model)
         seconds = first_seconds + time.perf_counter() - start
-        ppl = bench.evaluate(model)
-        metrics = {"perplexity": ppl.perplexity, **summary.to_dict()}
-        if getattr(bench, "store_layerwise", False):
-            errors = bench.layer_errors(model, per_linear=False)  # error through depth, per block
-            if errors is not None:
-                metrics["per_block_error"] = errors["per_block"]
+        metrics, eval_seconds = bench.measure(model, layerwise=getattr(bench, "store_layerwise", False))
         stage_seconds = [first_seconds] + ([s.seconds for s in result.stages] if result else [])
-        yield task, metrics, {"compress_seconds": seconds, "eval_seconds": ppl.seconds, "stages": stage_seconds}
+        yield task, metrics, {"compress_seconds": seconds, "eval_seconds": eval_seconds, "stages": stage_seconds}
         del model
 
 
@@ -174,36 +214,48 @@ def run_sweep(
     *,
     seed: int = 0,
     backend: str = "local",
+    device: str | None = None,
     on_row: Callable[[Row], None] | None = None,
 ) -> dict[str, int]:
-    """Run every unfinished task; returns {"total", "skipped", "computed"}."""
-    todo = [t for t in tasks if not store.has(run_key(model_name, protocol_name, t.recipe, seed, __version__))]
-    counts = {"total": len(tasks), "skipped": len(tasks) - len(todo), "computed": 0}
-    if not todo:
-        return counts
-    env = environment()
+    """Run every unfinished task; returns {"total", "skipped", "computed", "elsewhere"}.
 
-    def put(task: SweepTask, metrics: dict, timings: dict) -> None:
-        row = Row.create(model_name, protocol_name, task.recipe, seed, __version__, task.kind,
-                         metrics=metrics, timings=timings, environment=env, extra=task.extra)
-        store.put(row)
+    "elsewhere": rows another process had claimed (a concurrent sweep computing them)."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r} (local or ray)")
+
+    def key(task: SweepTask) -> str:
+        return run_key(model_name, protocol_name, task.recipe, seed, __version__)
+
+    todo = [t for t in tasks if not store.has(key(t))]
+    counts = {"total": len(tasks), "skipped": len(tasks) - len(todo), "computed": 0, "elsewhere": 0}
+    mine = [t for t in todo if store.claim(key(t))]
+    counts["elsewhere"] = len(todo) - len(mine)
+    if not mine:
+        return counts
+
+    def put(task: SweepTask, metrics: RunMetrics, timings: dict) -> None:
+        row = record_run(store, model=model_name, protocol=protocol_name, recipe=task.recipe, seed=seed,
+                         kind=task.kind, metrics=metrics, timings=timings, extra=task.extra, device=device)
         counts["computed"] += 1
         if on_row:
             on_row(row)
 
-    groups = _groups(todo)
-    if backend == "local":
-        bench = bench_factory()
-        for group in groups.values():
-            for task, metrics, timings in run_group(bench, group, seed):
-                put(task, metrics, timings)
-    elif backend == "ray":
-        from .distributed import run_groups_on_ray
+    groups = list(_groups(mine).values())
+    try:
+        if backend == "local":
+            bench = bench_factory()
+            for group in groups:
+                for task, metrics, timings in run_group(bench, group, seed):
+                    put(task, metrics, timings)
+        else:
+            from .distributed import run_groups_on_ray
 
-        for task, metrics, timings in run_groups_on_ray(bench_factory, list(groups.values()), seed):
-            put(task, metrics, timings)
-    else:
-        raise ConfigError(f"unknown backend {backend!r} (local or ray)")
+            for task, metrics, timings in run_groups_on_ray(bench_factory, groups, seed, run_group):
+                put(task, metrics, timings)
+    finally:
+        for task in mine:  # claims of rows that were not written (a failure, an interruption)
+            if not store.has(key(task)):
+                store.release(key(task))
     return counts
 
 
@@ -219,15 +271,14 @@ def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str =
         return found
     torch.manual_seed(seed)
     if text == "dense":
-        ppl = bench.dense()
-        metrics, timings = {"perplexity": ppl.perplexity}, {"eval_seconds": ppl.seconds}
+        metrics, seconds = bench.measure(bench.model)
+        timings = {"eval_seconds": seconds}
     else:
-        model, outcome = bench.run(text)
+        start = time.perf_counter()
+        model, _ = bench.compress(text)
+        compress_seconds = time.perf_counter() - start
+        metrics, seconds = bench.measure(model)
         del model
-        metrics = {"perplexity": outcome.perplexity, **outcome.summary}
-        timings = {"compress_seconds": outcome.compress_seconds, "eval_seconds": outcome.eval_seconds}
-    row = Row.create(bench.model_name, bench.protocol_id, text, seed, __version__, kind, metrics=metrics,
-                     timings=timings, environment=environment(), extra=extra or {})
-    if store is not None:
-        store.put(row)
-    return row
+        timings = {"compress_seconds": compress_seconds, "eval_seconds": seconds}
+    return record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=text, seed=seed, kind=kind,
+                      metrics=metrics, timings=timings, extra=extra or {}, device=getattr(bench, "device", None))

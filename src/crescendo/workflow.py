@@ -17,11 +17,12 @@ from torch import nn
 from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
-from .outputs import atomic_output_dir
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
+from .outputs import atomic_output_dir
 from .recipe import Recipe, parse_recipe
 from .state import CompressionState, state_of
+from .store import RunMetrics
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,17 @@ class Workbench:
         if self._dense is None:
             self._dense = self.evaluate(self.model)
         return self._dense
+
+    def measure(self, model: nn.Module, layerwise: bool = False) -> tuple[RunMetrics, float]:
+        """The typed metrics of `model` (perplexity and compression summary; with `layerwise`, the
+        relative output error by depth) and the evaluation seconds. The dense model is evaluated once."""
+        ppl = self.dense() if model is self.model else self.evaluate(model)
+        more: dict[str, Any] = {}
+        if layerwise:
+            errors = self.layer_errors(model, per_linear=False)  # error through depth, per block
+            if errors is not None:
+                more["per_block_error"] = errors["per_block"]
+        return RunMetrics.from_perplexity(ppl.perplexity, summarize(model).to_dict(), **more), ppl.seconds
 
     def fresh(self) -> nn.Module:
         return copy.deepcopy(self.model)

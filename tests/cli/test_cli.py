@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from crescendo.cli import main
 from crescendo.store import ResultStore
@@ -111,8 +110,8 @@ def test_same_seed_same_numbers(saved_tiny, tmp_path, capsys):
     for name in ("a.sqlite", "b.sqlite"):
         assert main(_sweep_argv(model_dir, protocol, tmp_path / name)[:-1] + ["--json"]) == 0
     capsys.readouterr()
-    a = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "a.sqlite").rows()}
-    b = {r.recipe: r.metrics["perplexity"] for r in ResultStore(tmp_path / "b.sqlite").rows()}
+    a = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "a.sqlite").rows()}
+    b = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "b.sqlite").rows()}
     assert a == b and len(a) == 13
 
 
@@ -160,7 +159,7 @@ def test_order_records_into_a_new_store_and_prints_both_error_numbers(saved_tiny
     assert {"dense", "rtn:w8", "rtn:w4", "magnitude:0.5", "magnitude:0.5 > rtn:w4",
             "rtn:w4 > magnitude:0.5"} <= set(rows)
     composed = rows["rtn:w4 > magnitude:0.5"]
-    assert {"interference", "orthogonality_excess"} <= set(composed.metrics)
+    assert composed.metrics.interference is not None and composed.metrics.orthogonality_excess is not None
     code, out, _ = _run(capsys, "order", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
                         "--methods", "magnitude:0.5", "rtn:w4", "--bits", "8,4", "--no-layerwise", "--json",
                         "--quiet")
@@ -170,7 +169,7 @@ def test_order_records_into_a_new_store_and_prints_both_error_numbers(saved_tiny
 
 
 def test_report_takes_the_cer_options(tmp_path, capsys):
-    from crescendo.store import Row
+    from crescendo.store import Row, RunMetrics
 
     rows = [("dense", "dense", 10.0, {}), ("rtn:w8", "single", 11.0, {"method": "quant", "bits": 8}),
             ("rtn:w4", "single", 14.0, {"method": "quant", "bits": 4}),
@@ -180,7 +179,7 @@ def test_report_takes_the_cer_options(tmp_path, capsys):
     with ResultStore(tmp_path / "s.sqlite") as store:
         for recipe, kind, ppl, extra in rows:
             tpl = {"prune": "sparsegpt:{r}", "quant": "rtn:w{b}"} if kind != "dense" else {}
-            store.put(Row.create("m", "p", recipe, 0, "0.1.0", kind, metrics={"perplexity": ppl},
+            store.put(Row.create("m", "p", recipe, 0, "0.1.0", kind, metrics=RunMetrics.from_perplexity(ppl),
                                  extra=extra | tpl))
     code, out, err = _run(capsys, "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r"),
                           "--cer-anchor", "dense")

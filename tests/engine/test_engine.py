@@ -113,7 +113,7 @@ def test_dense_summary_and_unknown_architecture():
 
 
 def test_formats_and_kv_quantization_as_stages(calibration, eval_ids):
-    from crescendo.kernels.formats import element_values
+    from crescendo.grids.elements import element_values
 
     model = tiny_model("llama")
     dense = _logits(model, eval_ids)
@@ -226,3 +226,39 @@ def test_zeros_pruned_rejects_nm():
         compress(tiny_model("llama"), "magnitude:2:4,zeros=pruned", None, progress=False)
     with pytest.raises(RecipeError, match="zeros"):
         compress(tiny_model("llama"), "magnitude:0.1,zeros=maybe", None, progress=False)
+
+
+def test_linears_fed_one_input_share_one_hessian_and_one_factorization(calibration, monkeypatch):
+    import crescendo.engine.stats as stats_module
+    from crescendo.engine.stats import InputStatistics
+
+    model = tiny_model("llama")
+    block_linears = get_adapter(model).block_linears(model, 0)
+    with InputStatistics(block_linears, "hessian") as stats:
+        for ids in calibration:
+            model(ids)
+    leaders = {name.rsplit(".", 1)[-1]: stats.leader(name).rsplit(".", 1)[-1] for name in block_linears}
+    assert leaders == {"q_proj": "q_proj", "k_proj": "q_proj", "v_proj": "q_proj", "o_proj": "o_proj",
+                       "gate_proj": "gate_proj", "up_proj": "gate_proj", "down_proj": "down_proj"}
+    assert stats.accumulations == 4 * len(calibration)  # not 7 per call
+    names = list(block_linears)
+    assert stats.result(names[0]) is stats.result(names[1]) is stats.result(names[2])
+
+    calls = []
+    real = stats_module.prepare_hessian
+    monkeypatch.setattr(stats_module, "prepare_hessian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = compress(tiny_model("llama"), "gptq:w4", calibration, progress=False)
+    assert len(calls) == 4 * 2  # one factorization per distinct input, per block
+    assert result.stages[0].statistics == 8
+
+
+def test_dead_inputs_are_counted_and_their_weights_kept(calibration):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 5] = 0  # input channel 5 of q/k/v and gate/up is zero everywhere
+        model.model.layers[0].self_attn.q_proj.weight[:, 5] = 0.37
+    result = compress(model, "sparsegpt:0.25", calibration, progress=False)
+    assert result.stages[0].dead_inputs >= 1  # layer 0's attention input (the residual channel stays 0)
+    q = model.model.layers[0].self_attn.q_proj.weight[:, 5]
+    mask = state_of(model).records["model.layers.0.self_attn.q_proj"].mask[:, 5]
+    assert torch.all(q[~mask] == 0.37)  # not zeroed as the reference code does; pruning may still pick them

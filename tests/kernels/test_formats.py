@@ -5,7 +5,7 @@ import torch
 
 from crescendo.errors import ConfigError
 from crescendo.grids import HBFPGrid, IntBlockGrid, MXGrid, make_format_grid
-from crescendo.kernels.formats import element_values, exp2i
+from crescendo.grids.elements import element_values, exp2i
 
 ALL_NAMES = [
     "mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4", "mxint8",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from crescendo.report import build_report
 from crescendo.report import html as report_html
 from crescendo.report.analysis import cells, summarize
 from crescendo.report.data import ExperimentKey, group_rows
-from crescendo.store import ResultStore, Row
+from crescendo.store import ResultStore, Row, RunMetrics
 
 MODEL, PROTOCOL, VERSION = "tiny-llama", "wikitext2:8x128", "0.1.0"
 P_TPL, Q_TPL, SLEB_TPL = "sparsegpt:{r}", "rtn:w{b}a{b}", "sleb:{r}"
@@ -30,10 +31,11 @@ SLEB_ADVANTAGE = {8: 0.0, 6: 0.0, 5: -0.057, 4: -9.379}  # 003's Table 1 shape: 
 
 def _row(recipe: str, kind: str, ppl: float, extra: dict, seed: int = 0, model: str = MODEL,
          blocks: list[float] | None = None) -> Row:
-    metrics = {"perplexity": ppl, "sparsity": 0.0, "avg_weight_bits": 16.0, "compression_ratio": 1.0}
+    metrics = {"sparsity": 0.0, "avg_weight_bits": 16.0, "compression_ratio": 1.0}
     if blocks is not None:
-        metrics |= {"per_block_error": blocks, "layer_error_total": sum(blocks)}
-    return Row.create(model, PROTOCOL, recipe, seed, VERSION, kind, metrics=metrics, extra=extra)
+        metrics |= {"per_block_error": blocks}
+    return Row.create(model, PROTOCOL, recipe, seed, VERSION, kind, metrics=RunMetrics.from_perplexity(ppl, metrics),
+                      extra=extra)
 
 
 def _blocks(scale: float, growth: float) -> list[float]:
@@ -70,7 +72,8 @@ def sweep_rows(templates: bool = True) -> list[Row]:
         p_first = 12.0 + Q_PPL[b] - DENSE
         rows.append(_row(f"sleb:0.1 > rtn:w{b}a{b}", "order", p_first, base | {"first": "prune"}))
         rows.append(_row(f"rtn:w{b}a{b} > sleb:0.1", "order", p_first - a, base | {"first": "quant"}))
-    rows.append(Row.create(MODEL, PROTOCOL, "wanda:0.5", 0, VERSION, "search", metrics={"bops": 1}))
+    rows.append(Row.create(MODEL, PROTOCOL, "wanda:0.5", 0, VERSION, "search",
+                           metrics=RunMetrics.from_perplexity(50.0, bop_reduction=1.0)))
     rows.append(_row("dense", "dense", 30.0, {}, model="other-model"))
     return rows
 
@@ -248,8 +251,7 @@ def test_exact_zero_fractions_are_tabulated_per_order(tmp_path: Path):
     rows = [_row("dense", "dense", DENSE, {})]
     for recipe, first, zeros in (("sparsegpt:0.1 > rtn:w3", "prune", 0.352), ("rtn:w3 > sparsegpt:0.1", "quant", 0.281)):
         row = _row(recipe, "order", 30.0, extra | {"first": first})
-        row.metrics["zero_fraction"] = zeros
-        rows.append(row)
+        rows.append(replace(row, metrics=replace(row.metrics, zero_fraction=zeros)))
     with ResultStore(tmp_path / "z.sqlite") as store:
         for row in rows:
             store.put(row)
@@ -309,9 +311,8 @@ def test_interference_and_excess_are_reported_where_the_store_has_them(store_pat
     for recipe, delta, excess in (("sparsegpt:0.5 > rtn:w4a4", -0.361, 0.125),
                                   ("rtn:w4a4 > sparsegpt:0.5", 0.528, -0.25)):
         row = Row.create(MODEL, PROTOCOL, recipe, 0, VERSION, "order",
-                         metrics={"perplexity": 20.0, "interference": delta,
-                                  "orthogonality_excess": excess, "composed_error": 3.0,
-                                  "sum_single_errors": 3.0 - excess},
+                         metrics=RunMetrics.from_perplexity(20.0, interference=delta, orthogonality_excess=excess,
+                                                            composed_error=3.0, sum_single_errors=3.0 - excess),
                          extra={"study": "order", "methods": recipe.split(" > ")})
         rows.append(row)
     md = build_report(_store(tmp_path, rows), tmp_path / "r").markdown.read_text()

@@ -25,10 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import ConfigError
 from ..types import check_bits, check_ratio
-from .genome import NM_24, Genome, SearchSpace, Targets, prune_stage, quant_stage, ratio_sum_range
+from .genome import (
+    NM_24,
+    Genome,
+    SearchSpace,
+    Targets,
+    prune_stage,
+    quant_stage,
+    ratio_sum_range,
+)
 from .sampling import naive_uniform_ratios, uniform_sum_ratios
 
 log = logging.getLogger(__name__)
@@ -187,7 +194,7 @@ def search(
         del model
         metric = -math.inf if math.isnan(metric) else metric  # a collapsed model ranks last
         bops, size = space.reductions(genome)
-        ppl = -metric if getattr(bench, "metric_name", "-perplexity") == "-perplexity" else None
+        ppl = -metric if bench.metric_name == "-perplexity" else None
         point = SearchPoint(recipe, genome, metric, ppl, bops, size, generation)
         seen[recipe] = point
         if store is not None:
@@ -220,17 +227,16 @@ def _survivors(points: list[SearchPoint], n: int) -> list[SearchPoint]:
 
 
 def _record(store: Any, bench: Any, config: SearchConfig, point: SearchPoint, seconds: float) -> None:
-    from ..store import Row
+    from ..store import RunMetrics, record_run
 
-    protocol = getattr(bench, "protocol_id", None) or getattr(getattr(bench, "protocol", None), "name", "unknown")
-    store.put(Row.create(
-        getattr(bench, "model_name", "unknown"), protocol, point.recipe, config.seed, __version__, "search",
-        metrics={"perplexity": point.perplexity, "metric": point.metric, "bop_reduction": point.bop_reduction,
-                 "size_reduction": point.size_reduction},
-        timings={"seconds": seconds},
-        extra={"genome": [list(g) for g in point.genome], "generation": point.generation, "sampler": config.sampler,
-               "seed": config.seed, "target_bops": config.target_bops, "target_size": config.target_size},
-    ))
+    more = {"bop_reduction": point.bop_reduction, "size_reduction": point.size_reduction}
+    metrics = (RunMetrics.from_perplexity(point.perplexity, **more) if point.perplexity is not None
+               else RunMetrics(metric=point.metric, metric_name=bench.metric_name, **more))
+    record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=point.recipe, seed=config.seed,
+               kind="search", metrics=metrics, timings={"seconds": seconds},
+               extra={"genome": [list(g) for g in point.genome], "generation": point.generation,
+                      "sampler": config.sampler, "seed": config.seed, "target_bops": config.target_bops,
+                      "target_size": config.target_size}, device=getattr(bench, "device", None))
 
 
 def plot_pareto(runs: Mapping[str, Sequence[SearchPoint] | SearchResult] | Sequence[SearchPoint],

@@ -25,8 +25,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..analysis.metrics import output_error_from_gram
 from ..engine.stats import InputStatistics
 from ..errors import ConfigError
-from ..models.adapters import get_adapter, get_weight
 from ..grids import Grid, UniformGrid
+from ..models.adapters import get_adapter, get_weight
 
 Candidate = int | Grid  # a bit-width (asymmetric per-channel RTN grid) or any quantization grid
 

@@ -13,9 +13,16 @@ from ..errors import CrescendoError
 log = logging.getLogger("crescendo")
 
 
-from .commands import _cmd_compress, _cmd_demo, _cmd_eval_tasks, _cmd_report, _cmd_verify
+from .commands import (
+    _cmd_compress,
+    _cmd_demo,
+    _cmd_eval_tasks,
+    _cmd_report,
+    _cmd_verify,
+)
 from .common import _common, _Parser
 from .studies import _cmd_order, _cmd_search, _cmd_sweep
+
 
 def _cer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cer-anchor", default="none", choices=["none", "dense"],

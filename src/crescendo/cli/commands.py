@@ -8,9 +8,10 @@ from pathlib import Path
 
 from .common import _workbench
 
+
 def _cmd_compress(args) -> int:
-    from ..recipe import load_recipe
     from ..outputs import check_output_dir
+    from ..recipe import load_recipe
     from ..workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything

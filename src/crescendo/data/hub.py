@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .corpora import Corpus
+from .corpus import Corpus
 
 log = logging.getLogger(__name__)
 

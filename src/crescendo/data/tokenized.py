@@ -134,9 +134,8 @@ def prepare(protocol: Protocol, tokenizer: Any, *, cache: bool = True) -> Protoc
     name_or_path) unless `cache=False`; tokenizers without a name are never cached.
 
     Example:
-        >>> data = prepare(get_protocol("sotu-v1-quick"), tokenizer)
-        >>> data.eval_windows.shape, len(data.calibration)
-        (torch.Size([64, 512]), 32)
+            data = prepare(get_protocol("sotu-v1-quick"), tokenizer)
+            data.eval_windows.shape, len(data.calibration)  # -> (torch.Size([64, 512]), 32)
     """
     key = _tokenizer_key(tokenizer)
     if cache and key is not None and (protocol, key) in _CACHE:

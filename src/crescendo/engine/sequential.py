@@ -19,7 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models.adapters import Adapter, get_weight, select_targets, set_weight_, tied_names
+from ..models.adapters import (
+    Adapter,
+    get_weight,
+    select_targets,
+    set_weight_,
+    tied_names,
+)
 from ..state import LinearRecord, state_of
 from .capture import capture_first_block_inputs, run_block
 from .stats import Hessian, InputStatistics

@@ -109,9 +109,8 @@ def perplexity(
     at a time; each window's loss is its own mean, so batching does not change the result.
 
     Example:
-        >>> data = prepare(get_protocol("sotu-v1-quick"), tokenizer)
-        >>> perplexity(model, data).perplexity  # the dense embedded model, float32
-        21.579...
+            data = prepare(get_protocol("sotu-v1-quick"), tokenizer)
+            perplexity(model, data).perplexity  # the dense embedded model, float32  # -> 21.579...
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")

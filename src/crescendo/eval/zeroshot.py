@@ -222,7 +222,9 @@ def zero_shot(
     device: move the model there first (in place); by default it is evaluated where it is.
     As lm-eval's own CLI does, this seeds Python's, NumPy's and torch's global generators (its defaults).
 
-    >>> zero_shot(model, tokenizer, ["tiny_mc"], include_path="my_tasks/")["tiny_mc"]["acc"]
+    Usage:
+
+        zero_shot(model, tokenizer, ["tiny_mc"], include_path="my_tasks/")["tiny_mc"]["acc"]
     """
     lm_eval = _lm_eval()
     tasks = [t.strip() for t in tasks if t and t.strip()]

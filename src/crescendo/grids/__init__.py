@@ -8,7 +8,16 @@ format used as a recipe stage), plus one import line here.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import GRIDS, F32, Grid, Params, ParamStorage, device_constant, grid_from_dict, register_grid
+from .base import (
+    F32,
+    GRIDS,
+    Grid,
+    Params,
+    ParamStorage,
+    device_constant,
+    grid_from_dict,
+    register_grid,
+)
 from .hbfp import HBFPGrid
 from .intblock import IntBlockGrid
 from .mx import MXGrid

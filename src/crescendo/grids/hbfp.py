@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from ..kernels.formats import ceil_log2, exp2i, positive_zero, round_half_even
 from ..types import check_bits
 from .base import F32, Grid, Params, ParamStorage, check_group_size, register_grid
+from .elements import ceil_log2, exp2i, positive_zero, round_half_even
 from .mx import E8M0_MAX, E8M0_MIN
 
 

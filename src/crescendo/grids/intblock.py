@@ -7,9 +7,17 @@ from typing import ClassVar
 
 import torch
 
-from ..kernels.formats import positive_zero, round_half_even
 from ..types import check_bits
-from .base import F32, Grid, Params, ParamStorage, check_group_size, device_constant, register_grid
+from .base import (
+    F32,
+    Grid,
+    Params,
+    ParamStorage,
+    check_group_size,
+    device_constant,
+    register_grid,
+)
+from .elements import positive_zero, round_half_even
 
 
 @register_grid

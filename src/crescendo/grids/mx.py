@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from ..kernels.formats import (
+from .base import F32, Grid, Params, ParamStorage, check_group_size, register_grid
+from .elements import (
     ELEMENTS,
     ElementType,
     element_from_codes,
@@ -18,7 +19,6 @@ from ..kernels.formats import (
     positive_zero,
     round_to_element,
 )
-from .base import F32, Grid, Params, ParamStorage, check_group_size, register_grid
 
 E8M0_MIN, E8M0_MAX = -127, 127  # shared-scale exponent range (E8M0 code 255 is NaN, never produced)
 

@@ -8,7 +8,15 @@ from typing import ClassVar
 import torch
 
 from ..types import check_bits
-from .base import F32, Grid, Params, ParamStorage, check_group_size, device_constant, register_grid
+from .base import (
+    F32,
+    Grid,
+    Params,
+    ParamStorage,
+    check_group_size,
+    device_constant,
+    register_grid,
+)
 
 
 @register_grid

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import ConfigError
 from ..grids import Grid
 from ..registry import Registry
 from ..types import NM, Targets

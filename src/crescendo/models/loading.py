@@ -160,9 +160,8 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
     packages). Every failure a user can cause raises a one-line ModelError.
 
     Example:
-        >>> model, tokenizer, info = load_model("smollm2-135m")
-        >>> info.source, type(model).__name__
-        ('embedded', 'LlamaForCausalLM')
+            model, tokenizer, info = load_model("smollm2-135m")
+            info.source, type(model).__name__  # -> ('embedded', 'LlamaForCausalLM')
     """
     torch_dtype = _torch_dtype(dtype)
     resolved = resolve_model_spec(spec)

@@ -164,9 +164,8 @@ def rotate_llama_(model: nn.Module, seed: int = 0, value_hadamard: bool = True) 
         ModelError: unsupported architecture, non-RMSNorm norms, or a model that is already rotated.
 
     Example:
-        >>> info = rotate_llama_(model, seed=0)
-        >>> info.hidden_size, info.untied
-        (576, True)
+            info = rotate_llama_(model, seed=0)
+            info.hidden_size, info.untied  # -> (576, True)
     """
     _check_model(model)
     config, inner = model.config, model.model

@@ -14,7 +14,6 @@ PosixPath('report/report.html')
 from __future__ import annotations
 
 import math
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -24,7 +23,7 @@ from .. import __version__
 from ..analysis.cer import CERSettings
 from ..errors import StoreError
 from ..outputs import atomic_output_dir, check_output_dir
-from ..store import ResultStore
+from ..store import ResultStore, code_commit
 from . import figures, tables
 from .analysis import DEFAULT_CER, Cell, Summary, cells, reference_of, summarize
 from .data import ErrorAnalysis, Experiment, Grouping, group_rows
@@ -47,10 +46,9 @@ class ReportIndex:
 
 
 def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Grouping, int]:
-    # Opening a missing path would create an empty store: a report must never write one.
     if not store_path.is_file():
         raise StoreError(f"no results store at {store_path}")
-    with ResultStore(store_path) as store:
+    with ResultStore(store_path, readonly=True) as store:  # a report never writes to a store
         if len(store) == 0:
             raise StoreError(f"results store {store_path} is empty")
         rows = store.rows(model=model, protocol=protocol)
@@ -117,34 +115,20 @@ def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary, f
                            figures=_fig(paths, caption),
                            tables=(tables.multistage_table(exp, total),)))
     layer_paths = figures.plot_layer_error(exp, folder)
-    layer_table = tables.layer_error_table(exp)
-    if layer_paths or layer_table:
+    if layer_paths:
         caption = ("Per-block relative output error vs the dense model through depth, prune first "
                    "(S→Q) against quantize first (Q→S), as in Harma et al.")
-        out.append(Section("Layer-wise error accumulation (S→Q vs Q→S)", 3,
-                           figures=_fig(layer_paths, caption),
-                           tables=(layer_table,) if layer_table else ()))
+        out.append(Section("Layer-wise error accumulation (S→Q vs Q→S)", 3, figures=_fig(layer_paths, caption)))
     return out
 
 
 def source_commit() -> str | None:
     """The short git commit of the crescendo source tree this code runs from, with a note when the
     package has uncommitted changes; None outside a git checkout."""
-    here = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
-                                  timeout=20, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
+    commit = code_commit()
+    if commit is None:
         return None
-    dirty = git("status", "--porcelain", "--", ".")
-    return head + (" (with uncommitted changes to the package)" if dirty else "")
+    return commit.replace("+dirty", " (with uncommitted changes to the package)")
 
 
 def _interference_section(errors: list[ErrorAnalysis]) -> Section:

@@ -90,7 +90,6 @@ class Measurement:
     perplexity: float  # mean over seeds; inf if any seed collapsed, nan if any is missing/nan
     seeds: tuple[int, ...]
     per_block_error: tuple[float, ...] | None = None  # by depth, mean over seeds
-    layer_error_total: float | None = None
     zero_fraction: float | None = None  # weights exactly zero: pruned or rounded to zero (None: not stored)
 
     @property
@@ -153,16 +152,14 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _measurement(rows: Sequence[Row]) -> Measurement:
-    ppls = [float(r.metrics.get("perplexity", math.nan)) for r in rows]
-    blocks = [r.metrics.get("per_block_error") for r in rows]
+    ppls = [r.metrics.perplexity if r.metrics.perplexity is not None else math.nan for r in rows]
+    blocks = [r.metrics.per_block_error for r in rows]
     per_block: tuple[float, ...] | None = None
-    if all(isinstance(b, list) and b for b in blocks) and len({len(b) for b in blocks}) == 1:
+    if all(b for b in blocks) and len({len(b) for b in blocks}) == 1:
         per_block = tuple(_mean([float(b[i]) for b in blocks]) for i in range(len(blocks[0])))
-    totals = [r.metrics.get("layer_error_total") for r in rows]
-    total = _mean([float(t) for t in totals]) if all(t is not None for t in totals) else None
-    zeros = [r.metrics.get("zero_fraction") for r in rows]
+    zeros = [r.metrics.zero_fraction for r in rows]
     zero = _mean([float(z) for z in zeros]) if all(z is not None for z in zeros) else None
-    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, total, zero)
+    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, zero)
 
 
 def _split(recipe: str) -> list[str]:
@@ -218,23 +215,14 @@ class ErrorAnalysis:
     sum_single_errors: float | None
 
 
-ERROR_METRICS = ("interference", "orthogonality_excess")
-
-
-def _optional(metrics: dict[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    return None if value is None else float(value)
-
-
 def error_analyses(rows: Iterable[Row]) -> list[ErrorAnalysis]:
     """Rows that carry an interference or orthogonality-excess figure, newest per recipe."""
     newest: dict[tuple[str, str, str], Row] = {}
     for row in sorted(rows, key=lambda r: (r.created, r.key)):
-        if any(row.metrics.get(name) is not None for name in ERROR_METRICS):
+        if row.metrics.interference is not None or row.metrics.orthogonality_excess is not None:
             newest[(row.model, row.protocol, row.recipe)] = row
-    return [ErrorAnalysis(m, p, recipe, _optional(r.metrics, "interference"),
-                          _optional(r.metrics, "orthogonality_excess"),
-                          _optional(r.metrics, "composed_error"), _optional(r.metrics, "sum_single_errors"))
+    return [ErrorAnalysis(m, p, recipe, r.metrics.interference, r.metrics.orthogonality_excess,
+                          r.metrics.composed_error, r.metrics.sum_single_errors)
             for (m, p, recipe), r in sorted(newest.items())]
 
 

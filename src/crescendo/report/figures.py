@@ -17,6 +17,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import matplotlib
 import numpy as np
@@ -25,7 +26,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
-from typing import ParamSpec, TypeVar
 
 from ..analysis.metrics import CER
 from .analysis import Cell, fit_by_ratio, multistage_series

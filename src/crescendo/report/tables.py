@@ -13,7 +13,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..analysis.cer import CER, CERSettings
-from .analysis import DEFAULT_CER, Cell, Summary, cer_by_ratio, multistage_series, reference_of
+from .analysis import (
+    DEFAULT_CER,
+    Cell,
+    Summary,
+    cer_by_ratio,
+    multistage_series,
+    reference_of,
+)
 from .data import ErrorAnalysis, Experiment, Measurement, method_name
 
 
@@ -204,20 +211,6 @@ def zeros_table(exp: Experiment) -> Table | None:
     return Table("Exact zeros, P first / Q first", ("p (C_P)",) + tuple(f"B={b}" for b in exp.bits), tuple(rows),
                  "fraction of decoder-block weights exactly zero (pruned, or rounded to zero by the quantizer); "
                  "- = not stored (rows from before this was recorded)")
-
-
-def layer_error_table(exp: Experiment) -> Table | None:
-    """Total layer-wise error of both orders per cell, when the sweep recorded it."""
-    rows = []
-    for r in exp.ratios:
-        for b in exp.bits:
-            pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
-            if pf and qf and pf.layer_error_total is not None and qf.layer_error_total is not None:
-                rows.append((f"p={r:g}, B={b}", f"{pf.layer_error_total:.4g}",
-                             f"{qf.layer_error_total:.4g}"))
-    if not rows:
-        return None
-    return Table("Total layer-wise error", ("cell", "S->Q (P first)", "Q->S (Q first)"), tuple(rows))
 
 
 def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> list[Table]:

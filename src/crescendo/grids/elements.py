@@ -1,6 +1,6 @@
 """Pure math of block-wise max-scaled number formats (OCP Microscaling elements, exact powers of two).
 
-The grids built on it live in `crescendo.grids` (mx.py, hbfp.py, intblock.py). All math is done in
+The grids built on it live beside it (mx.py, hbfp.py, intblock.py). All math is done in
 float32 whatever the input dtype; powers of two are built from their bit patterns, so scales are
 exact on every device.
 """
