@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from ..errors import CrescendoError
+from ..errors import CrescendoError, one_line
 
 log = logging.getLogger("crescendo")
 
@@ -21,7 +23,7 @@ from .commands import (
     _cmd_verify,
 )
 from .common import _common, _Parser
-from .studies import _cmd_order, _cmd_search, _cmd_sweep
+from .studies import _cmd_cache, _cmd_order, _cmd_search, _cmd_sweep
 
 
 def _cer_options(p: argparse.ArgumentParser) -> None:
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
     p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
     p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--lanes", type=int, default=None,
+                   help="single-threaded processes sharing the sweep through the store (default: one per core)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="prefix cache directory (default: $CRESCENDO_CACHE or ~/.cache/crescendo/prefixes)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the prefix cache")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sweep)
 
@@ -108,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the Pareto front (perplexity vs BOP reduction) to this PNG")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("cache", help="list or clear the prefix cache sweeps reuse")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", default=None, help="cache directory (default: the sweeps' default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache)
+
     p = sub.add_parser("report", help="rebuild figures, tables and an HTML page from a results store")
     p.add_argument("--store", required=True, help="results store written by sweep/order")
     p.add_argument("--out", required=True, help="new or empty output directory")
@@ -128,20 +141,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` (half-written outputs) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return func(args)
     except CrescendoError as e:
-        print(f"crescendo: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"crescendo: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("crescendo: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("crescendo: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
 
 
 if __name__ == "__main__":
