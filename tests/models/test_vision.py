@@ -119,6 +119,7 @@ def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
         model.eval()
     save_vision_model(model, tmp_path / "m", {"dataset": "digits", "normalization": {"mean": [0.5], "std": [0.2]}})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     loaded = load_vision_model(tmp_path / "m")
     assert loaded.config == TINY[name] and loaded.metadata["dataset"] == "digits"
     assert loaded.normalization == {"mean": [0.5], "std": [0.2]} and not loaded.model.training

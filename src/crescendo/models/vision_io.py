@@ -66,6 +66,7 @@ def save_vision_model(model: VisionClassifier, directory: str | os.PathLike, met
                for name, t in model.state_dict().items()}
     with atomic_output_dir(directory) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it owner-only; the config beside it is 0644
         (tmp / CONFIG_FILE).write_text(text + "\n")
     return Path(directory)
 
