@@ -317,8 +317,9 @@ class TokenHead(nn.Module):
 
 def _vit(config: ViTMiniConfig) -> VisionClassifier:
     blocks = [TransformerBlock(config.dim, config.heads, config.mlp_dim) for _ in range(config.depth)]
-    # torch's default (Kaiming-uniform) Linear init: trained from scratch for minutes, it learns far faster here
-    # than ViT's trunc_normal(0.02) (measured on digits: 84% vs 40% test accuracy after the same 15 epochs)
+    # torch's default (Kaiming-uniform) Linear init, not ViT's trunc_normal(0.02): trained from scratch for
+    # minutes it learns far faster. Digits, 15 epochs, test accuracy: both 0.02 inits 40%, default Linear init
+    # alone 59%, std-0.5 positions alone 63%, both changes 84%.
     return VisionClassifier(config, PatchEmbedding(config), blocks, TokenHead(config.dim, config.num_classes, config.pool))
 
 

@@ -115,8 +115,11 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # no weight decay on biases, norm scales, class token and positions (1-D or embedding-like tensors)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "pos_embedding" not in n and "cls_token" not in n]
-    keep = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "pos_embedding" not in n and "cls_token" not in n)]
+    def decays(name: str, p: torch.Tensor) -> bool:
+        return p.dim() > 1 and not name.endswith(("pos_embedding", "cls_token"))
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    keep = [p for n, p in model.named_parameters() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
