@@ -24,6 +24,7 @@ from .commands import (
 )
 from .common import _common, _Parser
 from .studies import _cmd_cache, _cmd_order, _cmd_search, _cmd_sweep
+from .vision import _cmd_train_reference
 
 
 def _cer_options(p: argparse.ArgumentParser) -> None:
@@ -133,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("train-reference", help="train a small vision reference model (resnet-mini, vit-mini)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    p.add_argument("--arch", required=True, choices=["resnet-mini", "vit-mini"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffling and augmentation (default 0)")
+    p.add_argument("--out", default=None, help="write the trained model to this new or empty directory")
+    p.add_argument("--data-dir", default=None,
+                   help="directory of the four Fashion-MNIST idx.gz files (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--epochs", type=int, default=None, help="override the reference recipe's number of epochs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda; determinism is only promised on cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_reference)
 
     p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
     _common(p)
