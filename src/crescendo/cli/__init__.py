@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layerwise", action="store_true", help="skip layer-wise errors (orthogonality, interference)")
     p.add_argument("--layerwise-samples", type=int, default=8, help="calibration windows for layer-wise errors")
     p.add_argument("--store", default=None, help="also record every measurement in this results store")
+    p.add_argument("--choose", action="store_true",
+                   help="run only what an order predictor needs and print its choice (or abstention) and cost")
+    p.add_argument("--predictor", default="auto",
+                   help="with --choose: auto (default), pih, zeros, compensation or calib-error")
     _cer_options(p)
     p.set_defaults(func=_cmd_order)
 

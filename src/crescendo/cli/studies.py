@@ -15,8 +15,42 @@ def cer_settings(args):
     return CERSettings(anchor=args.cer_anchor, scale=args.cer_scale, envelope=args.cer_envelope)
 
 
+def _cmd_choose(args) -> int:
+    from ..chooser import check_choice, decide
+    from ..errors import ConfigError
+
+    check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
+    if args.layerwise_samples < 1:
+        raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
+    bench = _workbench(args)
+    bench.layerwise_samples = args.layerwise_samples
+    decision = decide(args.predictor, bench, args.methods)
+    out = {**bench.describe(), **decision.to_dict()}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"order choice: {out['model']}  protocol {out['protocol']}  predictor {decision.predictor}")
+    if decision.abstained:
+        print(f"  ABSTAINS: {decision.reason}")
+    else:
+        print(f"  chosen order : {' > '.join(decision.order)}")
+        print(f"  because      : {decision.reason}")
+    for recipe, value in decision.measured.items():
+        shown = -value if bench.metric_name == "-perplexity" else value
+        print(f"  measured     : {recipe:<40} {'ppl' if bench.metric_name == '-perplexity' else 'M'} {shown:.4g}")
+    c, e = decision.cost, decision.exhaustive
+    print(f"  cost         : {c.stage_applications} stage applications, {c.evaluations} evaluations, "
+          f"{c.weight_passes} weight passes, {c.seconds:.1f} s")
+    print(f"  exhaustive   : {e.stage_applications} stage applications, {e.evaluations} evaluations "
+          f"(plus the reference curve for CERs)")
+    return 0
+
+
 def _cmd_order(args) -> int:
     from ..analysis.order import run_order_study, study_to_dict
+
+    if args.choose:
+        return _cmd_choose(args)
     from ..errors import ConfigError
     from ..recipe import parse_recipe, parse_stage
     from ..types import check_bits
