@@ -95,12 +95,18 @@ class Workbench:
         *,
         dtype: str = "float32",
         device: str | None = None,
+        calibration_seed: int | None = None,
         **kwargs: Any,
     ) -> Workbench:
-        """Load a model by spec and prepare a protocol's data for it."""
+        """Load a model by spec and prepare a protocol's data for it.
+
+        calibration_seed: draw the calibration windows with this seed instead of the protocol's
+        (a replicate of the protocol: its name stays, the results-store rows carry the seed)."""
         check_device(device)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         protocol = resolve_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
+        if calibration_seed is not None:
+            protocol = with_calibration_seed(protocol, calibration_seed)
         net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
         limit = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
         if limit is not None and protocol.seqlen > int(limit):
@@ -260,6 +266,15 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EVAL_WEIGHTS = ("float32", "bfloat16")
+
+
+def with_calibration_seed(protocol: Protocol, seed: int) -> Protocol:
+    """The protocol with its calibration windows drawn with `seed` (same name: a replicate)."""
+    from dataclasses import replace
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"calibration seed must be an integer >= 0, got {seed!r}")
+    return replace(protocol, seed=seed)
 
 
 def protocol_id(name: str, dtype: str, eval_weights: str = "float32") -> str:

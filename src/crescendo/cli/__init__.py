@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
     p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
     p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated calibration seeds: every cell is measured once per seed (replicates; "
+                        "reports show the spread). Default: --seed")
     p.add_argument("--lanes", type=int, default=None,
                    help="single-threaded processes sharing the sweep through the store (default: one per core)")
     p.add_argument("--cache", default=None, metavar="DIR",

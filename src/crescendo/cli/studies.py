@@ -202,16 +202,23 @@ def _cmd_sweep(args) -> int:
     if lanes < 1:
         raise ConfigError(f"--lanes must be >= 1, got {args.lanes}")
     cache_dir = None if args.no_cache else str(PrefixCache(args.cache or default_cache_dir()).directory)
+    seeds = _ints(args.seeds, "--seeds") if args.seeds else [args.seed]
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct integers >= 0, got {args.seeds!r}")
     store = _open_store(args.store)
-    factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
-                           dtype=args.dtype, device=args.device, layerwise_samples=args.layerwise_samples, **options)
     from ..workflow import protocol_id
 
-    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype, args.eval_weights), tasks, store,
-                       seed=args.seed, backend=args.backend, device=args.device, lanes=lanes, cache_dir=cache_dir,
-                       on_row=None if args.json else _print_row)
+    counts: dict[str, int] = {}
+    for seed in seeds:  # each seed draws its own calibration windows: a replicate of every cell
+        factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
+                               dtype=args.dtype, device=args.device, layerwise_samples=args.layerwise_samples,
+                               calibration_seed=seed, **options)
+        done = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype, args.eval_weights), tasks, store,
+                         seed=seed, backend=args.backend, device=args.device, lanes=lanes, cache_dir=cache_dir,
+                         on_row=None if args.json else _print_row)
+        counts = {k: counts.get(k, 0) + v for k, v in done.items()}
     if args.json:
-        print(json.dumps({"store": args.store, **counts}))
+        print(json.dumps({"store": args.store, "seeds": seeds, **counts}))
     else:
         elsewhere = f", {counts['elsewhere']} being computed by another process" if counts["elsewhere"] else ""
         print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}{elsewhere}, "

@@ -60,6 +60,7 @@ class Cell:
     cer: CER | None  # C*_P of P(ratio) alone
     ppl_prune_first: float  # perplexity of "P > Q"
     ppl_quant_first: float  # perplexity of "Q > P"
+    advantage_spread: float | None = None  # max - min of A over calibration seeds (None: one seed)
 
     @property
     def c_q(self) -> float:
@@ -73,6 +74,13 @@ class Cell:
     def advantage(self) -> float:
         """A(Q -> P) = M(Q first) - M(P first); inf when only one order collapsed, NaN when both."""
         return order_advantage(-self.ppl_quant_first, -self.ppl_prune_first)
+
+    @property
+    def within_noise(self) -> bool | None:
+        """|A| below its spread over calibration seeds (None: one seed measured)."""
+        if self.advantage_spread is None:
+            return None
+        return abs(self.advantage) <= self.advantage_spread
 
     @property
     def cer_difference(self) -> float | None:
@@ -108,8 +116,18 @@ def cells(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> list[Cell]:
     for r, b in sorted(found, key=lambda rb: (rb[0], -rb[1])):
         pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
         if pf is not None and qf is not None:
-            out.append(Cell(r, b, cers.get(r), pf.perplexity, qf.perplexity))
+            out.append(Cell(r, b, cers.get(r), pf.perplexity, qf.perplexity, seed_spread(pf, qf)))
     return out
+
+
+def seed_spread(prune_first, quant_first) -> float | None:
+    """Spread (max - min) over the seeds both orders share of A(Q -> P) = ppl(P > Q) - ppl(Q > P);
+    None with fewer than two common seeds."""
+    pf, qf = dict(prune_first.per_seed), dict(quant_first.per_seed)
+    values = [pf[s] - qf[s] for s in sorted(set(pf) & set(qf))]
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    return max(values) - min(values)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class Measurement:
     perplexity: float  # mean over seeds; inf if any seed collapsed, nan if any is missing/nan
     seeds: tuple[int, ...]
     per_block_error: tuple[float, ...] | None = None  # by depth, mean over seeds
+    per_seed: tuple[tuple[int, float], ...] = ()  # (seed, perplexity) of every seed, in seed order
     zero_fraction: float | None = None  # weights exactly zero: pruned or rounded to zero (None: not stored)
 
     @property
@@ -159,7 +160,9 @@ def _measurement(rows: Sequence[Row]) -> Measurement:
         per_block = tuple(_mean([float(b[i]) for b in blocks]) for i in range(len(blocks[0])))
     zeros = [r.metrics.zero_fraction for r in rows]
     zero = _mean([float(z) for z in zeros]) if all(z is not None for z in zeros) else None
-    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block, zero)
+    per_seed = tuple(sorted((r.seed, p) for r, p in zip(rows, ppls)))
+    return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block_error=per_block,
+                       zero_fraction=zero, per_seed=per_seed)
 
 
 def _split(recipe: str) -> list[str]:

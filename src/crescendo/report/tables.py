@@ -139,12 +139,20 @@ def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
     """The A(Q -> P) grid, ratio x bits."""
     by = {(c.ratio, c.bits): c for c in all_cells}
     bits = exp.bits
-    rows = tuple((ratio_label(r),) + tuple(fmt_advantage(by[(r, b)].advantage) if (r, b) in by
-                                           else "-" for b in bits) for r in exp.ratios)
+
+    def show(c: Cell) -> str:
+        text = fmt_advantage(c.advantage)
+        if c.advantage_spread is not None:
+            text += f" (spread {c.advantage_spread:.3g}{', noise' if c.within_noise else ''})"
+        return text
+
+    rows = tuple((ratio_label(r),) + tuple(show(by[(r, b)]) if (r, b) in by else "-" for b in bits)
+                 for r in exp.ratios)
     header = ("p (C_P)",) + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in bits)
     return Table("A(Q->P) = M(Q first) - M(P first), M = -perplexity", header, rows,
                  "A > 0: quantizing first is better; +inf: only prune-first collapsed, "
-                 "-inf: only quantize-first collapsed, nan: both")
+                 "-inf: only quantize-first collapsed, nan: both; with several calibration seeds, A is the "
+                 "mean and its spread (max - min over seeds) follows; 'noise': |A| within the spread")
 
 
 def order_table(exp: Experiment, all_cells: list[Cell], settings: CERSettings = DEFAULT_CER) -> Table:
