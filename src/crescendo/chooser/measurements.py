@@ -13,7 +13,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,13 +59,20 @@ class Measurements:
     """Lazy, memoized measurements of `stages` on `evaluator` (the order-study Evaluator protocol:
     `fresh()`, `apply(model, stage)`, `metric(model)`, `metric_name`)."""
 
-    def __init__(self, evaluator: Any, stages: Sequence[Stage]) -> None:
+    def __init__(self, evaluator: Any, stages: Sequence[Stage], known: Mapping[str, float] | None = None,
+                 known_errors: Mapping[str, float] | None = None) -> None:
+        """known / known_errors: metrics (recipe or "dense" -> M) and last-block calibration errors
+        already measured (e.g. rows of a results store, to replay a predictor on stored cells).
+        They are served without computing but counted in the cost as if measured."""
         self.evaluator = evaluator
         self.stages = list(stages)
         self.names = [s.text for s in self.stages]
         self.cost = Cost()
         self.measured: dict[str, float] = {}  # recipe -> M
+        self.known = dict(known or {})
+        self.known_errors = dict(known_errors or {})
         self._models: dict[tuple[int, ...], nn.Module] = {}  # composed prefixes kept for reuse
+        self._applied: set[tuple[int, ...]] = set()  # prefixes whose stage application was counted
         self._dense_weights: dict[str, torch.Tensor] | None = None
 
     # -- the metric ---------------------------------------------------------------------------------
@@ -82,9 +89,21 @@ class Measurements:
 
     def dense(self) -> float:
         if "dense" not in self.measured:
-            self.measured["dense"] = self._timed(lambda: self.evaluator.metric(self.evaluator.fresh()))
+            if "dense" in self.known:
+                self.measured["dense"] = self.known["dense"]
+            else:
+                self.measured["dense"] = self._timed(lambda: self.evaluator.metric(self.evaluator.fresh()))
             self.cost.evaluations += 1
         return self.measured["dense"]
+
+    def key(self, path: tuple[int, ...]) -> str:
+        return " > ".join(self.names[i] for i in path)
+
+    def _count_applications(self, path: tuple[int, ...]) -> None:
+        for k in range(1, len(path) + 1):
+            if path[:k] not in self._applied:
+                self._applied.add(path[:k])
+                self.cost.stage_applications += 1
 
     def model(self, path: tuple[int, ...]) -> nn.Module:
         """The model after the stages `path` (indices into the methods), prefixes shared."""
@@ -97,17 +116,32 @@ class Measurements:
             return base
 
         self._models[path] = self._timed(apply)
-        self.cost.stage_applications += 1
+        self._count_applications(path)
         return self._models[path]
 
     def metric(self, path: tuple[int, ...]) -> float:
         """M of the model after the stages `path` (a single method when len(path) == 1)."""
-        key = " > ".join(self.names[i] for i in path)
+        key = self.key(path)
         if key not in self.measured:
-            model = self.model(path)
-            self.measured[key] = self._timed(lambda: self.evaluator.metric(model))
+            if key in self.known:
+                self._count_applications(path)
+                self.measured[key] = self.known[key]
+            else:
+                model = self.model(path)
+                self.measured[key] = self._timed(lambda: self.evaluator.metric(model))
             self.cost.evaluations += 1
         return self.measured[key]
+
+    def calibration_error(self, path: tuple[int, ...]) -> float | None:
+        """Relative output error of the last block against the dense model on the evaluator's
+        layer-wise calibration windows; None where it is undefined (blocks removed)."""
+        key = self.key(path)
+        if key in self.known_errors:
+            self._count_applications(path)
+            return self.known_errors[key]
+        model = self.model(path)
+        errors = self._timed(lambda: self.evaluator.layer_errors(model, per_linear=False))
+        return None if errors is None else errors["per_block"][-1]
 
     def single(self, i: int) -> float:
         return self.metric((i,))
@@ -121,6 +155,9 @@ class Measurements:
     # -- data-free looks at the weights -------------------------------------------------------------
     def dense_weights(self) -> dict[str, torch.Tensor]:
         """(out, in) float32 weights of every linear the methods target, from the dense model."""
+        if self._dense_weights is None and callable(getattr(self.evaluator, "dense_weights", None)):
+            self._dense_weights = self._timed(lambda: self.evaluator.dense_weights(self.stages))
+            self.cost.weight_passes += 1
         if self._dense_weights is None:
             from ..models.adapters import get_adapter, get_weight, select_targets
 

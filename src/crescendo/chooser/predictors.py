@@ -128,8 +128,9 @@ def absorbed_fraction(weights: dict[str, torch.Tensor], prune: Stage, quant: Sta
         return 0.0  # zeros count as pruned: the quota is taken on top of them
     grid = quant.config.weight_grid
     quota = absorbed = 0.0
+    masks = _zero_masks(weights, grid)
     for name, w in weights.items():
-        zeros = grid.project_all(w, grid.fit_all(w)) == 0  # (out, in)
+        zeros = masks[name]  # (out, in)
         if sparsity.nm is not None:
             groups = zeros[:, : w.shape[1] // sparsity.nm.m * sparsity.nm.m].reshape(w.shape[0], -1, sparsity.nm.m)
             per = groups.sum(dim=2).clamp(max=sparsity.nm.n)
@@ -149,6 +150,20 @@ def absorbed_fraction(weights: dict[str, torch.Tensor], prune: Stage, quant: Sta
             quota += k
             absorbed += min(int(part.sum()), k)
     return absorbed / quota if quota else 0.0
+
+
+_ZERO_MASKS: dict[tuple[int, str], tuple[dict, dict[str, torch.Tensor]]] = {}
+
+
+def _zero_masks(weights: dict[str, torch.Tensor], grid) -> dict[str, torch.Tensor]:
+    """Where `grid`, fitted on each weight, rounds to exactly zero; memoized for the same weights
+    (the entry holds the weights, so their id cannot be reused while it lives)."""
+    key = (id(weights), repr(grid))
+    if key not in _ZERO_MASKS:
+        if len(_ZERO_MASKS) >= 8:
+            _ZERO_MASKS.pop(next(iter(_ZERO_MASKS)))
+        _ZERO_MASKS[key] = (weights, {n: grid.project_all(w, grid.fit_all(w)) == 0 for n, w in weights.items()})
+    return _ZERO_MASKS[key][1]
 
 
 @register_predictor
@@ -264,15 +279,14 @@ class CalibrationError(Predictor):
     judges = "any n >= 2 methods on an evaluator with layer-wise errors, where no block is removed"
 
     def choose(self, m: Measurements):
-        if not hasattr(m.evaluator, "layer_errors"):
+        if not hasattr(m.evaluator, "layer_errors") and not m.known_errors:
             raise ConfigError("predictor calib-error needs an evaluator with layer-wise errors")
         errors = {}
         for order in m.orders():
-            model = m.model(order)
-            measured = m._timed(lambda model=model: m.evaluator.layer_errors(model, per_linear=False))
-            if measured is None:
+            error = m.calibration_error(order)
+            if error is None:
                 return None, "layer-wise errors are undefined here (blocks were removed)", {}
-            errors[order] = measured["per_block"][-1]
+            errors[order] = error
         ranked = sorted(errors, key=errors.get)
         evidence = {"last_block_error": {" > ".join(m.names[i] for i in o): e for o, e in errors.items()}}
         if math.isclose(errors[ranked[0]], errors[ranked[1]], rel_tol=1e-9):
@@ -290,14 +304,16 @@ def check_choice(predictor: str, methods: Sequence[str]) -> tuple[Predictor, lis
     return rule, stages
 
 
-def decide(predictor: str, evaluator: Any, methods: Sequence[str]) -> Decision:
-    """Run the predictor `predictor` on `methods` (stage strings) with `evaluator`.
+def decide(predictor: str, evaluator: Any, methods: Sequence[str], *, known: dict[str, float] | None = None,
+           known_errors: dict[str, float] | None = None) -> Decision:
+    """Run the predictor `predictor` on `methods` (stage strings) with `evaluator`; `known` /
+    `known_errors` replay stored measurements (see `Measurements`).
 
     Raises ConfigError (before measuring anything) for an unknown predictor, fewer than two or
     repeated methods, or methods the predictor cannot judge.
     """
     rule, stages = check_choice(predictor, methods)
-    m = Measurements(evaluator, stages)
+    m = Measurements(evaluator, stages, known, known_errors)
     try:
         order, reason, evidence = rule.choose(m)
     finally:
