@@ -11,6 +11,7 @@ with what is stored (which layers are pruned, which grid, activation and KV quan
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .layout import dtype_of, linear_tensor_names, read_kept, unpack_linear
 from .load import read_json, read_manifest, read_tensors
 from .recipe_check import Expectation, recipe_expectations
 from .save import METADATA
+from .verify_runtime import verify_ct, verify_gguf
 
 
 @dataclass
@@ -177,22 +179,43 @@ def _verify(directory: Path, summary: dict[str, Any]) -> None:
     summary.update(sparsity=pruned / total if total else 0.0, avg_element_bits=bits / total if total else None)
 
 
+def _is_compressed_tensors(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+
+
 def verify(directory: str | os.PathLike) -> VerifyReport:
-    """Check a `save_packed` directory; the report names the first tensor and index that fails.
+    """Check an export against itself and its recipe; the report names the first tensor and index that fails.
+
+    A .gguf file and a compressed-tensors directory (config.json declaring `quant_method:
+    compressed-tensors`) are checked by `verify_runtime`; any other directory as a `save_packed` one.
 
     >>> report = verify("out/llama-w4-s50")
     >>> report.ok, report.summary["sparsity"]
     (True, 0.5)
     """
     summary: dict[str, Any] = {"directory": str(directory)}
+    path = Path(directory)
     try:
-        _verify(Path(directory), summary)
+        if path.suffix == ".gguf" and path.is_file():
+            verify_gguf(path, summary)
+        elif _is_compressed_tensors(path):
+            verify_ct(path, summary)
+        else:
+            _verify(path, summary)
     except VerifyError as e:
         return VerifyReport(False, summary, str(e))
     except CrescendoError as e:  # e.g. a recipe in the manifest that no longer parses
         return VerifyReport(False, summary, f"recipe {summary.get('recipe')!r}: {e}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return VerifyReport(False, summary, f"{Path(directory) / 'crescendo_export.json'} is malformed: {e!r}")
+    if summary.get("format") in ("gguf", "compressed-tensors"):
+        summary["checks"] = ["files", "finite", "codes and block parameters in range", "zeros of pruned layers",
+                             "sizes against the recipe", "recipe agreement"]
+        return VerifyReport(True, summary, None)
     summary["checks"] = ["files", "tensor set and lengths", "finite", "grid parameters", "sparsity pattern",
                          "on grid", "recipe agreement"]
     return VerifyReport(True, summary, None)
