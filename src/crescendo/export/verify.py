@@ -63,6 +63,11 @@ def _check_params(key: str, entry: dict, tensors: dict[str, torch.Tensor]) -> No
         return
     for name, storage in grid.param_storage().items():
         t = tensors.get(f"{key}.{name}")
+        if t is not None and t.is_floating_point() and not storage.signed:
+            bad = (t < 0).reshape(-1).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise VerifyError(f"{_where(f'{key}.{name}', i, tuple(t.shape))}: negative {name}")
         if t is None or storage.low is None or storage.high is None:
             continue  # a missing tensor is reported by unpack_linear
         lo, hi = storage.low, storage.high
@@ -71,12 +76,6 @@ def _check_params(key: str, entry: dict, tensors: dict[str, torch.Tensor]) -> No
             i = int(bad[0])
             raise VerifyError(f"{_where(f'{key}.{name}', i, tuple(t.shape))}: {t.reshape(-1)[i].item()} "
                               f"is outside [{lo}, {hi}]")
-    scale = tensors.get(f"{key}.scale")
-    if scale is not None and scale.is_floating_point():
-        bad = (scale < 0).reshape(-1).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise VerifyError(f"{_where(f'{key}.scale', i, tuple(scale.shape))}: negative scale")
 
 
 def _check_pattern(key: str, kept: torch.Tensor, expect: Expectation | None) -> None:

@@ -35,13 +35,15 @@ class ParamStorage:
     """How one recorded grid parameter is stored on disk.
 
     key: its name in `Params`; dtype: the stored dtype (exact for the values the grid produces);
-    low/high: inclusive valid range of an integer parameter (checked by `verify`), None for floats.
+    low/high: inclusive valid range of an integer parameter (checked by `verify`), None for floats;
+    signed: whether a float parameter may be negative (`verify` refuses negative ones otherwise).
     """
 
     key: str
     dtype: torch.dtype
     low: int | None = None
     high: int | None = None
+    signed: bool = False  # a float parameter that may be negative (llama.cpp's Q4_0 scale, Q4_1's minimum)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ float16, so the values it stores are the codes times the *rounded* parameters. T
 the same: the parameters a grid records are the float16 values (what the file holds and what every
 value is computed from), plus the float32 reciprocal (and, for Q4_1, the float32 minimum) that
 llama.cpp rounds with, so that round-to-nearest onto this grid writes the very bytes llama.cpp's own
-quantizer writes. Those two rounding helpers are not stored: a grid rebuilt from a file rounds with
-the stored float16 parameters, which maps every value on the grid to itself all the same.
+quantizer writes. A GGUF file holds only the float16 parameters (every value is computed from them);
+crescendo's packed layout also keeps the two float32 helpers, so a reloaded record is the fitted one.
 
 Q4_1 cannot represent 0 exactly (its values are `d * q + m`), so it cannot hold pruned weights:
 `represents_zero` is False and recipes that prune a Q4_1 layer are refused.
@@ -132,25 +132,15 @@ class GGMLGrid(Grid):
             d = w.abs().amax(dim=1) / device_constant(127.0, w)
         return {"scale": _to_f16(d), "inverse": _reciprocal(d)}
 
-    def _with_helpers(self, params: Params) -> Params:
-        """Params with llama.cpp's rounding helpers (rebuilt from the float16 ones when absent)."""
-        if "inverse" in params:
-            return params
-        out = dict(params, inverse=_reciprocal(params["scale"].to(F32)))
-        if self.kind == "q4_1":
-            out["offset"] = params["min"].to(F32)
-        return out
-
     def codes(self, w: torch.Tensor, params: Params) -> torch.Tensor:
         """The stored integers (float32, (rows, k)) of w: the nibble for Q4_x, the signed q for Q8_0."""
-        p = self._with_helpers(params)
-        inverse = p["inverse"].to(F32)[:, None]
+        inverse = params["inverse"].to(F32)[:, None]
         w = w.float()
         if self.kind == "q8_0":
             return _roundf(w * inverse).clamp(-127, 127) + 0.0  # an int8 has no -0
         if self.kind == "q4_0":
             return torch.trunc(w * inverse + 8.5).clamp(0, 15)
-        return torch.trunc((w - p["offset"].to(F32)[:, None]) * inverse + 0.5).clamp(0, 15)
+        return torch.trunc((w - params["offset"].to(F32)[:, None]) * inverse + 0.5).clamp(0, 15)
 
     def _values(self, q: torch.Tensor, params: Params) -> torch.Tensor:
         """gguf-py's dequantization, operation for operation, so the float32 results are identical."""
@@ -178,10 +168,10 @@ class GGMLGrid(Grid):
         return self._values(q.to(F32), params)
 
     def param_storage(self) -> dict[str, ParamStorage]:
-        stored = {"scale": ParamStorage("scale", F16)}
+        # the float16 block parameters (all a GGUF file holds), plus the float32 rounding helpers so a
+        # reloaded record rounds later updates exactly as the fitted one did
+        signed = self.kind == "q4_0"  # d = (signed max) / -8
+        stored = {"scale": ParamStorage("scale", F16, signed=signed), "inverse": ParamStorage("inverse", F32, signed=signed)}
         if self.kind == "q4_1":
-            stored["min"] = ParamStorage("min", F16)
+            stored.update(min=ParamStorage("min", F16, signed=True), offset=ParamStorage("offset", F32, signed=True))
         return stored
-
-    def load_params(self, stored: dict[str, torch.Tensor]) -> Params:
-        return self._with_helpers(super().load_params(stored))
