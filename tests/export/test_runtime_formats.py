@@ -183,3 +183,46 @@ def test_models_the_formats_cannot_describe_are_refused_leaving_nothing(calibrat
     with pytest.raises(ConfigError, match="exists"):
         save_gguf(tiny_llama(), None, tmp_path / "exists.gguf", {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.gguf"]
+
+
+def test_verify_catches_tampered_gguf_files(calibration, tmp_path):
+    from gguf import GGUFReader
+
+    model = tiny_llama().eval()
+    compress(model, "rtn:w8,g32,sym,fmt=q8_0", calibration, progress=False)
+    path = save_gguf(model, None, tmp_path / "m.gguf", {"recipe": "rtn:w8,g32,sym,fmt=q8_0"}).path
+    assert verify(path).ok
+    tensor = next(t for t in GGUFReader(str(path)).tensors if t.name == "blk.1.ffn_up.weight")
+    data = bytearray(path.read_bytes())
+    data[tensor.data_offset + 34 + 2 + 5] = 0x80  # row 0, block 1, element 5: int8 -128
+    path.write_bytes(bytes(data))
+    failure = verify(path).failure
+    assert "blk.1.ffn_up.weight row 0, column 37: code -128 is off the Q8_0 grid" in failure, failure
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    assert "cannot be read as GGUF" in verify(path).failure
+
+    lying = save_gguf(model, None, tmp_path / "l.gguf", {"recipe": "rtn:w4,g32,sym,fmt=q4_0"}).path
+    assert "the recipe puts its weights on Q4_0" in verify(lying).failure
+    dense_zeros = save_gguf(model, None, tmp_path / "p.gguf", {"recipe": "magnitude:0.5 > rtn:w8,g32,sym,fmt=q8_0"}).path
+    assert "the recipe prunes 0.5000" in verify(dense_zeros).failure
+
+
+def test_verify_catches_tampered_compressed_tensors_files(calibration, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama().eval()
+    compress(model, "magnitude:2:4 > rtn:w4,g32", calibration, progress=False)  # asymmetric: int8 codes
+    out = save_compressed_tensors(model, None, tmp_path / "ct", {"recipe": "magnitude:2:4 > rtn:w4,g32"})
+    assert verify(out).ok
+    tensors = load_file(str(out / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.weight"
+    tensors[key][3, 9] = 50  # outside the 4-bit range [-8, 7]
+    save_file(tensors, str(out / "model.safetensors"))
+    failure = verify(out).failure
+    assert f"tensor {key} index {3 * 64 + 9}: 50 is outside the 4-bit range [-8, 7]" in failure, failure
+    tensors[key][3, 9] = 0
+    tensors[key][5, :4] = 1  # a group of four with no zero: breaks 2:4 (zero point 0 keeps 1 nonzero)
+    tensors["model.layers.0.mlp.up_proj.weight_zero_point"][5, 0] = 0
+    save_file(tensors, str(out / "model.safetensors"))
+    failure = verify(out).failure
+    assert "row 5, columns 0..3: 0 of 4 weights are zero, the recipe's 2:4 needs 2" in failure, failure

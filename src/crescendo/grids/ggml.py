@@ -133,14 +133,26 @@ class GGMLGrid(Grid):
         return {"scale": _to_f16(d), "inverse": _reciprocal(d)}
 
     def codes(self, w: torch.Tensor, params: Params) -> torch.Tensor:
-        """The stored integers (float32, (rows, k)) of w: the nibble for Q4_x, the signed q for Q8_0."""
-        inverse = params["inverse"].to(F32)[:, None]
+        """The stored integers (float32, (rows, k)) of w: the nibble for Q4_x, the signed q for Q8_0.
+
+        Values already on the grid keep their own code; every other value gets llama.cpp's (which
+        rounds with the float32 parameters). The two agree except where a float16 scale is subnormal
+        and far from its float32 original, where llama.cpp's rule would move a value that is on the grid.
+        """
         w = w.float()
+        inverse = params["inverse"].to(F32)[:, None]
         if self.kind == "q8_0":
-            return _roundf(w * inverse).clamp(-127, 127) + 0.0  # an int8 has no -0
-        if self.kind == "q4_0":
-            return torch.trunc(w * inverse + 8.5).clamp(0, 15)
-        return torch.trunc((w - params["offset"].to(F32)[:, None]) * inverse + 0.5).clamp(0, 15)
+            theirs = _roundf(w * inverse).clamp(-127, 127) + 0.0  # an int8 has no -0
+        elif self.kind == "q4_0":
+            theirs = torch.trunc(w * inverse + 8.5).clamp(0, 15)
+        else:
+            theirs = torch.trunc((w - params["offset"].to(F32)[:, None]) * inverse + 0.5).clamp(0, 15)
+        d = params["scale"].to(F32)[:, None]
+        below = params["min"].to(F32)[:, None] if self.kind == "q4_1" else 0.0
+        lo, hi = {"q8_0": (-127, 127), "q4_0": (0, 15), "q4_1": (0, 15)}[self.kind]
+        own = torch.round((w - below) / torch.where(d == 0, torch.ones_like(d), d)) + (8 if self.kind == "q4_0" else 0)
+        own = torch.where(d == 0, torch.zeros_like(own) + (8 if self.kind == "q4_0" else 0), own).clamp(lo, hi) + 0.0
+        return torch.where(self._values(own, params) == w, own, theirs)
 
     def _values(self, q: torch.Tensor, params: Params) -> torch.Tensor:
         """gguf-py's dequantization, operation for operation, so the float32 results are identical."""
