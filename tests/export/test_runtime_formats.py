@@ -24,10 +24,13 @@ def _reload_gguf(path):
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
-def _reload_ct(path):
-    from transformers import AutoModelForCausalLM
+def _reload_ct(path, dequantize: bool = False):
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    # MX weights decompress to bfloat16 on the lazy path, which a float32 model cannot multiply;
+    # dequantize=True decompresses them at load time into the model's dtype
+    extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if dequantize else {}
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **extra).eval()
 
 
 def _assert_same_linears(model, reloaded):
@@ -96,7 +99,8 @@ def test_rtn_with_fmt_writes_the_bytes_llama_cpps_quantizer_writes(kind, calibra
 
 
 CT_RECIPES = ["sparsegpt:0.5 > gptq:w4,g32,sym", "magnitude:0.5 > rtn:w4", "rtn:w8,sym", "gptq:w8a8,sym,fmt=ct",
-              "wanda:2:4 > rtn:w8a8,fmt=ct", "gptq:w4,g32,sym,fmt=q4_0", "int4b"]
+              "wanda:2:4 > rtn:w8a8,fmt=ct", "gptq:w4,g32,sym,fmt=q4_0", "int4b", "magnitude:0.5 > mxfp4", "mxfp6",
+              "mxfp8"]
 
 
 @pytest.mark.parametrize("recipe", CT_RECIPES)
@@ -106,7 +110,7 @@ def test_compressed_tensors_reloads_in_transformers_with_identical_weights_and_p
     out = save_compressed_tensors(model, None, tmp_path / "ct", {"recipe": recipe})
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors" and qc["quantization_status"] == "compressed"
-    reloaded = _reload_ct(out)
+    reloaded = _reload_ct(out, dequantize="mx" in recipe)
     assert _ppl(reloaded, bench) == outcome.perplexity  # the first forward decompresses the weights
     _assert_same_linears(model, reloaded)
     report = verify(out)
@@ -150,7 +154,8 @@ def test_ct_activation_grid_is_compressed_tensors_own_quantizer():
     ("magnitude:0.5 > rtn:w8a8", "gguf", "magnitude:0.5 > rtn:w8,g32,sym,fmt=q8_0"),
     ("hbfp8:include=down_proj", "gguf", "rtn:w8,g32,sym,fmt=q8_0,include=down_proj"),
     ("rtn:w8a8", "compressed-tensors", "rtn:w8a8,fmt=ct"),
-    ("magnitude:2:4 > mxfp4", "compressed-tensors", "magnitude:2:4 > rtn:w4,g32,sym"),
+    ("magnitude:2:4 > hbfp4", "compressed-tensors", "magnitude:2:4 > rtn:w4,g64,sym"),
+    ("mxfp8:w,a", "compressed-tensors", "rtn:w8,g32,sym"),
     ("rotate > gptq:w4a4kv4", "compressed-tensors", "gptq:w4a4,fmt=ct"),
 ])
 def test_recipes_that_do_not_fit_are_refused_with_the_nearest_that_fits(recipe, fmt, nearest):
@@ -176,7 +181,7 @@ def test_models_the_formats_cannot_describe_are_refused_leaving_nothing(calibrat
     with pytest.raises(ConfigError, match="online Hadamard"):
         save_compressed_tensors(rotated, None, tmp_path / "r", {})
     mx = tiny_model("llama")
-    compress(mx, "mxfp4", calibration, progress=False)
+    compress(mx, "mxfp8_e5m2", calibration, progress=False)
     with pytest.raises(ConfigError, match="not stored exactly"):
         save_compressed_tensors(mx, None, tmp_path / "m", {})
     (tmp_path / "exists.gguf").write_text("x")
@@ -188,6 +193,7 @@ def test_models_the_formats_cannot_describe_are_refused_leaving_nothing(calibrat
 def test_verify_catches_tampered_gguf_files(calibration, tmp_path):
     from gguf import GGUFReader
 
+    torch.manual_seed(0)
     model = tiny_llama().eval()
     compress(model, "rtn:w8,g32,sym,fmt=q8_0", calibration, progress=False)
     path = save_gguf(model, None, tmp_path / "m.gguf", {"recipe": "rtn:w8,g32,sym,fmt=q8_0"}).path
@@ -210,17 +216,19 @@ def test_verify_catches_tampered_gguf_files(calibration, tmp_path):
 def test_verify_catches_tampered_compressed_tensors_files(calibration, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    torch.manual_seed(0)
     model = tiny_llama().eval()
     compress(model, "magnitude:2:4 > rtn:w4,g32", calibration, progress=False)  # asymmetric: int8 codes
     out = save_compressed_tensors(model, None, tmp_path / "ct", {"recipe": "magnitude:2:4 > rtn:w4,g32"})
     assert verify(out).ok
     tensors = load_file(str(out / "model.safetensors"))
     key = "model.layers.0.mlp.up_proj.weight"
+    original = tensors[key][3, 9].clone()
     tensors[key][3, 9] = 50  # outside the 4-bit range [-8, 7]
     save_file(tensors, str(out / "model.safetensors"))
     failure = verify(out).failure
     assert f"tensor {key} index {3 * 64 + 9}: 50 is outside the 4-bit range [-8, 7]" in failure, failure
-    tensors[key][3, 9] = 0
+    tensors[key][3, 9] = original
     tensors[key][5, :4] = 1  # a group of four with no zero: breaks 2:4 (zero point 0 keeps 1 nonzero)
     tensors["model.layers.0.mlp.up_proj.weight_zero_point"][5, 0] = 0
     save_file(tensors, str(out / "model.safetensors"))

@@ -1,7 +1,8 @@
 """`save_compressed_tensors`: a directory `AutoModelForCausalLM.from_pretrained` loads with compressed-tensors.
 
 Every compressed linear whose grid is an integer grid (`Grid.integer_form`: RTN / GPTQ uniform grids
-per channel or group, INT-k block, llama.cpp Q8_0 / Q4_0) is handed, with its recorded scales and zero
+per channel or group, INT-k block, llama.cpp Q8_0 / Q4_0) or an MX grid compressed-tensors has a format
+for (MXFP4, MXFP6 E2M3, MXFP8 E4M3 in blocks of 32) is handed, with its recorded scales and zero
 points, to compressed-tensors' own compressor for its scheme (`pack-quantized` for weight-only
 W4A16 / W8A16, `int-quantized` for int8 W8A8 with dynamic per-token activations); the compressor
 computes and packs the integer codes itself, and each layer is decompressed again with the same
@@ -31,12 +32,16 @@ from ..grids import Grid
 from ..models.adapters import get_weight
 from ..outputs import atomic_output_dir, check_output_dir
 from ..state import state_of
-from .fit import act_fits
+from .fit import CT_MX_ELEMENTS, act_fits, weight_fits
 
 WEIGHTS = "model.safetensors"
 
 
 def _weight_args(grid: Grid) -> dict:
+    mx = grid.microscaling_form()
+    if mx is not None:
+        return {"num_bits": CT_MX_ELEMENTS[mx[0]], "type": "float", "symmetric": True, "strategy": "group",
+                "group_size": mx[1], "dynamic": False, "scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8"}
     form = grid.integer_form()
     strategy = "channel" if form.group_size is None else "group"
     return {"num_bits": form.bits, "type": "int", "symmetric": form.symmetric, "strategy": strategy,
@@ -66,12 +71,12 @@ def check_ct_model(model: nn.Module) -> None:
                               f"schemes here quantize both")
         if rec.grid is None:
             continue
-        form = rec.grid.integer_form()
-        if form is None:
+        if not weight_fits("compressed-tensors", rec.grid):
             raise ConfigError(f"{name}: weights on {rec.grid!r} are not stored exactly by compressed-tensors")
         cols = get_weight(modules[name]).shape[1]
-        if form.group_size is not None and cols % form.group_size:
-            raise ConfigError(f"{name}: {cols} input features do not split into groups of {form.group_size}, "
+        group = rec.grid.group_size
+        if group is not None and cols % group:
+            raise ConfigError(f"{name}: {cols} input features do not split into groups of {group}, "
                               f"which compressed-tensors requires")
 
 
@@ -92,14 +97,18 @@ def _compress_layer(key: str, weight: torch.Tensor, grid: Grid, params: dict, sc
     """compressed-tensors' own compressed tensors of one linear, checked by decompressing them again."""
     from compressed_tensors.compressors import BaseCompressor
 
-    scale, zero = grid.integer_params({k: v.detach().cpu() for k, v in params.items()})
-    # an all-zero group may record scale 0 (INT-k block, Q4_0): any scale gives its zeros back
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    state = {"weight": weight, "weight_scale": scale.contiguous(), "weight_zero_point": zero.to(torch.int8).contiguous()}
+    params = {k: v.detach().cpu() for k, v in params.items()}
+    if grid.microscaling_form() is not None:  # the compressor stores 2^e as its E8M0 byte e + 127
+        state = {"weight": weight, "weight_scale": grid.block_scales(params).contiguous()}
+    else:
+        scale, zero = grid.integer_params(params)
+        # an all-zero group may record scale 0 (INT-k block, Q4_0): any scale gives its zeros back
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        state = {"weight": weight, "weight_scale": scale.contiguous(), "weight_zero_point": zero.to(torch.int8).contiguous()}
     compressor = BaseCompressor.get_value_from_registry(scheme.format)
     packed = compressor.compress(state, scheme)
-    back = compressor.decompress(dict(packed), scheme)["weight"]
-    if back.dtype != weight.dtype or not torch.equal(back, weight):
+    back = compressor.decompress(dict(packed), scheme)["weight"].to(weight.dtype)  # MX: bfloat16, exact
+    if not torch.equal(back, weight):
         diff = (back.to(weight.dtype) != weight).reshape(-1).nonzero()
         i = int(diff[0]) if len(diff) else 0
         raise VerifyError(f"tensor {key} index {i}: compressed-tensors gives back {back.reshape(-1)[i].item()!r} "

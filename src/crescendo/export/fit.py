@@ -4,7 +4,9 @@ A format holds a recipe when every grid the recipe leaves on a weight is one of 
 (GGUF: a llama.cpp block type, `Grid.ggml_type`; compressed-tensors: an integer grid,
 `Grid.integer_form`, or with activations the grid its runtime quantizes them on), and nothing else the
 recipe attaches needs run-time code the format cannot express (online Hadamard of a rotation, KV-cache
-fake-quantization, activation quantizers in GGUF). A recipe that does not fit is refused with the
+fake-quantization, activation quantizers in GGUF). compressed-tensors also stores MXFP4 / MXFP6 (E2M3) /
+MXFP8 (E4M3) weights in blocks of 32 (`Grid.microscaling_form`), but not MX activations: its dynamic
+MX scale rounds the block maximum before taking its exponent, which is not OCP's floor(log2 amax). A recipe that does not fit is refused with the
 nearest recipe that does: the same stages with each quantizer moved onto the format's grid.
 """
 
@@ -20,10 +22,15 @@ GGUF, CT = "gguf", "compressed-tensors"
 FORMATS = (GGUF, CT)
 
 
+# OCP MX element types compressed-tensors stores (mxfp4 / mxfp6 / mxfp8 pack formats), in blocks of 32
+CT_MX_ELEMENTS = {"e2m1": 4, "e2m3": 6, "e4m3": 8}
+
+
 def weight_fits(fmt: str, grid: Grid) -> bool:
     if fmt == GGUF:
         return grid.ggml_type is not None
-    return grid.integer_form() is not None
+    mx = grid.microscaling_form()
+    return grid.integer_form() is not None or (mx is not None and mx[0] in CT_MX_ELEMENTS and mx[1] == 32)
 
 
 def act_fits(fmt: str, grid: Grid) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import VerifyError
+from .fit import weight_fits
 from .recipe_check import Expectation, recipe_expectations
 
 _LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -188,9 +189,13 @@ def _linear_names_of(config: dict) -> tuple[list[str], list[str], list[str]]:
 
 
 def _check_scheme(name: str, expect: Expectation, scheme) -> None:
-    form, w = expect.grid.integer_form(), scheme.weights
+    from .compressed_tensors import _weight_args
+
+    w = scheme.weights
     group = w.group_size if w.strategy == "group" else None
-    if form is None or (form.bits, form.symmetric, form.group_size) != (w.num_bits, w.symmetric, group):
+    want = _weight_args(expect.grid) if weight_fits("compressed-tensors", expect.grid) else None
+    if want is None or (want["num_bits"], want["type"], want["symmetric"], want["group_size"]) != \
+            (w.num_bits, w.type, w.symmetric, group):
         raise VerifyError(f"layer {name}: the recipe puts its weights on {expect.grid!r}, the config stores "
                           f"{w.num_bits}-bit {'symmetric' if w.symmetric else 'asymmetric'} {w.strategy} {group or ''}")
     if (expect.act_grid is None) != (scheme.input_activations is None):
@@ -203,6 +208,10 @@ def _check_codes(name: str, scheme, local: dict[str, torch.Tensor]) -> None:
     bits = scheme.weights.num_bits
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     scale = local["weight_scale"]
+    if scale.dtype == torch.uint8:  # E8M0 exponents: 255 is NaN
+        if (scale == 255).any():
+            raise VerifyError(f"tensor {name}.weight_scale: E8M0 code 255 (NaN)")
+        return
     if not torch.isfinite(scale).all() or (scale == 0).any():
         raise VerifyError(f"tensor {name}.weight_scale: a scale is zero or not finite")
     for key in ("weight", "weight_zero_point"):

@@ -113,6 +113,14 @@ class Grid:
         params, for a grid with an `integer_form`: every value is exactly `scale * (q - zero_point)`."""
         raise NotImplementedError(f"{self!r} is not an integer grid")
 
+    def microscaling_form(self) -> tuple[str, int] | None:
+        """(element type, block size) of an OCP Microscaling grid (power-of-two block scales), else None."""
+        return None
+
+    def block_scales(self, params: Params) -> torch.Tensor:
+        """Float32 power-of-two scales (rows, n_blocks) of a grid with a `microscaling_form`."""
+        raise NotImplementedError(f"{self!r} is not a microscaling grid")
+
     # -- storage -----------------------------------------------------------------------------------
     @property
     def code_bits(self) -> int:
