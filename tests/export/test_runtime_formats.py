@@ -234,3 +234,26 @@ def test_verify_catches_tampered_compressed_tensors_files(calibration, tmp_path)
     save_file(tensors, str(out / "model.safetensors"))
     failure = verify(out).failure
     assert "row 5, columns 0..3: 0 of 4 weights are zero, the recipe's 2:4 needs 2" in failure, failure
+
+
+@pytest.mark.real_model
+def test_embedded_model_round_trips_through_both_runtimes(tmp_path):
+    """SmolLM2-135M: GGUF (other tensors Q8_0, which its embedding already is) and compressed-tensors
+    reload with bit-identical compressed linears and the perplexity crescendo measured (2 windows)."""
+    from crescendo.workflow import Workbench, resolve_protocol
+
+    bench = Workbench.load("smollm2-135m", resolve_protocol("sotu-v1-quick", None, 2, 4), progress=False)
+    model, outcome = bench.run("rtn:w4,g32,sym,fmt=q4_0")
+    report = save_gguf(model, bench.tokenizer, tmp_path / "smol.gguf", {"recipe": "rtn:w4,g32,sym,fmt=q4_0"},
+                       other="q8_0", source_gguf=bench.info.path)
+    assert report.exact and report.types == {"q8_0": 1, "f32": 61, "q4_0": 210}  # Q8_0 embedding kept exactly
+    assert verify(report.path).ok
+    reloaded = _reload_gguf(report.path)
+    _assert_same_linears(model, reloaded)
+    assert _ppl(reloaded, bench) == outcome.perplexity
+    del reloaded
+    out = save_compressed_tensors(model, bench.tokenizer, tmp_path / "ct", {"recipe": "rtn:w4,g32,sym,fmt=q4_0"})
+    assert verify(out).ok
+    reloaded = _reload_ct(out)
+    assert _ppl(reloaded, bench) == outcome.perplexity
+    _assert_same_linears(model, reloaded)
