@@ -237,6 +237,7 @@ def test_verify_catches_tampered_compressed_tensors_files(calibration, tmp_path)
 
 
 @pytest.mark.real_model
+@pytest.mark.timeout(2400)  # loads the embedded model three times (about 4 minutes on an idle 2-core machine)
 def test_embedded_model_round_trips_through_both_runtimes(tmp_path):
     """SmolLM2-135M: GGUF (other tensors Q8_0, which its embedding already is) and compressed-tensors
     reload with bit-identical compressed linears and the perplexity crescendo measured (2 windows)."""

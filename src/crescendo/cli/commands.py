@@ -79,7 +79,7 @@ def _check_save_target(args, recipe) -> str | None:
     """The export format, after checking (before any model is loaded) that the recipe fits it and the
     output path is free; ConfigError otherwise."""
     from ..errors import ConfigError
-    from ..export.fit import FORMATS, check_recipe_fits
+    from ..export.fit import FORMATS, check_recipe_fits, require_reader
     from ..outputs import check_output_dir
 
     if args.format is not None and not args.save:
@@ -88,6 +88,7 @@ def _check_save_target(args, recipe) -> str | None:
         return None
     fmt = args.format or "hf"
     if fmt in FORMATS:
+        require_reader(fmt)
         check_recipe_fits(recipe, fmt)
     if fmt == "gguf":
         path = Path(args.save)

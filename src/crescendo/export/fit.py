@@ -90,6 +90,15 @@ def _nearest_stage(fmt: str, stage, prunes: bool) -> str | None:
     return text + (f",{targets}" if targets else "")
 
 
+def require_reader(fmt: str) -> None:
+    """ConfigError naming the install command when the package writing `fmt` is missing."""
+    import importlib.util
+
+    module = {GGUF: "gguf", CT: "compressed_tensors"}[fmt]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"--format {fmt} needs the {module.replace('_', '-')} package: pip install 'crescendo[export]'")
+
+
 def check_recipe_fits(recipe, fmt: str) -> None:
     """ConfigError naming what does not fit and the nearest recipe that does, or None when it fits."""
     if fmt not in FORMATS:

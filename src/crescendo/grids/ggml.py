@@ -166,6 +166,20 @@ class GGMLGrid(Grid):
     def project(self, w: torch.Tensor, params: Params) -> torch.Tensor:
         return self._values(self.codes(w, params), params).to(w.dtype)
 
+    # -- all blocks at once: rows of whole blocks are reshaped to one block per row ---------------------
+    def fit_all(self, w: torch.Tensor) -> Params:
+        rows, cols = w.shape
+        if cols % BLOCK:
+            return super().fit_all(w)
+        return {k: v.reshape(rows, cols // BLOCK) for k, v in self.fit(w.reshape(-1, BLOCK)).items()}
+
+    def _per_group(self, x: torch.Tensor, params: Params, fn, dtype: torch.dtype) -> torch.Tensor:
+        rows, cols = x.shape
+        if cols % BLOCK:
+            return super()._per_group(x, params, fn, dtype)
+        flat = {k: v.reshape(-1) for k, v in params.items()}  # (rows, n_blocks) row-major = block order
+        return fn(x.reshape(-1, BLOCK), flat).reshape(rows, cols).to(dtype)
+
     # -- storage -----------------------------------------------------------------------------------
     @property
     def code_bits(self) -> int:
