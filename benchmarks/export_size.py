@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 import crescendo
+from crescendo.errors import ConfigError
 from crescendo.eval.perplexity import perplexity
 from crescendo.export import save_compressed_tensors, save_gguf, save_packed, verify
 from crescendo.export.fit import check_recipe_fits
-from crescendo.errors import ConfigError
 from crescendo.recipe import parse_recipe
 from crescendo.workflow import Workbench
 

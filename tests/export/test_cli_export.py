@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_PROTOCOL_ARGS, tiny_llama
+
 from crescendo.cli import main
 
 
@@ -21,7 +21,7 @@ def bpe_tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe")
     g = np.random.default_rng(0)
     words = ["the", "state", "of", "union", "is", "strong", "we", "will", "build", "people", "nation", "work"]
-    text = lambda n: " ".join(g.choice(words, n))  # noqa: E731
+    text = lambda n: " ".join(g.choice(words, n))
     backend = ByteLevelBPETokenizer()
     backend.train_from_iterator([text(200) for _ in range(20)], vocab_size=300, min_frequency=1,
                                 special_tokens=["<|endoftext|>"])

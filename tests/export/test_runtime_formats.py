@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_bench, tiny_llama
+
 from crescendo.api import compress
 from crescendo.errors import ConfigError
 from crescendo.eval.perplexity import perplexity
@@ -168,8 +168,9 @@ def test_recipes_that_do_not_fit_are_refused_with_the_nearest_that_fits(recipe, 
 
 
 def test_models_the_formats_cannot_describe_are_refused_leaving_nothing(calibration, tmp_path):
-    from crescendo.models.rotation import rotate_llama_
     from conftest import tiny_model
+
+    from crescendo.models.rotation import rotate_llama_
 
     gpt2 = tiny_model("gpt2")
     compress(gpt2, "rtn:w8,g32,sym,fmt=q8_0", calibration, progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from crescendo.api import compress
 from crescendo.errors import ConfigError, RecipeError
 from crescendo.grids import GGMLGrid

@@ -6,8 +6,10 @@ A format holds a recipe when every grid the recipe leaves on a weight is one of 
 recipe attaches needs run-time code the format cannot express (online Hadamard of a rotation, KV-cache
 fake-quantization, activation quantizers in GGUF). compressed-tensors also stores MXFP4 / MXFP6 (E2M3) /
 MXFP8 (E4M3) weights in blocks of 32 (`Grid.microscaling_form`), but not MX activations: its dynamic
-MX scale rounds the block maximum before taking its exponent, which is not OCP's floor(log2 amax). A recipe that does not fit is refused with the
-nearest recipe that does: the same stages with each quantizer moved onto the format's grid.
+MX scale rounds the block maximum before taking its exponent, which is not OCP's floor(log2 amax).
+
+A recipe that does not fit is refused with the nearest recipe that does: the same stages with each
+quantizer moved onto the format's grid.
 """
 
 from __future__ import annotations

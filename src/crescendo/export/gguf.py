@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, ModelError, VerifyError
-from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight
+from ..models.adapters import get_adapter, get_weight
 from ..state import state_of
 from .gguf_vocab import add_tokenizer_fields, check_tokenizer, copy_tokenizer_fields
 
@@ -102,10 +102,11 @@ def check_gguf_model(model: nn.Module, tokenizer: Any, source_gguf: str | None =
             raise ConfigError(f"GGUF cannot hold {name}'s activation / KV quantizer")
         if rec.grid is not None and rec.grid.ggml_type is None:
             raise ConfigError(f"GGUF cannot hold {name}'s weights on {rec.grid!r} exactly")
-    for name, m in model.named_modules():
-        if isinstance(m, LINEAR_TYPES) and m.weight.shape[-1] % 32 and state.records.get(name, None) is not None \
-                and state.records[name].grid is not None:
-            raise ConfigError(f"{name}: {m.weight.shape[-1]} input features do not split into llama.cpp blocks of 32")
+    modules = dict(model.named_modules())
+    for name, rec in state.records.items():
+        cols = get_weight(modules[name]).shape[1]
+        if rec.grid is not None and cols % 32:
+            raise ConfigError(f"{name}: {cols} input features do not split into llama.cpp blocks of 32")
     if source_gguf is None:
         check_tokenizer(tokenizer)
 
@@ -173,7 +174,7 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
         >>> save_gguf(model, tokenizer, "out/model-q4_0.gguf", {"recipe": "gptq:w4,g32,sym,fmt=q4_0"}).types
         {'q4_0': 14, 'f16': 2, 'f32': 5}
     """
-    from gguf import GGUFWriter, MODEL_ARCH, get_tensor_name_map
+    from gguf import MODEL_ARCH, GGUFWriter, get_tensor_name_map
 
     out = Path(path)
     if out.exists():

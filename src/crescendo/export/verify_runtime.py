@@ -56,13 +56,14 @@ def _llama_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
 
 # -- GGUF -------------------------------------------------------------------------------------------------
 def verify_gguf(path: Path, summary: dict[str, Any]) -> None:
-    from gguf import GGMLQuantizationType as T, GGUFReader, MODEL_ARCH, dequantize, get_tensor_name_map
+    from gguf import MODEL_ARCH, GGUFReader, dequantize, get_tensor_name_map
+    from gguf import GGMLQuantizationType as T
 
     try:
         reader = GGUFReader(str(path))
-    except Exception as e:  # a truncated or damaged file: gguf raises ValueError, struct / numpy errors
+    except Exception as e:  # noqa: BLE001 -- a truncated or damaged file: ValueError, struct / numpy errors
         raise VerifyError(f"file {path.name} cannot be read as GGUF: {e}") from None
-    field = lambda key: reader.fields[key].contents() if key in reader.fields else None  # noqa: E731
+    field = lambda key: reader.fields[key].contents() if key in reader.fields else None
     if field("general.architecture") != "llama":
         raise VerifyError(f"{path.name}: architecture {field('general.architecture')!r}, crescendo writes 'llama'")
     n_layers = int(field("llama.block_count"))
@@ -135,7 +136,7 @@ def verify_ct(directory: Path, summary: dict[str, Any]) -> None:
         config = json.loads((directory / "config.json").read_text())
         qc = QuantizationConfig.model_validate(config["quantization_config"])
         tensors = load_file(str(directory / "model.safetensors"))
-    except Exception as e:  # missing / damaged files, a config compressed-tensors rejects
+    except Exception as e:  # noqa: BLE001 -- missing / damaged files, a config compressed-tensors rejects
         raise VerifyError(f"{directory} is not a readable compressed-tensors export: {e}") from None
     meta = json.loads((directory / "crescendo.json").read_text()) if (directory / "crescendo.json").exists() else {}
     recipe = meta.get("recipe")

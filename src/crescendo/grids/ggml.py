@@ -28,7 +28,15 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from .base import F32, Grid, IntegerForm, Params, ParamStorage, device_constant, register_grid
+from .base import (
+    F32,
+    Grid,
+    IntegerForm,
+    Params,
+    ParamStorage,
+    device_constant,
+    register_grid,
+)
 
 F16 = torch.float16
 BLOCK = 32  # QK8_0 = QK4_0 = QK4_1
