@@ -179,11 +179,17 @@ def _verify(directory: Path, summary: dict[str, Any]) -> None:
 
 
 def _is_compressed_tensors(path: Path) -> bool:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    """config.json declares compressed-tensors, or crescendo wrote the directory as such (a recipe that
+    only prunes leaves no quantization_config)."""
+    found = []
+    for name in ("config.json", METADATA):
+        try:
+            found.append(json.loads((path / name).read_text()))
+        except (OSError, ValueError):
+            found.append({})
+    config, metadata = (d if isinstance(d, dict) else {} for d in found)
+    return ((config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+            or metadata.get("format") == "compressed-tensors")
 
 
 def verify(directory: str | os.PathLike) -> VerifyReport:

@@ -134,7 +134,8 @@ def verify_ct(directory: Path, summary: dict[str, Any]) -> None:
 
     try:
         config = json.loads((directory / "config.json").read_text())
-        qc = QuantizationConfig.model_validate(config["quantization_config"])
+        described = config.get("quantization_config")  # absent when the recipe only prunes
+        qc = QuantizationConfig.model_validate(described) if described is not None else None
         tensors = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # noqa: BLE001 -- missing / damaged files, a config compressed-tensors rejects
         raise VerifyError(f"{directory} is not a readable compressed-tensors export: {e}") from None
@@ -142,9 +143,10 @@ def verify_ct(directory: Path, summary: dict[str, Any]) -> None:
     recipe = meta.get("recipe")
     every, blocks, kv = _linear_names_of(config)
     expectations = recipe_expectations(recipe, every, blocks, kv)
-    targeted = {name: scheme for scheme in qc.config_groups.values() for name in scheme.targets}
+    groups = qc.config_groups.values() if qc is not None else []
+    targeted = {name: scheme for scheme in groups for name in scheme.targets}
     summary.update(recipe=recipe, tensors=len(tensors), bytes=(directory / "model.safetensors").stat().st_size,
-                   format="compressed-tensors", schemes=sorted({s.format for s in qc.config_groups.values()}))
+                   format="compressed-tensors", schemes=sorted({s.format for s in groups}))
     zero_total = elements = 0
     for name in every:
         expect = expectations.get(name, Expectation())
