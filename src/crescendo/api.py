@@ -106,6 +106,9 @@ def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
 def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:
     """Check every stage against the model before anything is changed (no half-compressed models)."""
     adapter = adapter or get_adapter(model)
+    records = state_of(model).records
+    pruned = {n for n, r in records.items() if r.mask is not None}  # layers holding zeros that must stay
+    zeroless = {n: r.grid for n, r in records.items() if r.grid is not None and not r.grid.represents_zero}
     for position, stage in enumerate(recipe.stages):
         if stage.kind == "rotate" and (position > 0 or state_of(model).compressed):
             raise ConfigError("rotate must be the first stage (it would densify pruned weights)")
@@ -116,8 +119,29 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
             targets = select_targets(model, adapter, config.targets)
             if config.kv_bits is not None:
                 adapter.check_kv_supported(targets)
+            _check_zero_representable(stage, targets, pruned, zeroless)
         if stage.kind == "rotate" and not adapter.rotatable:
             raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
+
+
+def _check_zero_representable(stage, targets, pruned: set[str], zeroless: dict) -> None:
+    """A grid without 0 (llama.cpp's Q4_1) cannot hold pruned weights, before or after the pruning."""
+    grid = stage.config.weight_grid if stage.spec.compress_linear is not None else None
+    if stage.config.sparsity is not None:
+        clash = sorted(set(targets) & set(zeroless))
+        pruned.update(targets)
+    elif grid is not None and not grid.represents_zero:
+        clash = sorted(set(targets) & pruned)
+        zeroless.update({n: grid for n in targets})
+    else:
+        if grid is not None:
+            for n in targets:
+                zeroless.pop(n, None)
+        return
+    if clash:
+        bad = zeroless.get(clash[0], grid)
+        raise ConfigError(f"stage {stage}: {clash[0]} would be pruned and on {bad!r}, which cannot represent 0 "
+                          f"(pruned weights must stay exactly zero); use a symmetric format such as fmt=q4_0")
 
 
 @torch.no_grad()

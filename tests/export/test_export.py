@@ -25,6 +25,9 @@ ROUND_TRIPS = [
     ("llama", "hbfp8 > magnitude:2:4"),
     ("llama", "gptq:w3,sym"),
     ("llama", "rtn:w4a4kv4"),
+    ("llama", "magnitude:2:4 > gptq:w4,g32,sym,fmt=q4_0"),
+    ("llama", "rtn:w4,g32,fmt=q4_1"),
+    ("llama", "rtn:w8a8,sym,fmt=ct"),
 ]
 
 
@@ -113,24 +116,14 @@ def test_size_on_disk_reflects_compression(calibration, tmp_path):
     assert not any(k.endswith(".weight") and k.rsplit(".weight", 1)[0] in names for k in tensors)
 
 
-def test_quantization_config_in_compressed_tensors_layout(calibration, tmp_path):
-    model = _compressed("llama", "sparsegpt:0.5 > gptq:w4,g32 > hbfp8:include=down_proj", calibration)
+def test_packed_config_declares_no_quantization_method(calibration, tmp_path):
+    """The packed layout is crescendo's own: config.json must not claim a method whose reader cannot load it."""
     recipe = "sparsegpt:0.5 > gptq:w4,g32 > hbfp8:include=down_proj"
-    qc = json.loads((_save(model, tmp_path, recipe) / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
-    (group,) = qc["config_groups"].values()
-    assert group["weights"] == {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group",
-                                "group_size": 32, "dynamic": False}
-    assert not any("down_proj" in t for t in group["targets"])
-    (own,) = qc["crescendo"]["groups"].values()
-    assert own["weights"] == {"type": "hbfp", "bits": 8, "block_size": 64} and len(own["targets"]) == 2
-    assert qc["sparsity_config"]["format"] == "sparse-bitmask" and qc["sparsity_config"]["global_sparsity"] == 0.5
-    try:
-        import compressed_tensors
-    except ImportError:
-        assert qc["crescendo"]["validated_by"] is None
-    else:
-        assert qc["crescendo"]["validated_by"] == f"compressed-tensors {compressed_tensors.__version__}"
+    out = _save(_compressed("llama", recipe, calibration), tmp_path, recipe)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    manifest = json.loads((out / "crescendo_export.json").read_text())
+    assert manifest["sparsity"]["structure"] == "unstructured" and manifest["sparsity"]["global_sparsity"] == 0.5
+    assert manifest["linears"]["model.layers.0.mlp.down_proj"]["grid"] == {"type": "hbfp", "bits": 8, "block_size": 64}
 
 
 def _rewrite(out: Path, change) -> None:

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from crescendo.errors import VerifyError
-from crescendo.grids import GRIDS, Grid, UniformGrid, grid_from_dict, make_format_grid
+from crescendo.grids import GRIDS, GGMLGrid, Grid, UniformGrid, grid_from_dict, make_format_grid
+from crescendo.grids.uniform import CTActivationGrid
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GRIDS_UNDER_TEST = [
     UniformGrid(4), UniformGrid(3, symmetric=True), UniformGrid(8, group_size=16), UniformGrid(2, True, 8),
     make_format_grid("mxfp4"), make_format_grid("mxfp8_e5m2", 16), make_format_grid("mxint8"),
     make_format_grid("hbfp8"), make_format_grid("hbfp4", 16), make_format_grid("int4b"), make_format_grid("int8b", 8),
+    GGMLGrid("q8_0"), GGMLGrid("q4_0"), GGMLGrid("q4_1"), CTActivationGrid(8), CTActivationGrid(4, group_size=16),
 ]
 
 

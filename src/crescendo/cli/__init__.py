@@ -46,9 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="compress a model with a recipe and measure it")
     _common(p, recipe=True)
-    p.add_argument("--save", default=None, help="write the compressed model to this (new or empty) directory")
-    p.add_argument("--format", default="hf", choices=["hf", "packed"],
-                   help="hf: float weights transformers loads as is; packed: integer codes, scales, bitmasks")
+    p.add_argument("--save", default=None,
+                   help="write the compressed model to this new (or empty) directory, or .gguf file for --format gguf")
+    p.add_argument("--format", default=None, choices=["hf", "packed", "gguf", "compressed-tensors"],
+                   help="hf (default): float weights transformers loads as is; gguf: one file llama.cpp runs "
+                        "(weights on fmt=q8_0/q4_0/q4_1 grids); compressed-tensors: packed integers "
+                        "transformers / vLLM load; packed: crescendo's own layout, for formats with no runtime")
+    p.add_argument("--gguf-other", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
+                   help="GGUF type of the tensors outside the compressed linears (default f16; f32 keeps them exact)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     p.set_defaults(func=_cmd_compress)
 
@@ -137,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _cer_options(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("verify", help="check a packed directory against its recipe (grids, sparsity, NaN/Inf)")
+    p = sub.add_parser("verify", help="check an export (packed or compressed-tensors directory, .gguf file) against "
+                                      "its recipe (grids, sparsity, sizes, NaN/Inf)")
     p.add_argument("directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)

@@ -10,14 +10,16 @@ from .common import _workbench
 
 
 def _cmd_compress(args) -> int:
-    from ..outputs import check_output_dir
     from ..recipe import load_recipe
     from ..workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
-    if args.save:
-        check_output_dir(args.save)
+    fmt = _check_save_target(args, recipe)
     bench = _workbench(args)
+    if fmt == "gguf":
+        from ..export.gguf import check_gguf_model
+
+        check_gguf_model(bench.model, bench.tokenizer, _source_gguf(bench))  # before compressing
     dense = None if args.no_dense else bench.dense()
     model, outcome = bench.run(recipe)
     result = {
@@ -31,14 +33,29 @@ def _cmd_compress(args) -> int:
         "compress_seconds": outcome.compress_seconds,
         "eval_seconds": outcome.eval_seconds,
     }
-    if args.save and args.format == "packed":
+    notes = []
+    if args.save and fmt == "packed":
         from ..export import save_packed
 
         save_packed(model, bench.tokenizer, args.save, {**result, "format": "packed"})
-        result["saved"] = args.save
+    elif args.save and fmt == "gguf":
+        from ..export.gguf import save_gguf
+
+        report = save_gguf(model, bench.tokenizer, args.save, {**result, "format": "gguf"}, other=args.gguf_other,
+                           source_gguf=_source_gguf(bench))
+        result["gguf"] = {"types": report.types, "changed_by_cast": report.changed, "tokenizer": report.tokenizer}
+        if report.changed:
+            notes.append(f"note: {len(report.changed)} tensors outside the compressed linears were rounded to "
+                         f"{args.gguf_other} (largest change {max(report.changed.values()):.3g}); "
+                         f"--gguf-other f32 keeps them exact")
+    elif args.save and fmt == "compressed-tensors":
+        from ..export import save_compressed_tensors
+
+        save_compressed_tensors(model, bench.tokenizer, args.save, {**result, "format": fmt})
     elif args.save:
         save_hf(model, bench.tokenizer, args.save, {**result, "format": "hf"})
-        result["saved"] = args.save
+    if args.save:
+        result["saved"], result["format"] = args.save, fmt
     if args.json:
         print(json.dumps(result))
         return 0
@@ -53,8 +70,43 @@ def _cmd_compress(args) -> int:
         print(f"  dense perplexity      {dense.perplexity:.3f}")
     print(f"  compressed perplexity {outcome.perplexity:.3f}   [{result['protocol']}]")
     if args.save:
-        print(f"  saved to {args.save}")
+        print(f"  saved to {args.save} ({fmt})")
+    for note in notes:
+        print(f"  {note}")
     return 0
+
+
+def _check_save_target(args, recipe) -> str | None:
+    """The export format, after checking (before any model is loaded) that the recipe fits it and the
+    output path is free; ConfigError otherwise."""
+    from ..errors import ConfigError
+    from ..export.fit import FORMATS, check_recipe_fits, require_reader
+    from ..outputs import check_output_dir
+
+    if args.format is not None and not args.save:
+        raise ConfigError(f"--format {args.format} needs --save PATH")
+    if not args.save:
+        return None
+    fmt = args.format or "hf"
+    if fmt in FORMATS:
+        require_reader(fmt)
+        check_recipe_fits(recipe, fmt)
+    if fmt == "gguf":
+        path = Path(args.save)
+        if path.suffix != ".gguf":
+            raise ConfigError(f"--format gguf writes one file; give --save a path ending in .gguf, not {path}")
+        if path.exists():
+            raise ConfigError(f"output file {path} exists")
+        if not path.parent.is_dir():
+            raise ConfigError(f"parent directory of {path} does not exist")
+    else:
+        check_output_dir(args.save)
+    return fmt
+
+
+def _source_gguf(bench) -> str | None:
+    """The .gguf file the model was loaded from (its tokenizer keys are copied into a GGUF export)."""
+    return bench.info.path if bench.info.source in ("embedded", "gguf") else None
 
 
 def _cmd_report(args) -> int:
@@ -77,8 +129,8 @@ def _cmd_verify(args) -> int:
     from ..errors import ConfigError
     from ..export import verify
 
-    if not Path(args.directory).is_dir():
-        raise ConfigError(f"{args.directory}: no such directory")
+    if not Path(args.directory).is_dir() and not (Path(args.directory).is_file() and args.directory.endswith(".gguf")):
+        raise ConfigError(f"{args.directory}: no such directory or .gguf file")
     report = verify(args.directory)
     if args.json:
         print(json.dumps({"ok": report.ok, "failure": report.failure, "summary": report.summary}, default=str))

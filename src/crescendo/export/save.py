@@ -2,7 +2,8 @@
 
 The directory holds (see the README for the full layout):
 
-    config.json                  the model config, plus `quantization_config` (compressed-tensors layout)
+    config.json                  the model config as transformers wrote it (no `quantization_config`: the
+                                 tensors are crescendo's own layout, which no runtime's quantizer reads)
     generation_config.json       when the model has one
     tokenizer files              whatever `tokenizer.save_pretrained` writes
     crescendo-packed.safetensors packed linears (layout.py) and every other tensor as it is
@@ -29,7 +30,6 @@ from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from ..state import state_of
 from .layout import dtype_name, pack_linear, unpack_linear
-from .qconfig import build_quantization_config
 from .transforms import describe_transforms
 
 FORMAT = "crescendo-packed"
@@ -138,7 +138,9 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
     everything else (embeddings, norms, biases, an untied lm_head) is stored as it is. The directory
     is written to a temporary sibling and renamed at the end, so a failed save leaves nothing behind.
     The packed format is reloaded with `crescendo.export.load`; transformers' `from_pretrained`
-    cannot read it (its `quantization_config` describes the schemes, not this tensor layout).
+    cannot read it, and its config.json declares no quantization method. It is the format for grids no
+    runtime stores (HBFP, MX variants, INT-k block, KV fake-quantization, rotations); `save_gguf` and
+    `save_compressed_tensors` write what llama.cpp and transformers / vLLM load.
 
     Args:
         model: a compressed model (records attached by `crescendo.compress`).
@@ -174,17 +176,13 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         "buffer_dtypes": _buffer_dtypes(model),
         "all_linears": every, "block_linears": blocks, "kv_projections": kv_projections,
     }
-    grids = {n: (r.grid, r.act_grid) for n, r in records.items()}
-    kv = {n: {"kv_bits": r.kv_bits} for n, r in records.items()}
-    qconfig = build_quantization_config(kv, grids, _sparsity(entries, recipe))
+    manifest["sparsity"] = _sparsity(entries, recipe)
 
     with atomic_output_dir(out) as tmp:
         model.config.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text())
-        described = qconfig["crescendo"]
-        if qconfig["config_groups"] or qconfig["sparsity_config"] or described["groups"] or described["kv_cache"]:
-            config["quantization_config"] = qconfig
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if config.pop("quantization_config", None) is not None:  # the source model's, not these tensors'
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         generation = getattr(model, "generation_config", None)
         if generation is not None:
             generation.save_pretrained(tmp)

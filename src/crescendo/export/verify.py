@@ -11,6 +11,7 @@ with what is stored (which layers are pruned, which grid, activation and KV quan
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .layout import dtype_of, linear_tensor_names, read_kept, unpack_linear
 from .load import read_json, read_manifest, read_tensors
 from .recipe_check import Expectation, recipe_expectations
 from .save import METADATA
+from .verify_runtime import verify_ct, verify_gguf
 
 
 @dataclass
@@ -61,6 +63,11 @@ def _check_params(key: str, entry: dict, tensors: dict[str, torch.Tensor]) -> No
         return
     for name, storage in grid.param_storage().items():
         t = tensors.get(f"{key}.{name}")
+        if t is not None and t.is_floating_point() and not storage.signed:
+            bad = (t < 0).reshape(-1).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise VerifyError(f"{_where(f'{key}.{name}', i, tuple(t.shape))}: negative {name}")
         if t is None or storage.low is None or storage.high is None:
             continue  # a missing tensor is reported by unpack_linear
         lo, hi = storage.low, storage.high
@@ -69,12 +76,6 @@ def _check_params(key: str, entry: dict, tensors: dict[str, torch.Tensor]) -> No
             i = int(bad[0])
             raise VerifyError(f"{_where(f'{key}.{name}', i, tuple(t.shape))}: {t.reshape(-1)[i].item()} "
                               f"is outside [{lo}, {hi}]")
-    scale = tensors.get(f"{key}.scale")
-    if scale is not None and scale.is_floating_point():
-        bad = (scale < 0).reshape(-1).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise VerifyError(f"{_where(f'{key}.scale', i, tuple(scale.shape))}: negative scale")
 
 
 def _check_pattern(key: str, kept: torch.Tensor, expect: Expectation | None) -> None:
@@ -177,22 +178,49 @@ def _verify(directory: Path, summary: dict[str, Any]) -> None:
     summary.update(sparsity=pruned / total if total else 0.0, avg_element_bits=bits / total if total else None)
 
 
+def _is_compressed_tensors(path: Path) -> bool:
+    """config.json declares compressed-tensors, or crescendo wrote the directory as such (a recipe that
+    only prunes leaves no quantization_config)."""
+    found = []
+    for name in ("config.json", METADATA):
+        try:
+            found.append(json.loads((path / name).read_text()))
+        except (OSError, ValueError):
+            found.append({})
+    config, metadata = (d if isinstance(d, dict) else {} for d in found)
+    return ((config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+            or metadata.get("format") == "compressed-tensors")
+
+
 def verify(directory: str | os.PathLike) -> VerifyReport:
-    """Check a `save_packed` directory; the report names the first tensor and index that fails.
+    """Check an export against itself and its recipe; the report names the first tensor and index that fails.
+
+    A .gguf file and a compressed-tensors directory (config.json declaring `quant_method:
+    compressed-tensors`) are checked by `verify_runtime`; any other directory as a `save_packed` one.
 
     >>> report = verify("out/llama-w4-s50")
     >>> report.ok, report.summary["sparsity"]
     (True, 0.5)
     """
     summary: dict[str, Any] = {"directory": str(directory)}
+    path = Path(directory)
     try:
-        _verify(Path(directory), summary)
+        if path.suffix == ".gguf" and path.is_file():
+            verify_gguf(path, summary)
+        elif _is_compressed_tensors(path):
+            verify_ct(path, summary)
+        else:
+            _verify(path, summary)
     except VerifyError as e:
         return VerifyReport(False, summary, str(e))
     except CrescendoError as e:  # e.g. a recipe in the manifest that no longer parses
         return VerifyReport(False, summary, f"recipe {summary.get('recipe')!r}: {e}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return VerifyReport(False, summary, f"{Path(directory) / 'crescendo_export.json'} is malformed: {e!r}")
+    if summary.get("format") in ("gguf", "compressed-tensors"):
+        summary["checks"] = ["files", "finite", "codes and block parameters in range", "zeros of pruned layers",
+                             "sizes against the recipe", "recipe agreement"]
+        return VerifyReport(True, summary, None)
     summary["checks"] = ["files", "tensor set and lengths", "finite", "grid parameters", "sparsity pattern",
                          "on grid", "recipe agreement"]
     return VerifyReport(True, summary, None)

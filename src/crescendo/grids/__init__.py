@@ -8,16 +8,8 @@ format used as a recipe stage), plus one import line here.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import (
-    F32,
-    GRIDS,
-    Grid,
-    Params,
-    ParamStorage,
-    device_constant,
-    grid_from_dict,
-    register_grid,
-)
+from .base import F32, GRIDS, Grid, IntegerForm, Params, ParamStorage, device_constant, grid_from_dict, register_grid
+from .ggml import GGMLGrid
 from .hbfp import HBFPGrid
 from .intblock import IntBlockGrid
 from .mx import MXGrid
@@ -50,5 +42,5 @@ def make_format_grid(name: str, block_size: int | None = None) -> Grid:
     return cls(**kwargs)
 
 
-__all__ = ["GRIDS", "F32", "Grid", "Params", "ParamStorage", "UniformGrid", "MXGrid", "HBFPGrid", "IntBlockGrid",
+__all__ = ["GRIDS", "F32", "Grid", "IntegerForm", "Params", "ParamStorage", "UniformGrid", "MXGrid", "HBFPGrid", "IntBlockGrid", "GGMLGrid",
            "device_constant", "format_names", "grid_from_dict", "make_format_grid", "register_grid"]

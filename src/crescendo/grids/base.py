@@ -35,13 +35,24 @@ class ParamStorage:
     """How one recorded grid parameter is stored on disk.
 
     key: its name in `Params`; dtype: the stored dtype (exact for the values the grid produces);
-    low/high: inclusive valid range of an integer parameter (checked by `verify`), None for floats.
+    low/high: inclusive valid range of an integer parameter (checked by `verify`), None for floats;
+    signed: whether a float parameter may be negative (`verify` refuses negative ones otherwise).
     """
 
     key: str
     dtype: torch.dtype
     low: int | None = None
     high: int | None = None
+    signed: bool = False  # a float parameter that may be negative (llama.cpp's Q4_0 scale, Q4_1's minimum)
+
+
+@dataclass(frozen=True)
+class IntegerForm:
+    """An integer grid: signed `bits`-bit q, one scale (and zero point unless symmetric) per row and group."""
+
+    bits: int
+    symmetric: bool
+    group_size: int | None  # None = one group per row (per channel)
 
 
 class Grid:
@@ -50,8 +61,8 @@ class Grid:
     Subclasses are frozen dataclasses that set `type_name`, `group_size` (columns sharing one set of
     parameters; None = one group spanning the whole row, i.e. per channel for weights / per token for
     activations) and implement `fit`, `project`, `code_bits`, `encode`, `decode` and
-    `param_storage`. `project` must be idempotent with recorded parameters, and 0 must always be
-    representable (so pruned weights stay zero).
+    `param_storage`. `project` must be idempotent with recorded parameters, and 0 must be representable (so
+    pruned weights stay zero) unless `represents_zero` says otherwise.
     """
 
     type_name: ClassVar[str] = "grid"
@@ -77,6 +88,38 @@ class Grid:
     def param_bits(self) -> float:
         """Storage bits of the shared parameters of one (row, group) in a deployed format."""
         return 0.0
+
+    @property
+    def represents_zero(self) -> bool:
+        """Whether 0 is on the grid whatever the fitted parameters (so pruned weights can stay zero).
+
+        True for every grid but llama.cpp's Q4_1 (`d * q + m`); recipes that prune a layer whose
+        grid cannot represent 0 are refused before anything changes."""
+        return True
+
+    # -- deployment formats --------------------------------------------------------------------------
+    @property
+    def ggml_type(self) -> str | None:
+        """The llama.cpp tensor type ("q4_0", ...) whose blocks this grid's values are exactly, or None."""
+        return None
+
+    def integer_form(self) -> IntegerForm | None:
+        """The grid as `scale * (q - zero_point)` with signed `bits`-bit integers q, if it is one (the form
+        integer checkpoint formats such as compressed-tensors store), else None."""
+        return None
+
+    def integer_params(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale float32, zero_point int64 in the signed convention), each (rows, n_groups), of recorded
+        params, for a grid with an `integer_form`: every value is exactly `scale * (q - zero_point)`."""
+        raise NotImplementedError(f"{self!r} is not an integer grid")
+
+    def microscaling_form(self) -> tuple[str, int] | None:
+        """(element type, block size) of an OCP Microscaling grid (power-of-two block scales), else None."""
+        return None
+
+    def block_scales(self, params: Params) -> torch.Tensor:
+        """Float32 power-of-two scales (rows, n_blocks) of a grid with a `microscaling_form`."""
+        raise NotImplementedError(f"{self!r} is not a microscaling grid")
 
     # -- storage -----------------------------------------------------------------------------------
     @property

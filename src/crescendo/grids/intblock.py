@@ -8,15 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..types import check_bits
-from .base import (
-    F32,
-    Grid,
-    Params,
-    ParamStorage,
-    check_group_size,
-    device_constant,
-    register_grid,
-)
+from .base import F32, Grid, IntegerForm, Params, ParamStorage, check_group_size, device_constant, register_grid
 from .elements import positive_zero, round_half_even
 
 
@@ -65,6 +57,13 @@ class IntBlockGrid(Grid):
 
     def project(self, w: torch.Tensor, params: Params) -> torch.Tensor:
         return positive_zero(self._multiples(w, params) * params["scale"].to(F32)[:, None], w)
+
+    def integer_form(self) -> IntegerForm:
+        return IntegerForm(self.bits, True, self.block_size)
+
+    def integer_params(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = params["scale"].to(F32)
+        return scale, torch.zeros(scale.shape, dtype=torch.int64, device=scale.device)
 
     @property
     def code_bits(self) -> int:

@@ -64,6 +64,12 @@ class MXGrid(Grid):
     def param_bits(self) -> float:
         return 8.0  # one E8M0 scale per block
 
+    def microscaling_form(self) -> tuple[str, int]:
+        return self.element, self.block_size
+
+    def block_scales(self, params: Params) -> torch.Tensor:
+        return exp2i(params["exponent"])
+
     def fit(self, w: torch.Tensor) -> Params:
         amax = w.float().abs().amax(dim=1)  # (rows,)
         e = floor_log2(amax) - self.spec.emax

@@ -8,15 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..types import check_bits
-from .base import (
-    F32,
-    Grid,
-    Params,
-    ParamStorage,
-    check_group_size,
-    device_constant,
-    register_grid,
-)
+from .base import F32, Grid, IntegerForm, Params, ParamStorage, check_group_size, device_constant, register_grid
 
 
 @register_grid
@@ -83,6 +75,14 @@ class UniformGrid(Grid):
         scale, zero = params["scale"][:, None].to(w.dtype), params["zero"][:, None].to(w.dtype)
         return scale * (self.codes(w, params) - zero)
 
+    def integer_form(self) -> IntegerForm:
+        return IntegerForm(self.bits, self.symmetric, self.group_size)
+
+    def integer_params(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        # q - zero is unchanged when both move to the signed range [-2^(b-1), 2^(b-1) - 1]
+        zero = params["zero"].to(torch.int64) - (0 if self.symmetric else 2 ** (self.bits - 1))
+        return params["scale"].to(F32), zero
+
     # -- storage -----------------------------------------------------------------------------------
     @property
     def code_bits(self) -> int:
@@ -111,3 +111,33 @@ class UniformGrid(Grid):
         if self.symmetric:
             params["zero"] = torch.zeros_like(params["scale"])
         return params
+
+
+@register_grid
+@dataclass(frozen=True)
+class CTActivationGrid(UniformGrid):
+    """Symmetric integers with compressed-tensors' scale: amax / ((2^b - 1) / 2), q in [-2^(b-1), 2^(b-1) - 1].
+
+    compressed-tensors (`calculate_qparams`) divides the symmetric range by half the number of steps
+    (127.5 for 8 bits, not 127), so +amax rounds to 128 and is clamped to 127. This is the grid its
+    dynamic per-token activation quantizer puts inputs on when transformers runs a W8A8 checkpoint;
+    `rtn:w8a8,sym,fmt=ct` uses it so the model crescendo measures is the one transformers runs.
+
+    >>> CTActivationGrid(8).quantize(torch.tensor([[-2.0, 1.0, 2.0]])).tolist()[0][0] == -2.0 * 128 / 127.5
+    True
+    """
+
+    symmetric: bool = True
+    type_name: ClassVar[str] = "uniform_ct"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.symmetric:
+            raise TypeError("the compressed-tensors activation grid is symmetric")
+
+    def fit(self, w: torch.Tensor) -> Params:
+        w = w.float()
+        amax = w.abs().amax(dim=1)  # (rows,); compressed-tensors includes 0 in the range, as |x| does
+        amax = torch.where(amax == 0, torch.ones_like(amax), amax)  # an all-zero row stays zero either way
+        scale = amax / device_constant((2**self.bits - 1) / 2, w)
+        return {"scale": scale, "zero": torch.zeros_like(scale)}

@@ -4,11 +4,18 @@
 activation quantizer on every target linear's input (`rtn:w8a8`, `gptq:w4a4`); `act:a8` quantizes
 activations alone. Defaults follow the reference implementations (PROTOCOL.md): asymmetric min-max
 with an integer zero point, per output channel, no clipping search; GPTQ block 128, dampening 0.01.
+
+`fmt=` makes a stage land exactly on a deployment format, so the export needs no second rounding:
+`fmt=q8_0` / `fmt=q4_0` / `fmt=q4_1` put weights on llama.cpp's block types (`rtn:w4,g32,sym,fmt=q4_0`
+writes the bytes llama.cpp's own quantizer writes; GPTQ fits the same block parameters), and
+`fmt=ct` gives activations compressed-tensors' dynamic per-token scale, amax / ((2^b - 1) / 2)
+(`rtn:w8a8,sym,fmt=ct`), which is what transformers computes when it runs a compressed-tensors
+W8A8 checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -17,7 +24,8 @@ from torch import nn
 from ..transforms import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..errors import ConfigError
 from ..kernels.obs import obs_sweep
-from ..grids import Grid, UniformGrid
+from ..grids import GGMLGrid, Grid, UniformGrid
+from ..grids.uniform import CTActivationGrid
 from ..types import Targets, check_bits
 from . import args as A
 from ..state import LinearRecord
@@ -59,6 +67,12 @@ class KVQuantizer(nn.Module):
         return repr(self.grid)
 
 
+# fmt= values: llama.cpp block types fix (weight bits, group size, symmetric); "ct" only changes the
+# activation grid
+GGML_FORMATS = {"q8_0": (8, 32, True), "q4_0": (4, 32, True), "q4_1": (4, 32, False)}
+FORMATS = (*GGML_FORMATS, "ct")
+
+
 @dataclass(frozen=True)
 class QuantConfig(MethodConfig):
     """Bit-widths for weights (None = leave weights), activations and the KV cache (None = off)."""
@@ -69,6 +83,7 @@ class QuantConfig(MethodConfig):
     group_size: int | None = None  # weight columns sharing a scale; None = per output channel
     symmetric: bool = False
     target: Targets = field(default_factory=Targets)
+    fmt: str | None = None  # a deployment format the grids land on exactly (FORMATS), or None
 
     method = "quant"  # the registered name, set per subclass
 
@@ -80,20 +95,40 @@ class QuantConfig(MethodConfig):
                 check_bits(bits, what)
         if self.group_size is not None and self.group_size < 1:
             raise ConfigError(f"group size must be >= 1, got {self.group_size}")
+        self._check_fmt()
+
+    def _check_fmt(self) -> None:
+        if self.fmt is None:
+            return
+        if self.fmt not in FORMATS:
+            raise ConfigError(f"unknown fmt={self.fmt}; expected one of {', '.join(FORMATS)}")
+        if self.fmt == "ct":
+            if self.act_bits is None:
+                raise ConfigError("fmt=ct sets the activation quantizer's scale; it needs activation bits (aB)")
+            return
+        bits, group, symmetric = GGML_FORMATS[self.fmt]
+        if (self.weight_bits, self.group_size, self.symmetric) != (bits, group, symmetric):
+            right = replace(self, weight_bits=bits, group_size=group, symmetric=symmetric).text()
+            raise ConfigError(f"fmt={self.fmt} is {bits}-bit {'symmetric' if symmetric else 'asymmetric'} weights "
+                              f"in groups of {group}: write {right}")
 
     @property
     def targets(self) -> Targets:
         return self.target
 
     @property
-    def weight_grid(self) -> UniformGrid | None:
+    def weight_grid(self) -> Grid | None:
         if self.weight_bits is None:
             return None
+        if self.fmt in GGML_FORMATS:
+            return GGMLGrid(self.fmt)
         return UniformGrid(self.weight_bits, symmetric=self.symmetric, group_size=self.group_size)
 
     @property
-    def act_grid(self) -> UniformGrid | None:
-        return None if self.act_bits is None else UniformGrid(self.act_bits, symmetric=True)
+    def act_grid(self) -> Grid | None:
+        if self.act_bits is None:
+            return None
+        return CTActivationGrid(self.act_bits) if self.fmt == "ct" else UniformGrid(self.act_bits, symmetric=True)
 
     def text(self) -> str:
         bits = "".join(
@@ -101,7 +136,8 @@ class QuantConfig(MethodConfig):
         )
         args = [bits] + ([f"g{self.group_size}"] if self.group_size is not None else [])
         args += ["sym"] if self.symmetric else []
-        return f"{self.method}:" + ",".join(args + self._own_args() + self.target.args())
+        fmt = [f"fmt={self.fmt}"] if self.fmt is not None else []
+        return f"{self.method}:" + ",".join(args + self._own_args() + fmt + self.target.args())
 
     def _own_args(self) -> list[str]:
         return []
@@ -134,6 +170,8 @@ class QuantConfig(MethodConfig):
         for key, field_name in (("bits", "weight_bits"), ("group", "group_size")):
             if key in keyword:
                 _set_once(fields, field_name, A.parse_int(keyword.pop(key), key), name)
+        if "fmt" in keyword:
+            fields["fmt"] = keyword.pop("fmt").strip().lower()
         A.reject_leftovers(name, rest, keyword)
         return cls(**fields)
 
