@@ -156,7 +156,8 @@ class Workbench:
             recipe=str(recipe),
             perplexity=ppl.perplexity,
             summary=result.summary.to_dict(),
-            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds} for s in result.stages],
+            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds, **({"details": s.details} if s.details else {})}
+                    for s in result.stages],
             compress_seconds=seconds,
             eval_seconds=ppl.seconds,
         )

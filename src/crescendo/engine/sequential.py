@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ class StageReport:
     # quantizer): their weights are left as they are, not zeroed as the reference codes do
     dead_inputs: int = 0
     statistics: int = 0  # distinct input statistics accumulated (linears sharing an input share one)
+    details: dict[str, Any] = field(default_factory=dict)  # what a whole-model stage reports (e.g. losses)
 
 
 def apply_stage_(
@@ -62,8 +64,8 @@ def apply_stage_(
     if spec.apply_model is not None:
         if spec.needs_calibration and not calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
-        spec.apply_model(model, adapter, config, calibration, progress=progress)
-        return StageReport(spec.name, str(stage), time.perf_counter() - start, 0)
+        details = spec.apply_model(model, adapter, config, calibration, progress=progress)
+        return StageReport(spec.name, str(stage), time.perf_counter() - start, 0, details=dict(details or {}))
 
     targets = select_targets(model, adapter, config.targets)
     tied = tied_names(model, list(targets))
