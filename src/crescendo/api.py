@@ -62,7 +62,10 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     total += removed
     sparsity = pruned / total if total else 0.0
     avg_bits = bits / total if total else 16.0
-    ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
+    # what the compressed model stores beyond its linears' weights: unmerged adapters, at 16 bits
+    extra_bits = sum(c.params for c in adapter_costs(model)) * 16.0
+    stored = avg_bits * (1.0 - sparsity) * total + extra_bits
+    ratio = 16.0 * total / stored if stored > 0 else float("inf")
     bops, size = _reductions(model, adapter)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
                               bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
@@ -94,17 +97,42 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
     return costs
 
 
+def adapter_costs(model: nn.Module) -> list[LayerCost]:
+    """The two 16-bit linears (A: in -> r, B: r -> out) of every unmerged LoRA adapter: they add
+    storage and arithmetic that the dense model does not have."""
+    from .models.lora import LoRABranch
+    from .transforms import branches
+
+    costs = []
+    for name, module in model.named_modules():
+        for i, branch in enumerate(b for b in branches(module) if isinstance(b, LoRABranch)):
+            r, n_in = branch.lora_A.shape
+            costs.append(LayerCost.linear(f"{name}.lora.{i}.A", int(n_in), int(r)))
+            costs.append(LayerCost.linear(f"{name}.lora.{i}.B", int(r), int(branch.lora_B.shape[0])))
+    return costs
+
+
 def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
-    stored, arithmetic = layer_costs(model, adapter), layer_costs(model, adapter, storage=False)
-    dense = [c.dense_baseline() for c in stored]
+    linears = layer_costs(model, adapter)
+    dense = [c.dense_baseline() for c in linears]  # the adapters are not part of the dense model
+    extra = adapter_costs(model)
+    stored, arithmetic = linears + extra, layer_costs(model, adapter, storage=False) + extra
     removed = state_of(model).removed
     dense += [LayerCost.linear("removed", i, o) for i, o in (removed.linears if removed else [])]
     return model_bops(dense) / model_bops(arithmetic), model_size_bits(dense) / model_size_bits(stored)
 
 
+def check_requirements(recipe: Recipe) -> None:
+    """Raise ConfigError (one line, naming the extra to install) if a stage needs a missing package."""
+    for stage in recipe.stages:
+        if stage.spec.requires is not None:
+            stage.spec.requires()
+
+
 def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:
     """Check every stage against the model before anything is changed (no half-compressed models)."""
     adapter = adapter or get_adapter(model)
+    check_requirements(recipe)
     for position, stage in enumerate(recipe.stages):
         if stage.kind == "rotate" and (position > 0 or state_of(model).compressed):
             raise ConfigError("rotate must be the first stage (it would densify pruned weights)")
@@ -117,6 +145,8 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
                 adapter.check_kv_supported(targets)
         if stage.kind == "rotate" and not adapter.rotatable:
             raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
+        if spec.check is not None:
+            spec.check(model, adapter, config, recipe.stages[:position])
 
 
 @torch.no_grad()

@@ -78,12 +78,24 @@ class RemovedBlocks:
 
 
 @dataclass
+class LoRAInfo:
+    """Unmerged LoRA adapters (`crescendo.models.lora.LoRABranch`) on the linears `targets`."""
+
+    rank: int
+    alpha: float
+    targets: list[str]  # module names of the adapted linears
+    stage: str  # canonical text of the stage that trained them
+    peft_config: dict[str, Any] = field(default_factory=dict)  # peft's adapter_config.json object
+
+
+@dataclass
 class CompressionState:
     """Everything crescendo did to one model. Reach it with `state_of(model)`."""
 
     records: dict[str, LinearRecord] = field(default_factory=dict)
     removed: RemovedBlocks | None = None
     rotation: RotationInfo | None = None
+    lora: LoRAInfo | None = None
 
     def record(self, name: str) -> LinearRecord:
         """The record of linear `name`, created empty on first use."""
@@ -97,9 +109,13 @@ class CompressionState:
         return bool(self.records) or self.removed is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able part of the state: removed blocks and rotation (records are exported per layer)."""
-        return {"removed_blocks": asdict(self.removed) if self.removed else None,
-                "rotation": asdict(self.rotation) if self.rotation else None}
+        """The JSON-able part of the state: removed blocks, rotation, unmerged LoRA adapters (records are
+        exported per layer; adapter tensors beside the model, `crescendo.export.adapters`)."""
+        out = {"removed_blocks": asdict(self.removed) if self.removed else None,
+               "rotation": asdict(self.rotation) if self.rotation else None}
+        if self.lora is not None:
+            out["lora"] = asdict(self.lora)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CompressionState:
@@ -108,11 +124,15 @@ class CompressionState:
         try:
             removed = data.get("removed_blocks")
             rotation = data.get("rotation")
+            lora = data.get("lora")
             return cls(
                 removed=None if removed is None else RemovedBlocks(
                     int(removed["original_layers"]), [int(i) for i in removed["removed"]], int(removed["params"]),
                     [(int(a), int(b)) for a, b in removed["linears"]]),
                 rotation=None if rotation is None else RotationInfo(**rotation),
+                lora=None if lora is None else LoRAInfo(int(lora["rank"]), float(lora["alpha"]),
+                                                        [str(t) for t in lora["targets"]], str(lora["stage"]),
+                                                        dict(lora.get("peft_config") or {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None

@@ -252,13 +252,18 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     net, tokenizer, info = load_model(spec, dtype=dtype, device=device)
     saved = path / "crescendo.json"
     if info.source == "local" and saved.is_file():  # a directory written by `save_hf`
+        from .export.adapters import load_adapters_
         from .export.load import read_json
+        from .models.lora import adopt_peft_layers_
         from .models.rotation import restore_rotation_
 
         state = CompressionState.from_dict(read_json(saved).get("state"))
+        if state.lora is not None and not adopt_peft_layers_(net, state.lora.targets):
+            load_adapters_(net, path, state.lora)  # transformers applies them itself when peft is installed
         if state.rotation is not None:
             restore_rotation_(net, state.rotation)
         state_of(net).removed = state.removed
+        state_of(net).lora = state.lora
     return net, tokenizer, info
 
 
@@ -267,11 +272,14 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
 
     Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
     """
+    from .export.adapters import save_adapters
+
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         saved = {**metadata, "crescendo_version": __version__, "state": state_of(model).to_dict()}
         (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
+        save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files: PeftModel.from_pretrained reads them
     return Path(out)
 
 

@@ -10,11 +10,13 @@ from .common import _workbench
 
 
 def _cmd_compress(args) -> int:
+    from ..api import check_requirements
     from ..outputs import check_output_dir
     from ..recipe import load_recipe
     from ..workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
+    check_requirements(recipe)
     if args.save:
         check_output_dir(args.save)
     bench = _workbench(args)

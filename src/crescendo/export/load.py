@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import ModelError, VerifyError
 from ..models.adapters import is_transposed, set_weight_
 from ..state import CompressionState, record_from_dict, set_state_
+from .adapters import load_adapters_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
@@ -165,6 +166,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         mask, grid, params = rebuilt.get(name, (None, None, None))
         state.records[name] = record_from_dict(name, described, mask, grid, params)
     attach_transforms_(model, manifest.get("transforms", {}))
+    load_adapters_(model, directory, state.lora)  # before the buffer casts: they name the adapters' buffers
     _cast_buffers_(model, manifest.get("buffer_dtypes", {}))
     model.eval().to(device)
     for rec in state.records.values():
