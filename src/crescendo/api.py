@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from .budget.accounting import LayerCost, model_bops, model_size_bits
 from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
+from .models.sharing import container_name, sharing_params
 from .recipe import Recipe, parse_recipe
 from .state import state_of
 
@@ -65,7 +66,9 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     # what the compressed model stores beyond its linears' weights: unmerged adapters, at 16 bits
     extra_bits = sum(c.params for c in adapter_costs(model)) * 16.0
     stored = avg_bits * (1.0 - sparsity) * total + extra_bits
-    ratio = 16.0 * total / stored if stored > 0 else float("inf")
+    # the dense model: shared linears count with the weights their factors replaced
+    dense_params, factor_params = sharing_params(model)
+    ratio = 16.0 * (total - factor_params + dense_params) / stored if stored > 0 else float("inf")
     bops, size = _reductions(model, adapter)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
                               bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
@@ -112,11 +115,26 @@ def adapter_costs(model: nn.Module) -> list[LayerCost]:
     return costs
 
 
+def _sharing_costs(model: nn.Module, arithmetic: list[LayerCost]) -> tuple[list[LayerCost], list[LayerCost]]:
+    """(the dense linears a share stage replaced, the basis products of the blocks that reuse their
+    owner's basis: stored once, it is still computed once per block)."""
+    info = state_of(model).sharing
+    if info is None:
+        return [], []
+    by_name = {c.name: c for c in arithmetic}
+    dense = [LayerCost.linear(m, g.in_features, g.out_features) for g in info.groups for m in g.members]
+    reused = [replace(by_name[f"{g.members[0]}.basis"], name=f"{m}.basis") for g in info.groups for m in g.members[1:]]
+    return dense, reused
+
+
 def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
     linears = layer_costs(model, adapter)
-    dense = [c.dense_baseline() for c in linears]  # the adapters are not part of the dense model
+    arithmetic = layer_costs(model, adapter, storage=False)
+    replaced, reused = _sharing_costs(model, arithmetic)
+    # the dense model: its own linears (adapters are no part of it; shared linears as they were before)
+    dense = [c.dense_baseline() for c in linears if container_name(c.name) == c.name] + replaced
     extra = adapter_costs(model)
-    stored, arithmetic = linears + extra, layer_costs(model, adapter, storage=False) + extra
+    stored, arithmetic = linears + extra, arithmetic + reused + extra
     removed = state_of(model).removed
     dense += [LayerCost.linear("removed", i, o) for i, o in (removed.linears if removed else [])]
     return model_bops(dense) / model_bops(arithmetic), model_size_bits(dense) / model_size_bits(stored)

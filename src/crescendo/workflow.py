@@ -17,6 +17,7 @@ from torch import nn
 from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
+from .errors import ConfigError
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .outputs import atomic_output_dir
@@ -273,6 +274,9 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
     Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
     """
     from .export.adapters import save_adapters
+
+    if state_of(model).sharing is not None:
+        raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
 
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)

@@ -17,6 +17,10 @@ def _cmd_compress(args) -> int:
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
     check_requirements(recipe)
+    if args.save and args.format == "hf" and any(s.kind == "share" for s in recipe.stages):
+        from ..errors import ConfigError
+
+        raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
     if args.save:
         check_output_dir(args.save)
     bench = _workbench(args)
