@@ -24,7 +24,7 @@ def local_ray():
 def test_ray_backend_matches_local(saved_tiny, tmp_path, local_ray):
     model_dir, corpus = saved_tiny
     protocol = resolve_protocol(corpus, 32, 4, 4)
-    factory = BenchFactory(str(model_dir), protocol, "float32", "cpu", False)
+    factory = BenchFactory(str(model_dir), protocol, dtype="float32", device="cpu")
     tasks = grid_tasks("magnitude", [0.5], "rtn", [4])
     with ResultStore(tmp_path / "ray.sqlite") as store:
         counts = run_sweep(factory, "tiny", protocol.name, tasks, store, backend="ray")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .budget.accounting import LayerCost, model_bops, model_size_bits
+from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
@@ -174,10 +175,13 @@ def compress(
     calibration: list[torch.Tensor] | None = None,
     *,
     progress: bool = True,
+    calibration_batch_size: int | None = None,
 ) -> CompressionResult:
     """Apply `recipe` to `model` in place, stage after stage (f2 ∘ f1: f2 sees the model f1 made).
 
-    calibration: batches of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
+    calibration: windows of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
+    calibration_batch_size: windows per block call in calibrated stages (None: as many as fit in free
+    memory; results equal one-at-a-time up to float reassociation).
 
     Usage (a model and its calibration batches at hand):
 
@@ -187,12 +191,15 @@ def compress(
     recipe = parse_recipe(recipe)
     adapter = get_adapter(model)
     validate_recipe(model, recipe, bool(calibration), adapter)
+    if calibration and any(stage.spec.calibrated for stage in recipe.stages):
+        calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training
     model.eval()
     result = CompressionResult(recipe)
     try:
         for stage in recipe.stages:
-            report = apply_stage_(model, stage, adapter, calibration, progress=progress)
+            report = apply_stage_(model, stage, adapter, calibration, progress=progress,
+                                  batch_size=calibration_batch_size)
             log.info("stage %s: %.1f s", stage, report.seconds)
             result.stages.append(report)
     finally:

@@ -28,3 +28,10 @@ class StoreError(CrescendoError):
 
 class VerifyError(CrescendoError):
     """A saved compressed model does not match its recorded recipe (grid, sparsity, NaN/Inf)."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most `limit` characters (libraries raise multi-line
+    messages; a CLI error is always one line)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

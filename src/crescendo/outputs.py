@@ -1,4 +1,10 @@
-"""Output directories that are written whole or not at all."""
+"""Output files and directories that are written whole or not at all, checked before any work.
+
+A directory is written into a hidden temporary sibling (`.NAME.tmp-PID-XXXX`) and renamed into
+place at the end; any failure or interruption removes the temporary (the CLI turns SIGTERM into an
+interruption). A temporary left by a process that was killed outright (SIGKILL) is removed by the
+next write to the same target.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,25 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+def _probe_writable(folder: Path, what: Path) -> None:
+    """Create and remove a temporary directory in `folder`: the only reliable test (permissions,
+    read-only or virtual file systems such as /proc and /sys all answer differently)."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".crescendo-probe-", dir=folder)
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """The target must not exist yet or be an empty directory, and its parent must exist."""
+    """The target must not exist yet or be an empty directory, and its parent must be a writable
+    directory. Checked before any work, so a refusal never comes after a long computation."""
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {out} exists and is not empty")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise ConfigError(f"parent directory of {out} does not exist")
+    _probe_writable(out.parent, out)
     return out
 
 
@@ -32,9 +50,29 @@ def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Pat
         raise ConfigError(f"{out} is a directory")
     if not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} of {out} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"folder {out.parent} of {out} is not writable")
+    _probe_writable(out.parent, out)
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove temporaries of `out` left by processes that no longer run."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid_text = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -42,7 +80,8 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success it is renamed to `path`, on
     any failure (or interruption) it is removed, so a half-written output never appears."""
     out = check_output_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
@@ -51,4 +90,25 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of the file `path`; renamed to `path` on success, removed on any
+    failure or interruption. `path` must not exist."""
+    out = Path(path)
+    if out.exists():
+        raise ConfigError(f"output file {out} exists")
+    check_output_file(out)
+    remove_stale_temporaries(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

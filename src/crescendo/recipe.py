@@ -26,6 +26,8 @@ from .methods import METHODS
 from .methods.base import MethodSpec
 
 _STAGE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*(?::(.*))?$")
+MAX_RECIPE_CHARS = 10_000  # a recipe string or YAML file; far above any real pipeline
+MAX_STAGES = 64
 
 
 @dataclass(frozen=True)
@@ -96,38 +98,88 @@ def parse_stage(text: str) -> Stage:
 
 
 def parse_recipe(recipe: str | Recipe | list | tuple) -> Recipe:
-    """Parse a recipe string (`a > b > c`), a list of stage strings, or return a Recipe unchanged."""
+    """Parse a recipe string (`a > b > c`), a list of stage strings, or return a Recipe unchanged.
+
+    Checks what needs no model: every stage's arguments, at most MAX_STAGES stages, and a rotation
+    only as the first stage (it would densify pruned weights and move every weight off its grid)."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, (list, tuple)):
+        if len(recipe) > MAX_STAGES:
+            raise RecipeError(f"a recipe has at most {MAX_STAGES} stages, got {len(recipe)}")
         parts = [p if isinstance(p, str) else _stage_from_mapping(p) for p in recipe]
-    else:
+    elif isinstance(recipe, str):
+        if len(recipe) > MAX_RECIPE_CHARS:
+            raise RecipeError(f"a recipe has at most {MAX_RECIPE_CHARS} characters, got {len(recipe)}")
         if not recipe.strip():
             raise RecipeError("empty recipe")
         parts = recipe.split(">")
+    else:
+        raise RecipeError(f"a recipe is a string or a list of stages, got {type(recipe).__name__}")
+    if len(parts) > MAX_STAGES:
+        raise RecipeError(f"a recipe has at most {MAX_STAGES} stages, got {len(parts)}")
     if any(not p.strip() for p in parts):
-        raise RecipeError(f"malformed recipe {recipe!r}: empty stage")
-    return Recipe(tuple(parse_stage(p) for p in parts))
+        raise RecipeError(f"malformed recipe {_short(recipe)}: empty stage")
+    stages = tuple(parse_stage(p) for p in parts)
+    for position, stage in enumerate(stages):
+        if stage.kind == "rotate" and position > 0:
+            raise RecipeError(f"{stage} must be the first stage (it would densify pruned weights and move "
+                              f"quantized ones off their grids)")
+    return Recipe(stages)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SCALARS = (str, int, float, bool)
 
 
 def _stage_from_mapping(entry: Any) -> str:
     if not isinstance(entry, dict) or "method" not in entry:
-        raise RecipeError(f"malformed YAML stage {entry!r}: expected a string or a mapping with 'method'")
+        raise RecipeError(f"malformed YAML stage {_short(entry)}: expected a string or a mapping with 'method'")
     entry = dict(entry)
-    name = str(entry.pop("method"))
-    args = [str(a) for a in entry.pop("args", [])]
-    args += [f"{k}={v}" for k, v in entry.items()]
-    return f"{name}:{','.join(args)}" if args else name
+    name = entry.pop("method")
+    args = entry.pop("args", [])
+    if not isinstance(name, str):
+        raise RecipeError(f"YAML stage method must be a string, got {_short(name)}")
+    if not isinstance(args, list) or not all(isinstance(a, _SCALARS) for a in args):
+        raise RecipeError(f"YAML stage {name!r}: 'args' must be a list of plain values, got {_short(args)}")
+    for key, value in entry.items():
+        if not isinstance(key, str) or not isinstance(value, _SCALARS):
+            raise RecipeError(f"YAML stage {name!r}: option {_short(key)} must map to a plain value")
+    parts = [str(a) for a in args] + [f"{k}={v}" for k, v in entry.items()]
+    return f"{name}:{','.join(parts)}" if parts else name
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors or aliases: a recipe never needs them, and nested aliases ("billion
+    laughs") expand into documents far larger than the file."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            event = self.peek_event()
+            raise RecipeError(f"recipe files may not use YAML anchors or aliases (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
 
 
 def load_recipe(spec: str) -> Recipe:
-    """A recipe string, or a path to a YAML file (`*.yaml` / `*.yml`) holding one."""
+    """A recipe string, or a path to a YAML file (`*.yaml` / `*.yml`) holding one (UTF-8, at most
+    MAX_RECIPE_CHARS characters, no anchors or aliases)."""
     if spec.strip().lower().endswith((".yaml", ".yml")):
         path = Path(spec.strip())
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
+        if path.stat().st_size > 4 * MAX_RECIPE_CHARS:
+            raise RecipeError(f"recipe file {path} is {path.stat().st_size} bytes; recipes are small (at most "
+                              f"{4 * MAX_RECIPE_CHARS} bytes)")
         try:
-            data = yaml.safe_load(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {e.start})") from None
+        try:
+            data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
         except yaml.YAMLError as e:
             raise RecipeError(f"recipe file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         stages = data.get("stages") if isinstance(data, dict) else data

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from .errors import RecipeError
@@ -22,12 +22,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.what} {name!r} is already registered")
         self._entries[name] = entry
         return entry
-
-    def register(self, name: str) -> Callable[[T], T]:
-        def deco(entry: T) -> T:
-            return self.add(name, entry)
-
-        return deco
 
     def get(self, name: str) -> T:
         try:

@@ -472,23 +472,40 @@ class ResultStore:
         """Claim `key` for this process before computing it; False when the row exists or a live
         claim by another process holds it. A claim whose owner died (same host, dead pid) or that
         is older than CLAIM_TIMEOUT_S is taken over."""
-        now = time.time()
+        return bool(self.claim_many([key]))
+
+    def claim_many(self, keys: list[str]) -> list[str]:
+        """Claim several rows at once (one transaction, so concurrent sweeps never split a group of
+        rows between them); returns the keys this process now holds."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} is open read-only")
+        if not self._on_disk and not self._closed:
+            self._write([], "create")
+        db, now = self._db, time.time()
         host, pid = socket.gethostname(), os.getpid()
-        found = self._fetch("SELECT owner, host, pid, claimed FROM claims WHERE key = ?", (key,))
-        if found:
-            owner, c_host, c_pid, claimed = found[0]
-            if owner == self.owner:
-                return True
-            dead = (c_host == host and not _pid_alive(int(c_pid))) or now - float(claimed) > CLAIM_TIMEOUT_S
-            if not dead:
-                return False
-        taken = self._write([
-            ("DELETE FROM claims WHERE key = ? AND owner = ?", (key, found[0][0] if found else "")),
-            ("INSERT OR IGNORE INTO claims (key, owner, host, pid, claimed) "
-             "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM runs WHERE key = ?)",
-             (key, self.owner, host, pid, now, key)),
-        ], "claim in")
-        return taken[1] == 1
+        held: list[str] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in keys:
+                    if db.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone():
+                        continue
+                    found = db.execute("SELECT owner, host, pid, claimed FROM claims WHERE key = ?", (key,)).fetchone()
+                    if found and found[0] != self.owner:
+                        _, c_host, c_pid, claimed = found
+                        dead = (c_host == host and not _pid_alive(int(c_pid))) or now - float(claimed) > CLAIM_TIMEOUT_S
+                        if not dead:
+                            continue
+                    db.execute("INSERT OR REPLACE INTO claims (key, owner, host, pid, claimed) VALUES (?, ?, ?, ?, ?)",
+                               (key, self.owner, host, pid, now))
+                    held.append(key)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot claim in results store {self.path}: {err}") from err
+        return held
 
     def release(self, key: str) -> None:
         """Give up this process's claim on `key` (a failed or skipped computation)."""

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .cache import PrefixCache
 from .errors import ConfigError
 from .recipe import Recipe, parse_recipe
 from .store import ResultStore, Row, RunMetrics, record_run, run_key
@@ -181,16 +182,31 @@ def _groups(tasks: Iterable[SweepTask]) -> dict[str, list[SweepTask]]:
     return groups
 
 
-def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[SweepTask, RunMetrics, dict]]:
-    """Run tasks sharing a first stage; yields (task, metrics, timings) as each finishes."""
+def run_group(bench, tasks: Sequence[SweepTask], seed: int, cache: PrefixCache | None = None,
+              model_name: str | None = None) -> Iterable[tuple[SweepTask, RunMetrics, dict]]:
+    """Run tasks sharing a first stage; yields (task, metrics, timings) as each finishes.
+
+    With a `cache`, a shared prefix that has a calibrated stage is read from it when present
+    (timings say so) and written to it after it is computed."""
     torch.manual_seed(seed)
     if tasks[0].recipe == "dense":
         metrics, seconds = bench.measure(bench.model)
         yield tasks[0], metrics, {"eval_seconds": seconds}
         return
     depth = _shared_depth(tasks[0])
+    prefix = Recipe(parse_recipe(tasks[0].recipe).stages[:depth])
     start = time.perf_counter()
-    base, _ = bench.compress(Recipe(parse_recipe(tasks[0].recipe).stages[:depth]))
+    if cache is not None and not any(stage.spec.calibrated for stage in prefix.stages):
+        cache = None  # data-free prefixes (RTN, magnitude, formats) are faster to recompute than to load
+    key = cache.key(model_name or bench.model_name, bench.protocol_id, seed, str(prefix)) if cache else None
+    base = cache.get(key) if cache else None
+    cached = base is not None
+    if base is None:
+        base, _ = bench.compress(prefix)
+        if cache:
+            cache.put(key, base)
+    else:
+        base = base.to(bench.device)
     first_seconds = time.perf_counter() - start
     for task in sorted(tasks, key=lambda t: len(parse_recipe(t.recipe))):
         recipe = parse_recipe(task.recipe)
@@ -201,7 +217,8 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int) -> Iterable[tuple[Sw
         seconds = first_seconds + time.perf_counter() - start
         metrics, eval_seconds = bench.measure(model, layerwise=getattr(bench, "store_layerwise", False))
         stage_seconds = [first_seconds] + ([s.seconds for s in result.stages] if result else [])
-        yield task, metrics, {"compress_seconds": seconds, "eval_seconds": eval_seconds, "stages": stage_seconds}
+        yield task, metrics, {"compress_seconds": seconds, "eval_seconds": eval_seconds, "stages": stage_seconds,
+                              "prefix_from_cache": cached}
         del model
 
 
@@ -216,21 +233,29 @@ def run_sweep(
     backend: str = "local",
     device: str | None = None,
     on_row: Callable[[Row], None] | None = None,
+    lanes: int = 1,
+    cache_dir: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, int]:
     """Run every unfinished task; returns {"total", "skipped", "computed", "elsewhere"}.
 
-    "elsewhere": rows another process had claimed (a concurrent sweep computing them)."""
+    Groups of tasks sharing a prefix are claimed in the store one group at a time, so concurrent
+    sweeps (and the `lanes` - 1 extra single-threaded processes this one starts, each with its own
+    model copy) share the work. "elsewhere": rows another process computed or is computing.
+    `cache_dir`: a prefix cache (`crescendo.cache`) shared by every lane. `stop()` is asked before
+    each group; True ends the sweep early (lanes stop when the process that started them is gone)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r} (local or ray)")
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ConfigError(f"lanes must be an integer >= 1, got {lanes!r}")
+    cache = PrefixCache(cache_dir) if cache_dir is not None else None
 
     def key(task: SweepTask) -> str:
         return run_key(model_name, protocol_name, task.recipe, seed, __version__)
 
     todo = [t for t in tasks if not store.has(key(t))]
     counts = {"total": len(tasks), "skipped": len(tasks) - len(todo), "computed": 0, "elsewhere": 0}
-    mine = [t for t in todo if store.claim(key(t))]
-    counts["elsewhere"] = len(todo) - len(mine)
-    if not mine:
+    if not todo:
         return counts
 
     def put(task: SweepTask, metrics: RunMetrics, timings: dict) -> None:
@@ -240,23 +265,80 @@ def run_sweep(
         if on_row:
             on_row(row)
 
-    groups = list(_groups(mine).values())
-    try:
-        if backend == "local":
-            bench = bench_factory()
-            for group in groups:
-                for task, metrics, timings in run_group(bench, group, seed):
-                    put(task, metrics, timings)
-        else:
-            from .distributed import run_groups_on_ray
+    groups = list(_groups(todo).values())
+    if backend == "ray":
+        mine = store.claim_many([key(t) for t in todo])
+        counts["elsewhere"] = len(todo) - len(mine)
+        groups = [g for g in ([t for t in group if key(t) in set(mine)] for group in groups) if g]
+        from .distributed import run_groups_on_ray
 
+        try:
             for task, metrics, timings in run_groups_on_ray(bench_factory, groups, seed, run_group):
                 put(task, metrics, timings)
+        finally:
+            _release_unwritten(store, [key(t) for g in groups for t in g])
+        return counts
+
+    workers = _start_lanes(lanes - 1, bench_factory, model_name, protocol_name, tasks, store.path, seed, device,
+                           cache_dir)
+    threads = torch.get_num_threads()
+    if lanes > 1:
+        torch.set_num_threads(1)  # one single-threaded process per lane
+    bench = None
+    try:
+        for group in groups:
+            if stop is not None and stop():
+                break
+            held = set(store.claim_many([key(t) for t in group]))
+            counts["elsewhere"] += len(group) - len(held)
+            mine = [t for t in group if key(t) in held]
+            if not mine:
+                continue
+            try:
+                bench = bench or bench_factory()
+                for task, metrics, timings in run_group(bench, mine, seed, cache, model_name):
+                    put(task, metrics, timings)
+            finally:
+                _release_unwritten(store, [key(t) for t in mine])
     finally:
-        for task in mine:  # claims of rows that were not written (a failure, an interruption)
-            if not store.has(key(task)):
-                store.release(key(task))
+        torch.set_num_threads(threads)
+        for proc in workers:
+            proc.join()
+    failed = [p.exitcode for p in workers if p.exitcode != 0]
+    if failed:
+        raise ConfigError(f"{len(failed)} sweep lane(s) failed (exit codes {failed}); rerun to resume")
     return counts
+
+
+def _release_unwritten(store: ResultStore, keys: list[str]) -> None:
+    for k in keys:  # claims of rows that were not written (a failure, an interruption)
+        if not store.has(k):
+            store.release(k)
+
+
+def _lane(bench_factory, model_name, protocol_name, tasks, store_path, seed, device, cache_dir, parent) -> None:
+    import os
+
+    torch.set_num_threads(1)
+    with ResultStore(store_path) as store:
+        run_sweep(bench_factory, model_name, protocol_name, tasks, store, seed=seed, device=device,
+                  cache_dir=cache_dir, stop=lambda: os.getppid() != parent)
+
+
+def _start_lanes(n, bench_factory, model_name, protocol_name, tasks, store_path, seed, device, cache_dir) -> list:
+    if n <= 0:
+        return []
+    import multiprocessing
+    import os
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    workers = []
+    for _ in range(n):
+        proc = context.Process(target=_lane, args=(bench_factory, model_name, protocol_name, list(tasks), store_path,
+                                                   seed, device, cache_dir, os.getpid()), daemon=True)
+        proc.start()
+        workers.append(proc)
+    return workers
 
 
 def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str = "run", seed: int = 0,

@@ -17,6 +17,7 @@ from torch import nn
 from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
+from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .errors import ConfigError
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
@@ -65,13 +66,25 @@ class Workbench:
         progress: bool = True,
         eval_batch_size: int = 1,
         layerwise_samples: int = 8,
+        eval_weights: str = "float32",
+        calibration_batch_size: int | None = None,
     ) -> None:
+        if eval_weights not in EVAL_WEIGHTS:
+            raise ConfigError(f"eval weights must be one of {', '.join(EVAL_WEIGHTS)}, got {eval_weights!r}")
+        if dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
+        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+            raise ConfigError(f"eval batch size must be an integer >= 1, got {eval_batch_size!r}")
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.protocol, self.data = protocol, data
         self.dtype, self.device = dtype, device
         self.progress = progress
         self.eval_batch_size = eval_batch_size
+        self.eval_weights = eval_weights  # "bfloat16": evaluate a bfloat16 copy (compression stays float32)
         self.layerwise_samples = layerwise_samples  # layer-wise errors need 2 forward passes per model
+        self.calibration_batch_size = calibration_batch_size  # windows per block call; None: from free memory
+        if calibration_batch_size is not None:
+            calibration_batch_size_for(model, list(data.calibration), calibration_batch_size)  # checked now
         self._dense: PerplexityResult | None = None
 
     @classmethod
@@ -85,16 +98,21 @@ class Workbench:
         **kwargs: Any,
     ) -> Workbench:
         """Load a model by spec and prepare a protocol's data for it."""
+        check_device(device)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         protocol = resolve_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
         net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
+        limit = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
+        if limit is not None and protocol.seqlen > int(limit):
+            raise ConfigError(f"protocol {protocol.name} uses windows of {protocol.seqlen} tokens, but {info.name} "
+                              f"takes at most {limit} positions (set --seqlen)")
         return cls(net, tokenizer, info, protocol, prepare(protocol, tokenizer), dtype=dtype, device=device, **kwargs)
 
     @property
     def protocol_id(self) -> str:
-        """The protocol name plus the compute dtype when it is not the protocols' float32 reference:
-        results measured differently must never share a results-store key."""
-        return protocol_id(self.protocol.name, self.dtype)
+        """The protocol name plus the compute dtype and evaluation weights when they are not the
+        protocols' float32 reference: results measured differently never share a results-store key."""
+        return protocol_id(self.protocol.name, self.dtype, self.eval_weights)
 
     @property
     def model_name(self) -> str:
@@ -116,6 +134,12 @@ class Workbench:
                               cache_enabled=False)
 
     def evaluate(self, model: nn.Module) -> PerplexityResult:
+        """Perplexity under the protocol. With bfloat16 evaluation weights a bfloat16 copy of the model
+        runs (plain bfloat16 matmuls, several times faster on CPUs with AMX than float32 or autocast);
+        the float32 master the compression works on is never cast."""
+        if self.eval_weights == "bfloat16":
+            fast = copy.deepcopy(model).to(torch.bfloat16)
+            return perplexity(fast, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
         with self.compute():
             return perplexity(model, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
 
@@ -145,7 +169,8 @@ class Workbench:
 
     def compress_inplace(self, model: nn.Module, recipe: str | Recipe) -> CompressionResult:
         with self.compute():
-            return compress(model, recipe, self.calibration, progress=self.progress)
+            return compress(model, recipe, self.calibration, progress=self.progress,
+                            calibration_batch_size=self.calibration_batch_size)
 
     def run(self, recipe: str | Recipe) -> tuple[nn.Module, RunOutcome]:
         recipe = parse_recipe(recipe)
@@ -184,10 +209,29 @@ class Workbench:
         rotated = state.rotation is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
         with self.compute():
-            return layerwise_error(self.model, model, calib, per_linear=per_linear and not rotated).to_dict()
+            return layerwise_error(self.model, model, calib, per_linear=per_linear and not rotated,
+                                   batch_size=self.calibration_batch_size).to_dict()
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype, "device": self.device}
+        return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype,
+                "eval_weights": self.eval_weights, "device": self.device}
+
+
+def check_device(device: str | None) -> None:
+    """`--device`: cpu, cuda or cuda:N, and CUDA only where a CUDA device is present."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: crescendo runs on cpu or cuda")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available here")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def add_bench_options(parser) -> None:
@@ -198,19 +242,32 @@ def add_bench_options(parser) -> None:
     parser.add_argument("--seqlen", type=int, default=None)
     parser.add_argument("--eval-windows", type=int, default=None)
     parser.add_argument("--nsamples", type=int, default=None)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    parser.add_argument("--dtype", default="float32", choices=list(COMPUTE_DTYPES),
                         help="compute dtype (autocast; weights stay float32)")
+    parser.add_argument("--eval-weights", default="float32", choices=list(EVAL_WEIGHTS),
+                        help="bfloat16: measure perplexity on a bfloat16 copy of the weights")
+    parser.add_argument("--calib-batch-size", type=int, default=None,
+                        help="calibration windows per block call (default: as many as fit in free memory)")
 
 
 def bench_from_options(args, **kwargs: Any) -> Workbench:
     """A Workbench from the options of `add_bench_options` (progress bars off)."""
     protocol = resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples)
     kwargs.setdefault("dtype", args.dtype)
+    kwargs.setdefault("eval_weights", args.eval_weights)
+    kwargs.setdefault("calibration_batch_size", args.calib_batch_size)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
 
-def protocol_id(name: str, dtype: str) -> str:
-    return name if dtype == "float32" else f"{name}@{dtype}"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+EVAL_WEIGHTS = ("float32", "bfloat16")
+
+
+def protocol_id(name: str, dtype: str, eval_weights: str = "float32") -> str:
+    """`name`, `name@bfloat16` (compression and evaluation under bfloat16 autocast), and a
+    `+bf16-eval` suffix when perplexity is measured on a bfloat16 copy of the weights."""
+    out = name if dtype == "float32" else f"{name}@{dtype}"
+    return out + ("+bf16-eval" if eval_weights == "bfloat16" else "")
 
 
 def resolve_protocol(
@@ -288,18 +345,19 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
 
 
 class BenchFactory:
-    """A picklable recipe for a Workbench: Ray tasks rebuild the bench in their own process."""
+    """A picklable recipe for a Workbench: sweep lanes and Ray tasks rebuild the bench in their own
+    process. `bench_options` are Workbench keyword arguments (dtype, device, eval_weights, ...)."""
 
-    def __init__(self, model, protocol, dtype, device, progress, layerwise=False, layerwise_samples=4):
-        self.model, self.protocol, self.dtype, self.device = model, protocol, dtype, device
-        self.progress, self.layerwise, self.layerwise_samples = progress, layerwise, layerwise_samples
+    def __init__(self, model: str, protocol: Protocol, *, progress: bool = False, layerwise: bool = False,
+                 **bench_options: Any) -> None:
+        self.model, self.protocol, self.progress, self.layerwise = model, protocol, progress, layerwise
+        self.bench_options = bench_options
 
-    def __call__(self):
+    def __call__(self) -> Workbench:
         if not self.progress:  # transformers' own loading bars too (they are process-wide)
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-        bench = Workbench.load(self.model, self.protocol, dtype=self.dtype, device=self.device, progress=self.progress,
-                               layerwise_samples=self.layerwise_samples)
+        bench = Workbench.load(self.model, self.protocol, progress=self.progress, **self.bench_options)
         bench.store_layerwise = self.layerwise
         return bench

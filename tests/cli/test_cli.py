@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
+from conftest import TINY_PROTOCOL_ARGS
 
 from crescendo.cli import main
 from crescendo.store import ResultStore
-from conftest import TINY_PROTOCOL_ARGS
 
 
 def _run(capsys, *argv):
@@ -75,7 +75,8 @@ def test_corpus_too_short_and_existing_output(saved_tiny, capsys, tmp_path):
 
 def _sweep_argv(model_dir, protocol, store):
     return ["sweep", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--prune", "magnitude",
-            "--ratios", "0.2,0.5", "--quant", "rtn", "--bits", "4,8", "--store", str(store), "--quiet"]
+            "--ratios", "0.2,0.5", "--quant", "rtn", "--bits", "4,8", "--store", str(store), "--quiet", "--lanes", "1",
+            "--no-cache"]
 
 
 def test_sweep_killed_midway_resumes_without_redoing(saved_tiny, tmp_path):
@@ -108,7 +109,7 @@ def test_sweep_killed_midway_resumes_without_redoing(saved_tiny, tmp_path):
 def test_same_seed_same_numbers(saved_tiny, tmp_path, capsys):
     model_dir, protocol = saved_tiny
     for name in ("a.sqlite", "b.sqlite"):
-        assert main(_sweep_argv(model_dir, protocol, tmp_path / name)[:-1] + ["--json"]) == 0
+        assert main(_sweep_argv(model_dir, protocol, tmp_path / name) + ["--json"]) == 0
     capsys.readouterr()
     a = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "a.sqlite").rows()}
     b = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "b.sqlite").rows()}
@@ -191,3 +192,54 @@ def test_report_takes_the_cer_options(tmp_path, capsys):
         main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "x"),
               "--cer-scale", "cubic"])
     assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_two_lanes_share_one_sweep(saved_tiny, tmp_path, capsys):
+    model_dir, protocol = saved_tiny
+    argv = _sweep_argv(model_dir, protocol, tmp_path / "lanes.sqlite")
+    argv[argv.index("--lanes") + 1] = "2"
+    assert main(argv + ["--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    rows = ResultStore(tmp_path / "lanes.sqlite").rows()
+    assert len(rows) == len({r.recipe for r in rows}) == 13  # every row once
+    assert counts["computed"] + counts["elsewhere"] == 13 and counts["elsewhere"] >= 0
+    assert all(r.environment["threads"] == 1 for r in rows)  # single-threaded lanes
+    assert main(_sweep_argv(model_dir, protocol, tmp_path / "one.sqlite") + ["--json"]) == 0
+    one = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "one.sqlite").rows()}
+    assert {r.recipe: r.metrics.perplexity for r in rows} == pytest.approx(one, rel=1e-5)
+
+
+def test_prefix_cache_is_reused_and_corrupt_entries_recomputed(saved_tiny, tmp_path, capsys, caplog):
+    from crescendo.cache import PrefixCache
+
+    model_dir, protocol = saved_tiny
+    cache = tmp_path / "cache"
+    base = ["sweep", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--prune", "sparsegpt",
+            "--ratios", "0.5", "--quant", "rtn", "--lanes", "1", "--cache", str(cache), "--quiet", "--json"]
+    assert main(base + ["--bits", "4", "--store", str(tmp_path / "a.sqlite")]) == 0
+    assert len(PrefixCache(cache).entries()) == 1 and PrefixCache(cache).entries()[0]["ok"]
+    assert main(base + ["--bits", "4,8", "--store", str(tmp_path / "a.sqlite")]) == 0  # adds 8 bits
+    rows = {r.recipe: r for r in ResultStore(tmp_path / "a.sqlite").rows()}
+    assert rows["sparsegpt:0.5 > rtn:w8"].timings["prefix_from_cache"] is True
+    assert rows["sparsegpt:0.5 > rtn:w4"].timings["prefix_from_cache"] is False
+    fresh = ["sweep", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--prune", "sparsegpt",
+             "--ratios", "0.5", "--quant", "rtn", "--bits", "4,8", "--lanes", "1", "--no-cache", "--quiet", "--json",
+             "--store", str(tmp_path / "b.sqlite")]
+    assert main(fresh) == 0
+    plain = {r.recipe: r.metrics.perplexity for r in ResultStore(tmp_path / "b.sqlite").rows()}
+    assert rows["sparsegpt:0.5 > rtn:w8"].metrics.perplexity == plain["sparsegpt:0.5 > rtn:w8"]  # bit-exact reuse
+    entry = next(p for p in cache.iterdir() if p.is_dir())
+    weights = next(entry.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-7] + b"corrupt")
+    assert not PrefixCache(cache).entries()[0]["ok"]
+    caplog.set_level("WARNING", logger="crescendo.cache")
+    assert main(base + ["--bits", "6", "--store", str(tmp_path / "c.sqlite")]) == 0
+    assert "recomputing" in caplog.text
+    again = {r.recipe: r for r in ResultStore(tmp_path / "c.sqlite").rows()}
+    assert again["sparsegpt:0.5 > rtn:w6"].timings["prefix_from_cache"] is False
+    assert PrefixCache(cache).entries()[0]["ok"]  # rewritten whole
+    capsys.readouterr()
+    code, out, _ = _run(capsys, "cache", "list", "--dir", str(cache), "--json")
+    assert code == 0 and len(json.loads(out)["entries"]) == 1
+    code, out, _ = _run(capsys, "cache", "clear", "--dir", str(cache))
+    assert code == 0 and PrefixCache(cache).entries() == []

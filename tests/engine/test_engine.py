@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, tiny_llama, tiny_model
 
 from crescendo.api import compress, summarize
-from crescendo.state import state_of
 from crescendo.errors import ConfigError, ModelError, RecipeError
 from crescendo.models.adapters import get_adapter, get_weight
-from conftest import FAMILIES, tiny_llama, tiny_model
+from crescendo.state import state_of
 
 
 def _logits(model, ids):
@@ -161,7 +161,7 @@ def test_rotate_then_gptq_w4a4(calibration, eval_ids):
     compress(plain, "gptq:w4a4", calibration, progress=False)
     compress(rot, "rotate > gptq:w4a4", calibration, progress=False)
     assert torch.isfinite(_logits(rot, eval_ids)).all()
-    with pytest.raises(ConfigError, match="first stage"):
+    with pytest.raises(RecipeError, match="first stage"):
         compress(tiny_model("llama"), "rtn:w4 > rotate", None, progress=False)
 
 
@@ -262,3 +262,34 @@ def test_dead_inputs_are_counted_and_their_weights_kept(calibration):
     q = model.model.layers[0].self_attn.q_proj.weight[:, 5]
     mask = state_of(model).records["model.layers.0.self_attn.q_proj"].mask[:, 5]
     assert torch.all(q[~mask] == 0.37)  # not zeroed as the reference code does; pruning may still pick them
+
+
+def test_batched_calibration_equals_one_window_at_a_time(calibration):
+    from crescendo.engine.capture import capture_first_block_inputs, run_block
+
+    model = tiny_model("llama")
+    blocks = get_adapter(model).blocks(model)
+    one = capture_first_block_inputs(model, blocks[0], calibration, 1)
+    four = capture_first_block_inputs(model, blocks[0], calibration, 4)
+    assert len(one) == 4 and len(four) == 1 and four.ids[0].shape == (4, 32)
+    for block in blocks:  # every block's outputs, up to float reassociation
+        out_one, out_four = run_block(block, one), run_block(block, four)
+        a, b = torch.cat(out_one), out_four[0]
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+        one, four = one.with_hidden(out_one), four.with_hidden(out_four)
+    single, batched = tiny_model("llama"), tiny_model("llama")
+    compress(single, "sparsegpt:0.5 > gptq:w4", calibration, progress=False, calibration_batch_size=1)
+    compress(batched, "sparsegpt:0.5 > gptq:w4", calibration, progress=False, calibration_batch_size=4)
+    for name, rec in state_of(single).records.items():
+        other = state_of(batched).records[name]
+        assert (rec.mask == other.mask).float().mean() > 0.99
+        w1, w4 = get_weight(single.get_submodule(name)), get_weight(batched.get_submodule(name))
+        codes1, codes4 = rec.grid.encode_all(w1, rec.grid_params), other.grid.encode_all(w4, other.grid_params)
+        assert (codes1 == codes4).float().mean() > 0.95  # the same codes but for rounding-boundary flips
+        torch.testing.assert_close(rec.grid_params["scale"], other.grid_params["scale"], rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("size", [0, 5, -1])
+def test_calibration_batch_size_out_of_range(size, calibration):
+    with pytest.raises(ConfigError, match="calibration batch size"):
+        compress(tiny_model("llama"), "sparsegpt:0.5", calibration, progress=False, calibration_batch_size=size)

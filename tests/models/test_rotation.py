@@ -19,11 +19,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from crescendo.transforms import input_transforms
 from crescendo.errors import ConfigError, ModelError
 from crescendo.kernels.hadamard import apply_hadamard, hadamard_matrix, random_hadamard_matrix
 from crescendo.models.rotation import OnlineHadamard, RotationInfo, rotate_llama_
 from crescendo.state import state_of
+from crescendo.transforms import input_transforms
 
 # intermediate 96 = 32 * 3 exercises the Kronecker (Sylvester x Paley-12) construction
 SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -164,6 +164,7 @@ def test_tied_head_with_unit_final_norm_stays_tied():
 
 def test_state_records_rotation_and_saves(tmp_path):
     from conftest import _word_tokenizer
+
     from crescendo.workflow import load_any, save_hf
 
     model = _build("llama_tied")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from ..errors import CrescendoError
+from ..errors import CrescendoError, one_line
 
 log = logging.getLogger("crescendo")
 
@@ -21,7 +23,8 @@ from .commands import (
     _cmd_verify,
 )
 from .common import _common, _Parser
-from .studies import _cmd_order, _cmd_search, _cmd_sweep
+from .studies import _cmd_cache, _cmd_order, _cmd_search, _cmd_sweep
+from .vision import _cmd_train_reference
 
 
 def _cer_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layerwise", action="store_true", help="skip layer-wise errors (orthogonality, interference)")
     p.add_argument("--layerwise-samples", type=int, default=8, help="calibration windows for layer-wise errors")
     p.add_argument("--store", default=None, help="also record every measurement in this results store")
+    p.add_argument("--choose", action="store_true",
+                   help="run only what an order predictor needs and print its choice (or abstention) and cost")
+    p.add_argument("--predictor", default="auto",
+                   help="with --choose: auto (default), pih, zeros, compensation or calib-error")
     _cer_options(p)
     p.set_defaults(func=_cmd_order)
 
@@ -87,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layerwise-samples", type=int, default=4, help="calibration windows for --layerwise")
     p.add_argument("--store", default="crescendo-results.sqlite", help="results store (SQLite)")
     p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--lanes", type=int, default=None,
+                   help="single-threaded processes sharing the sweep through the store (default: one per core)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="prefix cache directory (default: $CRESCENDO_CACHE or ~/.cache/crescendo/prefixes)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the prefix cache")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sweep)
 
@@ -108,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the Pareto front (perplexity vs BOP reduction) to this PNG")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("cache", help="list or clear the prefix cache sweeps reuse")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", default=None, help="cache directory (default: the sweeps' default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache)
+
     p = sub.add_parser("report", help="rebuild figures, tables and an HTML page from a results store")
     p.add_argument("--store", required=True, help="results store written by sweep/order")
     p.add_argument("--out", required=True, help="new or empty output directory")
@@ -121,11 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
 
+    p = sub.add_parser("train-reference", help="train a small vision reference model (resnet-mini, vit-mini)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    p.add_argument("--arch", required=True, choices=["resnet-mini", "vit-mini"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffling and augmentation (default 0)")
+    p.add_argument("--out", default=None, help="write the trained model to this new or empty directory")
+    p.add_argument("--data-dir", default=None,
+                   help="directory of the four Fashion-MNIST idx.gz files (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--epochs", type=int, default=None, help="override the reference recipe's number of epochs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda; determinism is only promised on cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_reference)
+
     p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
     _common(p)
     p.set_defaults(dtype="bfloat16")  # fits in 10 minutes on 2 cores; --dtype float32 for the reference
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` (half-written outputs) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,14 +175,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return func(args)
     except CrescendoError as e:
-        print(f"crescendo: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"crescendo: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("crescendo: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("crescendo: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..workflow import BenchFactory
-from .common import _floats, _ints, _model_name, _protocol, _workbench
+from .common import _bench_options, _floats, _ints, _model_name, _protocol, _workbench
 
 
 def cer_settings(args):
@@ -15,8 +15,42 @@ def cer_settings(args):
     return CERSettings(anchor=args.cer_anchor, scale=args.cer_scale, envelope=args.cer_envelope)
 
 
+def _cmd_choose(args) -> int:
+    from ..chooser import check_choice, decide
+    from ..errors import ConfigError
+
+    check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
+    if args.layerwise_samples < 1:
+        raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
+    bench = _workbench(args)
+    bench.layerwise_samples = args.layerwise_samples
+    decision = decide(args.predictor, bench, args.methods)
+    out = {**bench.describe(), **decision.to_dict()}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"order choice: {out['model']}  protocol {out['protocol']}  predictor {decision.predictor}")
+    if decision.abstained:
+        print(f"  ABSTAINS: {decision.reason}")
+    else:
+        print(f"  chosen order : {' > '.join(decision.order)}")
+        print(f"  because      : {decision.reason}")
+    for recipe, value in decision.measured.items():
+        shown = -value if bench.metric_name == "-perplexity" else value
+        print(f"  measured     : {recipe:<40} {'ppl' if bench.metric_name == '-perplexity' else 'M'} {shown:.4g}")
+    c, e = decision.cost, decision.exhaustive
+    print(f"  cost         : {c.stage_applications} stage applications, {c.evaluations} evaluations, "
+          f"{c.weight_passes} weight passes, {c.seconds:.1f} s")
+    print(f"  exhaustive   : {e.stage_applications} stage applications, {e.evaluations} evaluations "
+          f"(plus the reference curve for CERs)")
+    return 0
+
+
 def _cmd_order(args) -> int:
     from ..analysis.order import run_order_study, study_to_dict
+
+    if args.choose:
+        return _cmd_choose(args)
     from ..errors import ConfigError
     from ..recipe import parse_recipe, parse_stage
     from ..types import check_bits
@@ -145,6 +179,9 @@ def _with_acts(quant: str, acts: bool) -> str:
 
 
 def _cmd_sweep(args) -> int:
+    import os
+
+    from ..cache import PrefixCache, default_cache_dir
     from ..errors import ConfigError
     from ..sweep import grid_tasks, run_sweep
 
@@ -160,13 +197,19 @@ def _cmd_sweep(args) -> int:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     protocol = _protocol(args)
     model_name = _model_name(args.model)
+    options = _bench_options(args)
+    lanes = (os.cpu_count() or 1) if args.lanes is None else args.lanes
+    if lanes < 1:
+        raise ConfigError(f"--lanes must be >= 1, got {args.lanes}")
+    cache_dir = None if args.no_cache else str(PrefixCache(args.cache or default_cache_dir()).directory)
     store = _open_store(args.store)
-    factory = BenchFactory(args.model, protocol, args.dtype, args.device, not args.quiet, args.layerwise,
-                           args.layerwise_samples)
+    factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
+                           dtype=args.dtype, device=args.device, layerwise_samples=args.layerwise_samples, **options)
     from ..workflow import protocol_id
 
-    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype), tasks, store, seed=args.seed,
-                       backend=args.backend, device=args.device, on_row=None if args.json else _print_row)
+    counts = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype, args.eval_weights), tasks, store,
+                       seed=args.seed, backend=args.backend, device=args.device, lanes=lanes, cache_dir=cache_dir,
+                       on_row=None if args.json else _print_row)
     if args.json:
         print(json.dumps({"store": args.store, **counts}))
     else:
@@ -217,3 +260,25 @@ def _cmd_search(args) -> int:
     return 0
 
 
+
+
+def _cmd_cache(args) -> int:
+    from ..cache import PrefixCache, default_cache_dir
+
+    cache = PrefixCache(args.dir or default_cache_dir())
+    if args.action == "clear":
+        removed = cache.clear()
+        print(json.dumps({"cache": str(cache.directory), "removed": removed}) if args.json
+              else f"cache {cache.directory}: removed {removed} entries")
+        return 0
+    entries = cache.entries()
+    if args.json:
+        print(json.dumps({"cache": str(cache.directory), "entries": entries}))
+        return 0
+    print(f"cache {cache.directory}: {len(entries)} entries, {sum(e['bytes'] for e in entries) / 2**20:.1f} MiB")
+    for e in entries:
+        k = e["key"] or {}
+        state = "ok" if e["ok"] else "CORRUPT (will be recomputed)"
+        print(f"  {e['entry'][:12]}  {k.get('model')}  {k.get('protocol')}  seed {k.get('seed')}  {k.get('prefix')!r}  "
+              f"v{k.get('version')} {k.get('commit')}  {e['bytes'] / 2**20:.1f} MiB  {state}")
+    return 0

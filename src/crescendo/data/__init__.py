@@ -1,15 +1,8 @@
-"""Corpora, evaluation protocols and their token ids (see shared/PROTOCOL.md)."""
+"""Corpora, evaluation protocols and their token ids (see shared/PROTOCOL.md); image sets and vision protocols."""
 
-from .corpora import (
-    Corpus,
-    known_corpora,
-    load_corpus,
-    load_sotu,
-    load_text,
-    sotu_directory,
-    sotu_splits,
-)
+from .corpora import Corpus, known_corpora, load_corpus, load_sotu, load_text, sotu_directory, sotu_splits
 from .hub import load_c4, load_wikitext2, probe_hub
+from .images import ImageDataset, load_digits_dataset, load_fashion_mnist, load_image_dataset, read_idx
 from .protocols import (
     Protocol,
     custom_protocol,
@@ -26,9 +19,26 @@ from .tokenized import (
     sample_document_windows,
     sample_windows,
 )
+from .vision_protocols import (
+    VisionProtocol,
+    VisionProtocolData,
+    get_vision_protocol,
+    list_vision_protocols,
+    register_vision_protocol,
+)
 
 __all__ = [
     "Corpus",
+    "ImageDataset",
+    "VisionProtocol",
+    "VisionProtocolData",
+    "get_vision_protocol",
+    "list_vision_protocols",
+    "load_digits_dataset",
+    "load_fashion_mnist",
+    "load_image_dataset",
+    "read_idx",
+    "register_vision_protocol",
     "Protocol",
     "ProtocolData",
     "clear_cache",

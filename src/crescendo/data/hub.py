@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .corpus import Corpus
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def hub_offline(*variables: str) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def probe_hub(repo_id: str, repo_type: str = "model", timeout: float = PROBE_TIMEOUT_S) -> tuple[str, str]:

@@ -23,21 +23,24 @@ from .capture import BlockInputs, capture_first_block_inputs, run_block
 def _loss(model: nn.Module, adapter: Adapter, hidden: list[torch.Tensor], ids: list[torch.Tensor]) -> float:
     total, count = 0.0, 0
     for h, x in zip(hidden, ids):
-        logits = adapter.logits(model, h).float()  # (1, L, V)
-        loss = nn.functional.cross_entropy(logits[0, :-1], x[0, 1:].to(logits.device), reduction="sum")
+        logits = adapter.logits(model, h).float()  # (B, L, V)
+        targets = x[:, 1:].to(logits.device)
+        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                           reduction="sum")
         total += float(loss)
-        count += x.shape[1] - 1
+        count += targets.numel()
     return total / count
 
 
 @torch.no_grad()
 def select_blocks_greedy(
-    model: nn.Module, adapter: Adapter, calibration: list[torch.Tensor], n_remove: int, progress: bool = True
+    model: nn.Module, adapter: Adapter, calibration: list[torch.Tensor], n_remove: int, progress: bool = True,
+    batch_size: int | None = 1,
 ) -> list[int]:
     """Indices (in the current model) of `n_remove` blocks, each removed greedily where the calibration
     perplexity rises least (SLEB, Algorithm 1)."""
     blocks = adapter.blocks(model)
-    first_inputs = capture_first_block_inputs(model, blocks[0], calibration)
+    first_inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
     removed: list[int] = []
     for _ in tqdm(range(n_remove), desc="sleb", disable=not progress, leave=False):
         kept = [i for i in range(len(blocks)) if i not in removed]
@@ -52,7 +55,7 @@ def select_blocks_greedy(
             state = inputs_at[cand]
             for i in kept[pos + 1 :]:
                 state = state.with_hidden(run_block(blocks[i], state))
-            loss = _loss(model, adapter, [state.hidden(j) for j in range(len(state))], calibration)
+            loss = _loss(model, adapter, [state.hidden(j) for j in range(len(state))], state.ids)
             if loss < best_loss:
                 best, best_loss = cand, loss
         removed.append(best)

@@ -3,15 +3,25 @@
 The catcher records every positional and keyword argument the model passes to its first block
 (hidden states, rotary embeddings, masks, position ids), so blocks can be run one at a time with
 exactly what the full model would have given them, whatever the architecture.
+
+Calibration windows are run in batches: consecutive windows of equal length are stacked into one
+(B, L) call, so every block sees B windows per forward. The result equals running the windows one
+by one up to float reassociation (a (B*L, d) matrix product sums in another order than B products
+of (L, d)). The batch size is chosen from free memory unless given (`calibration_batch_size`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
+
+MEMORY_FRACTION = 0.25  # of the free memory, at most, for one batch's block activations
 
 
 class _Stop(Exception):
@@ -20,9 +30,12 @@ class _Stop(Exception):
 
 @dataclass
 class BlockInputs:
-    """Per calibration batch: (args, kwargs) of a block call; args[0] or kwargs['hidden_states'] is x."""
+    """Per calibration batch: (args, kwargs) of a block call; args[0] or kwargs['hidden_states'] is x.
+
+    `ids[i]` holds the token ids of batch i (B_i, L), for losses computed from block outputs."""
 
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    ids: list[torch.Tensor] = field(default_factory=list)
 
     def hidden(self, i: int) -> torch.Tensor:
         args, kwargs = self.calls[i]
@@ -35,24 +48,84 @@ class BlockInputs:
                 calls.append(((h,) + tuple(args[1:]), kwargs))
             else:
                 calls.append((args, {**kwargs, "hidden_states": h}))
-        return BlockInputs(calls)
+        return BlockInputs(calls, self.ids)
 
     def __len__(self) -> int:
         return len(self.calls)
 
 
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 4 << 30
+
+
+def _bytes_per_window(model: nn.Module, seqlen: int) -> int:
+    """A generous bound on one window's activations inside one decoder block (float32)."""
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
+    inter = int(getattr(config, "intermediate_size", 0) or getattr(config, "ffn_dim", 0) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    per_token = 8 * hidden + 4 * inter + heads * seqlen  # streams, q/k/v/o, MLP, attention scores
+    return 4 * seqlen * per_token * 2
+
+
+def calibration_batch_size(model: nn.Module, windows: list[torch.Tensor], requested: int | None = None) -> int:
+    """The number of calibration windows per block call: `requested` (checked), else as many as fit
+    in MEMORY_FRACTION of the free memory, at most all of them."""
+    n = len(windows)
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ConfigError(f"calibration batch size must be an integer >= 1, got {requested!r}")
+        if requested > n:
+            raise ConfigError(f"calibration batch size {requested} is larger than the {n} calibration windows")
+        return requested
+    if n == 0:
+        return 1
+    seqlen = int(windows[0].shape[-1])
+    device = windows[0].device
+    fit = int(MEMORY_FRACTION * _free_memory(device) // max(_bytes_per_window(model, seqlen), 1))
+    return max(1, min(n, fit))
+
+
+def _batches(windows: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+    """Consecutive windows stacked into (B, L) batches; a change of length starts a new batch."""
+    out: list[torch.Tensor] = []
+    group: list[torch.Tensor] = []
+    for w in windows:
+        if group and (len(group) == batch_size or w.shape[1:] != group[0].shape[1:]):
+            out.append(torch.cat(group))
+            group = []
+        group.append(w)
+    if group:
+        out.append(torch.cat(group))
+    return out
+
+
 @torch.no_grad()
-def capture_first_block_inputs(model: nn.Module, first_block: nn.Module, batches: list[torch.Tensor]) -> BlockInputs:
-    """Run `model` on each batch of input ids until its first decoder block and record the block's inputs."""
+def capture_first_block_inputs(model: nn.Module, first_block: nn.Module, windows: list[torch.Tensor],
+                               batch_size: int | None = 1) -> BlockInputs:
+    """Run `model` on the calibration windows, `batch_size` at a time (None: chosen from free
+    memory), until its first decoder block, and record the block's inputs."""
     captured = BlockInputs()
 
     def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
         captured.calls.append((args, dict(kwargs)))
         raise _Stop
 
+    size = calibration_batch_size(model, windows, batch_size) if batch_size != 1 else 1
     handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
     try:
-        for ids in batches:
+        for ids in _batches(windows, size):
+            captured.ids.append(ids)
             try:
                 model(ids, use_cache=False)
             except _Stop:

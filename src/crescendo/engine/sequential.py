@@ -56,15 +56,18 @@ def apply_stage_(
     calibration: list[torch.Tensor] | None,
     *,
     progress: bool = True,
+    batch_size: int | None = None,
 ) -> StageReport:
-    """Apply `stage` (a recipe Stage) to `model` in place; returns what it did."""
+    """Apply `stage` (a recipe Stage) to `model` in place; returns what it did.
+
+    batch_size: calibration windows per block call (None: as many as fit in free memory)."""
     spec, config = stage.spec, stage.config
     start = time.perf_counter()
     state = state_of(model)
     if spec.apply_model is not None:
         if spec.needs_calibration and not calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
-        details = spec.apply_model(model, adapter, config, calibration, progress=progress)
+        details = spec.apply_model(model, adapter, config, calibration, progress=progress, batch_size=batch_size)
         return StageReport(spec.name, str(stage), time.perf_counter() - start, 0, details=dict(details or {}))
 
     targets = select_targets(model, adapter, config.targets)
@@ -76,7 +79,7 @@ def apply_stage_(
         for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
             _compress_one(module, None, state.record(name), spec, config, str(stage))
     else:
-        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), report, progress)
+        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), report, progress, batch_size)
     if spec.attach_linear is not None:
         for name, module in targets.items():
             spec.attach_linear(module, state.record(name), config, adapter, model)
@@ -94,7 +97,7 @@ def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, 
 
 
 def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
-                     progress) -> None:
+                     progress, batch_size) -> None:
     if not calibration:
         raise ConfigError(f"stage {text} needs calibration data")
     outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
@@ -102,7 +105,7 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
         raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration)
+    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}

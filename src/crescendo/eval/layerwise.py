@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..engine.capture import capture_first_block_inputs, run_block
+from ..engine.capture import calibration_batch_size, capture_first_block_inputs, run_block
 from ..models.adapters import Adapter, get_adapter
 
 
@@ -37,7 +37,7 @@ class LayerwiseError:
 @torch.no_grad()
 def layerwise_error(
     dense: nn.Module, compressed: nn.Module, calibration: list[torch.Tensor], adapter: Adapter | None = None,
-    per_linear: bool = True,
+    per_linear: bool = True, batch_size: int | None = 1,
 ) -> LayerwiseError:
     """Compare `compressed` with `dense` block by block on the calibration batches.
 
@@ -48,8 +48,9 @@ def layerwise_error(
     d_blocks, c_blocks = adapter.blocks(dense), adapter.blocks(compressed)
     if len(d_blocks) != len(c_blocks):
         raise ValueError("layer-wise error needs models with the same number of decoder blocks")
-    d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration)
-    c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration)
+    size = calibration_batch_size(dense, calibration, batch_size)
+    d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size)
+    c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size)
     result = LayerwiseError()
     for index in range(len(d_blocks)):
         if per_linear:

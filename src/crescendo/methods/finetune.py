@@ -123,8 +123,10 @@ class MasterWeight:
         set_weight_(self.module, weight)
 
 
-def finetune_model(model, adapter, config: FinetuneConfig, calibration, progress: bool = True) -> dict:
-    """Apply a `finetune` stage to `model` in place (see the module docstring)."""
+def finetune_model(model, adapter, config: FinetuneConfig, calibration, progress: bool = True,
+                   batch_size: int | None = None) -> dict:
+    """Apply a `finetune` stage to `model` in place (see the module docstring). Training batches are the
+    stage's own `batch=` windows; the engine's calibration `batch_size` is for forward-only passes."""
     targets = select_targets(model, adapter, config.targets)
     state = state_of(model)
     masters = [MasterWeight(module, state.records.get(name)) for name, module in targets.items()]

@@ -87,8 +87,10 @@ def check_lora(model, adapter, config: LoRAConfig, earlier) -> None:
             raise ConfigError(f"lora rank {config.rank} does not fit {name} {tuple(module.weight.shape)}")
 
 
-def lora_model(model, adapter, config: LoRAConfig, calibration, progress: bool = True) -> dict:
-    """Apply a `lora` stage to `model` in place (see the module docstring)."""
+def lora_model(model, adapter, config: LoRAConfig, calibration, progress: bool = True,
+               batch_size: int | None = None) -> dict:
+    """Apply a `lora` stage to `model` in place (see the module docstring); it trains on its own
+    `batch=` windows per step (the engine's calibration `batch_size` is for forward-only passes)."""
     require_peft()
     targets = select_targets(model, adapter, config.targets)
     if any(branches(m) for m in targets.values()):

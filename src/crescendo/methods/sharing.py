@@ -154,7 +154,8 @@ def check_share(model, adapter, config: ShareConfig, earlier) -> None:
                           "or grid; share first, or add 'absorb' to drop them on purpose")
 
 
-def share_model(model, adapter, config: ShareConfig, calibration, progress: bool = True) -> dict:
+def share_model(model, adapter, config: ShareConfig, calibration, progress: bool = True,
+                batch_size: int | None = None) -> dict:
     """Apply a `share` stage to `model` in place (see the module docstring)."""
     from tqdm.auto import tqdm
 
@@ -167,7 +168,7 @@ def share_model(model, adapter, config: ShareConfig, calibration, progress: bool
         owner_block = int(g.members[0][len(adapter.blocks_path) + 1:].partition(".")[0])
         by_chunk.setdefault(owner_block // config.group, []).append(g)
     names = {m for g in groups for m in g.members}
-    inputs = capture_first_block_inputs(model, blocks[0], calibration)
+    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
     absorbed: list[str] = []
     for c, chunk in enumerate(tqdm(_chunks(len(blocks), config.group), desc=text, disable=not progress, leave=False)):
         start = inputs

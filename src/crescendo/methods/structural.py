@@ -31,7 +31,8 @@ class RotateConfig(MethodConfig):
         return cls(seed=seed, value_hadamard=value)
 
 
-def rotate_model(model, adapter, config: RotateConfig, calibration, progress: bool = True) -> None:
+def rotate_model(model, adapter, config: RotateConfig, calibration, *, progress: bool = True,
+                 batch_size: int | None = None) -> None:
     if state_of(model).compressed:
         raise ConfigError("rotate must come before any compression stage (it would densify pruned weights)")
     adapter.rotate(model, seed=config.seed, value_hadamard=config.value_hadamard)
@@ -68,12 +69,15 @@ class SLEBConfig(MethodConfig):
         return cls(A.parse_float(positional[0], "block removal ratio"), samples)
 
 
-def sleb_model(model, adapter, config: SLEBConfig, calibration, progress: bool = True) -> None:
+def sleb_model(model, adapter, config: SLEBConfig, calibration, *, progress: bool = True,
+               batch_size: int | None = None) -> None:
     n_blocks = len(adapter.blocks(model))
     n_remove = max(1, int(round(config.ratio * n_blocks)))
     if n_remove >= n_blocks:
         raise ConfigError(f"sleb:{config.ratio:g} would remove all {n_blocks} blocks")
-    chosen = select_blocks_greedy(model, adapter, calibration[: config.samples], n_remove, progress=progress)
+    windows = calibration[: config.samples]
+    chosen = select_blocks_greedy(model, adapter, windows, n_remove, progress=progress,
+                                  batch_size=min(batch_size, len(windows)) if batch_size else None)
     remove_blocks_(model, adapter, chosen)
 
 

@@ -16,6 +16,7 @@ Remote code is never trusted (`trust_remote_code` stays False).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..data.hub import hub_offline, probe_hub
-from ..errors import ModelError
+from ..errors import ModelError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -105,31 +107,93 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__  # libraries raise multi-line messages
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# Sane bounds on the config of a model crescendo is asked to build: a crafted config.json must fail
+# with one line before the constructor asks for terabytes.
+_CONFIG_BOUNDS = {
+    "hidden_size": 1 << 16, "n_embd": 1 << 16, "intermediate_size": 1 << 18, "ffn_dim": 1 << 18,
+    "num_hidden_layers": 1 << 10, "n_layer": 1 << 10, "num_attention_heads": 1 << 10, "n_head": 1 << 10,
+    "num_key_value_heads": 1 << 10, "vocab_size": 1 << 22, "max_position_embeddings": 1 << 22,
+    "n_positions": 1 << 22, "head_dim": 1 << 12,
+}
+MAX_PARAMETERS = 200e9
+
+
+def check_model_config(config: dict[str, Any], where: str) -> None:
+    """Refuse a config.json whose sizes are not positive integers within bounds, or that describes
+    more parameters than crescendo would ever build, before any tensor is allocated."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{where} must hold a JSON object")
+    if not isinstance(config.get("model_type", ""), str):
+        raise ModelError(f"{where}: model_type must be a string")
+    for key, bound in _CONFIG_BOUNDS.items():
+        if key not in config or config[key] is None:
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise ModelError(f"{where}: {key} must be an integer in 1..{bound}, got {str(value)[:40]!r}")
+    hidden = config.get("hidden_size") or config.get("n_embd") or 0
+    inter = config.get("intermediate_size") or config.get("ffn_dim") or 4 * hidden
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
+    params = (config.get("vocab_size") or 0) * hidden * 2 + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    if params > MAX_PARAMETERS:
+        raise ModelError(f"{where} describes about {params / 1e9:.0f}B parameters; refusing to build it")
+
+
+def _check_local_files(resolved: ResolvedSpec) -> None:
+    """A local model directory: a config within bounds and safetensors weights (pickles are never
+    loaded: torch refuses most of them anyway, and a pickle can run code)."""
+    if resolved.gguf_file is not None or resolved.info.source != "local":
+        return
+    directory = Path(resolved.location)
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{config_path} is not a readable JSON file ({one_line(exc)})") from None
+    check_model_config(config, str(config_path))
+    if not any(directory.glob("*.safetensors")):
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = (f" (it has {', '.join(pickles[:3])}: pickle checkpoints are not loaded; convert them with "
+                f"model.save_pretrained(DIR, safe_serialization=True))") if pickles else ""
+        raise ModelError(f"{directory}: no .safetensors weights{hint}")
 
 
 def _from_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_local_files(resolved)
     kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
     if resolved.gguf_file is not None:
         kwargs["gguf_file"] = resolved.gguf_file
-    model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **kwargs)
+    weights = {} if resolved.gguf_file is not None else {"use_safetensors": True}
+    model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"no usable tokenizer for {resolved.info.name} ({_one_line(exc)}); crescendo "
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions on corrupt files
+        raise ModelError(f"no usable tokenizer for {resolved.info.name} ({one_line(exc)}); crescendo "
                          f"needs one to tokenize its corpora: save it beside the model with "
                          f"tokenizer.save_pretrained(DIR)") from exc
     return model, tokenizer
+
+
+def _in_local_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds the model's config (asked of the cache, not the network:
+    `from_pretrained(local_files_only=True)` still tries the network for adapter files when peft is
+    installed, and retries for half a minute without one)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return True
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def _load_hub(resolved: ResolvedSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     name = resolved.info.name
     local_hint = "pass a local directory (saved with save_pretrained) or a .gguf file instead"
     if hub_offline("TRANSFORMERS_OFFLINE"):
+        if not _in_local_cache(name):
+            raise ModelError(f"model {name!r} is not in the local Hugging Face cache and offline mode "
+                             f"is set (HF_HUB_OFFLINE); {local_hint}")
         try:
             return _from_pretrained(resolved, dtype, local_only=True)
         except OSError as exc:
@@ -140,6 +204,9 @@ def _load_hub(resolved: ResolvedSpec, dtype: torch.dtype) -> tuple[Any, Any]:
         raise ModelError(f"no model {name!r} on the Hugging Face Hub, or it is private or gated "
                          f"({why}); check the id or log in with `hf auth login`")
     if status == "unreachable":
+        if not _in_local_cache(name):
+            raise ModelError(f"cannot reach the Hugging Face Hub to download {name!r} ({why}) and it "
+                             f"is not in the local cache; {local_hint}")
         try:  # a model downloaded earlier still loads without network
             return _from_pretrained(resolved, dtype, local_only=True)
         except OSError as exc:
@@ -148,7 +215,7 @@ def _load_hub(resolved: ResolvedSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     try:
         return _from_pretrained(resolved, dtype, local_only=False)
     except (OSError, ValueError) as exc:  # download failures; not a causal LM / unsupported config
-        raise ModelError(f"cannot load {name!r} from the Hugging Face Hub: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot load {name!r} from the Hugging Face Hub: {one_line(exc)}") from exc
 
 
 def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
@@ -175,8 +242,12 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
     else:
         try:
             model, tokenizer = _from_pretrained(resolved, torch_dtype, local_only=True)
-        except (OSError, ValueError, KeyError) as exc:  # missing/corrupt files, unsupported config
-            raise ModelError(f"cannot load model from {info.path}: {_one_line(exc)}") from exc
+        except ModelError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError,
+                SafetensorError, EOFError) as exc:  # missing, truncated or corrupt files; unsupported config
+            kind = "GGUF file" if resolved.gguf_file else "model"
+            raise ModelError(f"cannot load {kind} from {info.path}: {one_line(exc)}") from exc
     model.to(device)
     model.eval()
     return model, tokenizer, info

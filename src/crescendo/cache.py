@@ -1,0 +1,163 @@
+"""A disk cache of compressed prefixes, so sweeps reuse the expensive part of what they computed.
+
+A sweep compresses the model once per group of recipes sharing a prefix (`sparsegpt:0.3`, or
+`rotate > sparsegpt:0.3`) and runs the rest on copies. The prefix model is cached here, keyed by
+model, protocol, seed, prefix recipe and code version (package version and git commit), so a
+second sweep that adds bit-widths, or another quantizer, starts from the stored prefix.
+
+An entry is a directory written whole or not at all (`save_packed`: packed weights, grids, masks,
+transforms, the compression state) plus `entry.json` naming its key fields and the SHA-256 of
+every file. An entry is used only when its key fields equal the request and every file hashes to
+what was written; anything else (a partial or corrupt entry, one written by another code version)
+is reported and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import __version__
+from .errors import ConfigError, CrescendoError
+from .outputs import atomic_output_dir
+from .store import code_commit
+
+log = logging.getLogger(__name__)
+
+ENTRY = "entry.json"
+
+
+def default_cache_dir() -> Path:
+    """`$CRESCENDO_CACHE`, else `$XDG_CACHE_HOME/crescendo/prefixes`, else `~/.cache/crescendo/prefixes`."""
+    if os.environ.get("CRESCENDO_CACHE"):
+        return Path(os.environ["CRESCENDO_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "crescendo" / "prefixes"
+
+
+@dataclass(frozen=True)
+class PrefixKey:
+    """What determines a compressed prefix."""
+
+    model: str
+    protocol: str
+    seed: int
+    prefix: str  # canonical recipe text of the prefix
+    version: str = __version__
+    commit: str | None = None  # the code's git commit; None outside a checkout
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class PrefixCache:
+    """Compressed prefix models on disk (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cache directory {self.directory} cannot be created: {e.strerror}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"cache directory {self.directory} is not writable")
+
+    def key(self, model: str, protocol: str, seed: int, prefix: str) -> PrefixKey:
+        return PrefixKey(model, protocol, seed, prefix, __version__, code_commit())
+
+    def _path(self, key: PrefixKey) -> Path:
+        return self.directory / key.digest
+
+    def get(self, key: PrefixKey) -> nn.Module | None:
+        """The cached prefix model, or None (absent, or unusable: the reason is logged)."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        problem = self._check(path, key)
+        if problem:
+            log.warning("prefix cache: entry %s for %r is %s; recomputing it", path.name, key.prefix, problem)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        from .export import load
+
+        try:
+            model, _, _ = load(path)
+        except CrescendoError as e:
+            log.warning("prefix cache: entry %s for %r cannot be loaded (%s); recomputing it", path.name, key.prefix, e)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        log.info("prefix cache: reusing %r from %s", key.prefix, path)
+        return model
+
+    def _check(self, path: Path, key: PrefixKey) -> str | None:
+        try:
+            entry = json.loads((path / ENTRY).read_text())
+        except (OSError, ValueError):
+            return "partial or corrupt (no readable entry.json)"
+        if not isinstance(entry, dict) or entry.get("key") != asdict(key):
+            return "for another model, protocol, seed, prefix or code version"
+        files = entry.get("files")
+        if not isinstance(files, dict) or not files:
+            return "partial or corrupt (no file list)"
+        for name, digest in files.items():
+            f = path / name
+            if Path(name).name != name or not f.is_file() or _sha256(f) != digest:
+                return f"partial or corrupt ({name} is missing or changed)"
+        return None
+
+    def put(self, key: PrefixKey, model: nn.Module, metadata: dict[str, Any] | None = None) -> Path:
+        """Store `model` (compressed by `key.prefix`) under `key`; replaces an existing entry."""
+        from .export import save_packed
+
+        path = self._path(key)
+        if path.exists():
+            shutil.rmtree(path)
+        with atomic_output_dir(path) as tmp:
+            inner = tmp / "model"
+            save_packed(model, None, inner, {"recipe": key.prefix, **(metadata or {})})
+            for f in inner.iterdir():
+                f.rename(tmp / f.name)
+            inner.rmdir()
+            files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+            (tmp / ENTRY).write_text(json.dumps({"key": asdict(key), "files": files}, indent=2))
+        return path
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry: its key fields, size in bytes and whether it checks out."""
+        out = []
+        for path in sorted(p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                key = json.loads((path / ENTRY).read_text())["key"]
+            except (OSError, ValueError, KeyError, TypeError):
+                key = None
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            ok = key is not None and self._check(path, PrefixKey(**key)) is None
+            out.append({"entry": path.name, "key": key, "bytes": size, "ok": ok})
+        return out
+
+    def clear(self) -> int:
+        """Remove every entry (and stale temporaries); returns how many directories were removed."""
+        removed = 0
+        for path in list(self.directory.iterdir()):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed

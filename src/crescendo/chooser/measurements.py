@@ -1,0 +1,144 @@
+"""What an order predictor may measure, each thing at most once, with its cost counted.
+
+A predictor asks a `Measurements` object for the dense model's metric, a method's metric alone, a
+composed order's metric or a data-free look at the weights; the first request computes it (stage
+applications share prefixes), later requests are free. The cost is kept in the units an exhaustive
+order study is counted in (stage applications, evaluations, seconds), so every decision states what
+it cost next to what the full study would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..recipe import Stage
+
+COLLAPSE_RETAINED = 0.25  # a model keeping less than this share of dense quality is collapsed
+
+
+@dataclass
+class Cost:
+    """What a decision (or a study) cost."""
+
+    stage_applications: int = 0
+    evaluations: int = 0  # full evaluations under the protocol (perplexity or accuracy)
+    weight_passes: int = 0  # data-free passes over the weights (no forward pass)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage_applications": self.stage_applications, "evaluations": self.evaluations,
+                "weight_passes": self.weight_passes, "seconds": self.seconds}
+
+
+def exhaustive_cost(n: int) -> Cost:
+    """Stage applications and evaluations of the exhaustive order study of n methods: every
+    distinct prefix applied once (sum_k n!/(n-k)!), dense + n singles + n! orders evaluated."""
+    applications = sum(math.perm(n, k) for k in range(1, n + 1))
+    return Cost(stage_applications=applications, evaluations=1 + n + math.factorial(n))
+
+
+def retained(dense: float, metric: float, metric_name: str, chance: float | None = None) -> float:
+    """Share of the dense model's quality a model keeps: dense / perplexity for M = -perplexity,
+    (accuracy - chance) / (dense - chance) for accuracy."""
+    if metric_name == "-perplexity":
+        return (-dense) / (-metric) if metric < 0 and math.isfinite(metric) else 0.0
+    floor = 0.0 if chance is None else chance
+    return (metric - floor) / (dense - floor) if dense > floor else 0.0
+
+
+class Measurements:
+    """Lazy, memoized measurements of `stages` on `evaluator` (the order-study Evaluator protocol:
+    `fresh()`, `apply(model, stage)`, `metric(model)`, `metric_name`)."""
+
+    def __init__(self, evaluator: Any, stages: Sequence[Stage]) -> None:
+        self.evaluator = evaluator
+        self.stages = list(stages)
+        self.names = [s.text for s in self.stages]
+        self.cost = Cost()
+        self.measured: dict[str, float] = {}  # recipe -> M
+        self._models: dict[tuple[int, ...], nn.Module] = {}  # composed prefixes kept for reuse
+        self._dense_weights: dict[str, torch.Tensor] | None = None
+
+    # -- the metric ---------------------------------------------------------------------------------
+    @property
+    def metric_name(self) -> str:
+        return self.evaluator.metric_name
+
+    def _timed(self, fn):
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.cost.seconds += time.perf_counter() - start
+
+    def dense(self) -> float:
+        if "dense" not in self.measured:
+            self.measured["dense"] = self._timed(lambda: self.evaluator.metric(self.evaluator.fresh()))
+            self.cost.evaluations += 1
+        return self.measured["dense"]
+
+    def model(self, path: tuple[int, ...]) -> nn.Module:
+        """The model after the stages `path` (indices into the methods), prefixes shared."""
+        if path in self._models:
+            return self._models[path]
+        base = self.evaluator.fresh() if len(path) == 1 else copy.deepcopy(self.model(path[:-1]))
+
+        def apply() -> nn.Module:
+            self.evaluator.apply(base, self.stages[path[-1]])
+            return base
+
+        self._models[path] = self._timed(apply)
+        self.cost.stage_applications += 1
+        return self._models[path]
+
+    def metric(self, path: tuple[int, ...]) -> float:
+        """M of the model after the stages `path` (a single method when len(path) == 1)."""
+        key = " > ".join(self.names[i] for i in path)
+        if key not in self.measured:
+            model = self.model(path)
+            self.measured[key] = self._timed(lambda: self.evaluator.metric(model))
+            self.cost.evaluations += 1
+        return self.measured[key]
+
+    def single(self, i: int) -> float:
+        return self.metric((i,))
+
+    def chance(self) -> float | None:
+        return getattr(self.evaluator, "chance", None)
+
+    def collapsed(self, metric: float) -> bool:
+        return retained(self.dense(), metric, self.metric_name, self.chance()) < COLLAPSE_RETAINED
+
+    # -- data-free looks at the weights -------------------------------------------------------------
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        """(out, in) float32 weights of every linear the methods target, from the dense model."""
+        if self._dense_weights is None:
+            from ..models.adapters import get_adapter, get_weight, select_targets
+
+            def read() -> dict[str, torch.Tensor]:
+                model = self.evaluator.fresh()
+                adapter = get_adapter(model)
+                names: dict[str, nn.Module] = {}
+                for stage in self.stages:
+                    if stage.config.targets is not None:
+                        names.update(select_targets(model, adapter, stage.config.targets))
+                return {n: get_weight(m) for n, m in names.items()}
+
+            self._dense_weights = self._timed(read)
+            self.cost.weight_passes += 1
+        return self._dense_weights
+
+    def orders(self) -> list[tuple[int, ...]]:
+        return list(itertools.permutations(range(len(self.stages))))
+
+    def release(self) -> None:
+        self._models.clear()

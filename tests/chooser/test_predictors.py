@@ -1,0 +1,96 @@
+"""Order predictors: what they measure, what they decide, what they refuse, and how they are scored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_bench
+
+from crescendo.chooser import PREDICTORS, absorbed_fraction, check_choice, decide
+from crescendo.chooser.scoring import Cell, score, wilson_interval
+from crescendo.errors import ConfigError, RecipeError
+from crescendo.recipe import parse_stage
+
+
+def test_absorbed_fraction_is_counted_at_the_pruners_granularity():
+    # RTN 2-bit asymmetric per row of [-1, 0, 1, 2]-like rows: scale 1, zero 1 -> exact zeros where |w| < 0.5
+    w = torch.tensor([[0.1, 0.2, 1.0, 2.0, -1.0, 1.9, 0.05, 1.1]] * 2)  # 3 zeros per row after RTN w2
+    q = parse_stage("rtn:w2")
+    assert absorbed_fraction({"l": w}, parse_stage("magnitude:0.25"), q) == 1.0  # quota 4 of 16, 6 zeros
+    assert absorbed_fraction({"l": w}, parse_stage("magnitude:0.5"), q) == 6 / 8
+    assert absorbed_fraction({"l": w}, parse_stage("wanda:0.5"), q) == 6 / 8  # per row: 3 of a quota of 4
+    assert absorbed_fraction({"l": w}, parse_stage("sparsegpt:0.5,bs=4"), q) == 6 / 8  # blocks of 4 columns: 2+1
+    assert absorbed_fraction({"l": w}, parse_stage("magnitude:2:4"), q) == 6 / 8  # groups hold 2 and 1 zeros of 2
+    assert absorbed_fraction({"l": w}, parse_stage("magnitude:0.25,zeros=pruned"), q) == 0.0
+
+
+def test_zero_absorption_chooses_quantize_first_data_free():
+    bench = tiny_bench()
+    decision = decide("zeros", bench, ["magnitude:0.05", "rtn:w2"])
+    assert decision.order == ["rtn:w2", "magnitude:0.05"]
+    assert decision.cost.stage_applications == 0 and decision.cost.evaluations == 0
+    assert decision.cost.weight_passes == 1 and decision.measured == {}
+    high = decide("zeros", bench, ["magnitude:0.5", "rtn:w8"])
+    assert high.abstained and "no zero absorption" in high.reason
+
+
+def test_pih_measures_the_singles_and_puts_the_weaker_first():
+    bench = tiny_bench()
+    decision = decide("pih", bench, ["magnitude:0.7", "rtn:w8"])
+    assert decision.cost.stage_applications == 2 and decision.cost.evaluations == 2
+    singles = decision.evidence["singles"]
+    assert decision.order == sorted(singles, key=lambda k: -singles[k])  # higher M (lower ppl) first
+    assert decision.exhaustive.stage_applications == 4 and decision.exhaustive.evaluations == 5
+
+
+def test_compensation_is_structural_and_abstains_when_it_does_not_apply():
+    bench = tiny_bench()
+    decision = decide("compensation", bench, ["gptq:w4", "magnitude:0.5"])
+    assert decision.order == ["magnitude:0.5", "gptq:w4"] and decision.cost.seconds < 1.0
+    assert decide("compensation", bench, ["sparsegpt:0.5", "gptq:w4"]).abstained
+
+
+def test_auto_goes_q_first_when_q_is_near_lossless():
+    bench = tiny_bench()
+    decision = decide("auto", bench, ["magnitude:0.5", "rtn:w8"])
+    assert decision.order == ["rtn:w8", "magnitude:0.5"], decision.reason
+    assert "near-lossless" in decision.reason
+    assert decision.cost.evaluations == 2  # dense and Q alone: P alone was not needed
+
+
+@pytest.mark.parametrize("predictor, methods, error, match", [
+    ("nope", ["magnitude:0.5", "rtn:w4"], RecipeError, "unknown order predictor"),
+    ("zeros", ["rtn:w4", "rtn:w8"], ConfigError, "judges a per-layer pruner"),
+    ("zeros", ["magnitude:0.5", "rtn:w4", "mxfp8"], ConfigError, "judges two methods"),
+    ("auto", ["magnitude:0.5"], ConfigError, "at least two distinct"),
+    ("auto", ["magnitude:0.5", "magnitude:0.5"], ConfigError, "at least two distinct"),
+    ("compensation", ["magnitude:0.5", "rtn:w4", "gptq:w4"], ConfigError, "judges two methods"),
+])
+def test_bad_choices_are_refused_before_anything_is_measured(predictor, methods, error, match):
+    with pytest.raises(error, match=match):
+        check_choice(predictor, methods)
+
+
+def test_every_predictor_documents_its_rule_and_cost():
+    for name in PREDICTORS:
+        rule = PREDICTORS.get(name)
+        assert rule.summary and rule.cost_model and rule.judges and rule.__doc__
+
+
+def _cell(a: dict[int, float], b: dict[int, float], collapsed=()) -> Cell:
+    return Cell("m", "p", ("P", "Q"), {("P", "Q"): a, ("Q", "P"): b}, set(collapsed))
+
+
+def test_scoring_counts_hits_noise_abstentions_and_regret():
+    cells = [
+        _cell({0: -10.0, 1: -10.2}, {0: -12.0, 1: -12.5}),  # P first better by ~2.15, noise 0.3: decisive
+        _cell({0: -10.0, 1: -10.4}, {0: -10.1, 1: -10.1}),  # A = -0.1 mean, noise 0.5: within noise
+        _cell({0: -20.0, 1: -20.0}, {0: -15.0, 1: -15.1}),  # Q first better by ~4.95: decisive
+        _cell({0: -900.0, 1: -800.0}, {0: -990.0, 1: -1000.0}, collapsed=[("P", "Q"), ("Q", "P")]),
+    ]
+    assert [c.decisive for c in cells] == [True, False, True, False]
+    s = score("x", cells, {0: ("P", "Q"), 1: ("P", "Q"), 2: ("P", "Q"), 3: None}).to_dict()
+    assert (s["decisive"], s["calls"], s["hits"], s["abstentions"]) == (2, 2, 1, 1)
+    assert s["hit_or_within_noise"] == 3  # cell 0 hit, cell 1 noise, cell 3 collapsed abstention
+    assert s["worst_regret"] == pytest.approx(4.95)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
