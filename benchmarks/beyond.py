@@ -25,6 +25,7 @@ from crescendo.recipe import Recipe, parse_recipe
 from crescendo.workflow import add_bench_options, bench_from_options
 
 BITS = (8, 7, 6, 5, 4, 3)  # the reference quantizer's curve (RTN, per channel)
+NAME_SUFFIX = ""  # --name: one experiment split over several runs writes one file per run
 
 
 def commit() -> str:
@@ -80,6 +81,7 @@ def cer_text(curve, ppl: float) -> str:
 
 def write(out: Path, name: str, bench, payload: dict, markdown: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    name = f"{name}-{NAME_SUFFIX}" if NAME_SUFFIX else name
     head = {"experiment": name, "commit": commit(), "model": bench.model_name, "protocol": bench.protocol_id,
             "dtype": bench.dtype, "dense_perplexity": bench.dense().perplexity}
     (out / f"{name}.json").write_text(json.dumps({**head, **payload}, indent=2))
@@ -99,7 +101,7 @@ def table(rows: dict[str, dict], recipes: list[str], curve=None) -> list[str]:
 
 
 def exp_lora(bench, args) -> None:
-    L = f"lora:steps={args.steps}"
+    L = f"lora:steps={args.steps}" + (f",lr={args.lora_lr:g}" if args.lora_lr else "")
     cells = [(p, b) for p in args.ratios for b in args.bits]
     singles = sorted({f"sparsegpt:{p:g}" for p, _ in cells} | {f"rtn:w{b}" for _, b in cells})
     recipes = list(singles) + [f"{s} > {L}" for s in singles]
@@ -190,7 +192,11 @@ def main() -> int:
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 6])
     parser.add_argument("--share", type=float, nargs="+", default=[0.2, 0.4], help="share ratios (params removed)")
     parser.add_argument("--group", type=int, default=2)
+    parser.add_argument("--lora-lr", type=float, default=None, help="lora learning rate (default: the stage's)")
+    parser.add_argument("--name", default="", help="suffix of the output files (NAME-SUFFIX.json)")
     args = parser.parse_args()
+    global NAME_SUFFIX
+    NAME_SUFFIX = args.name
     if args.ratios is None:
         args.ratios = [0.3, 0.5] if args.experiment == "lora" else [0.2, 0.4]
     bench = bench_from_options(args)
