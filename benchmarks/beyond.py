@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,11 +30,18 @@ NAME_SUFFIX = ""  # --name: one experiment split over several runs writes one fi
 
 
 def commit() -> str:
+    """The commit of the code that runs: $CRESCENDO_COMMIT (set when running an exported copy of a
+    commit), else the checkout's HEAD, marked when src/ or benchmarks/ have uncommitted changes."""
+    if os.environ.get("CRESCENDO_COMMIT"):
+        return os.environ["CRESCENDO_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=root,
                            capture_output=True, text=True).stdout.strip()
     return sha + ("+uncommitted" if dirty else "")
+
+
+COMMIT = commit()  # taken when the run starts: the code that ran, whatever the checkout holds later
 
 
 def run_tree(bench, recipes: list[str]) -> dict[str, dict]:
@@ -82,7 +90,7 @@ def cer_text(curve, ppl: float) -> str:
 def write(out: Path, name: str, bench, payload: dict, markdown: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = f"{name}-{NAME_SUFFIX}" if NAME_SUFFIX else name
-    head = {"experiment": name, "commit": commit(), "model": bench.model_name, "protocol": bench.protocol_id,
+    head = {"experiment": name, "commit": COMMIT, "model": bench.model_name, "protocol": bench.protocol_id,
             "dtype": bench.dtype, "dense_perplexity": bench.dense().perplexity}
     (out / f"{name}.json").write_text(json.dumps({**head, **payload}, indent=2))
     lines = [f"# {name}", "", f"Model {head['model']}, protocol `{head['protocol']}` (compute {head['dtype']}), "

@@ -10,6 +10,7 @@ from torch import nn
 
 from .budget.accounting import LayerCost, model_bops, model_size_bits
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
+from .engine.interleaved import apply_interleaved_, check_interleavable, check_mode
 from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
@@ -41,6 +42,7 @@ class CompressionResult:
     recipe: Recipe
     stages: list[StageReport] = field(default_factory=list)
     summary: CompressionSummary | None = None
+    mode: str = "stagewise"  # how the stages were composed (crescendo.engine.interleaved)
 
 
 def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSummary:
@@ -176,12 +178,15 @@ def compress(
     *,
     progress: bool = True,
     calibration_batch_size: int | None = None,
+    mode: str = "stagewise",
 ) -> CompressionResult:
     """Apply `recipe` to `model` in place, stage after stage (f2 ∘ f1: f2 sees the model f1 made).
 
     calibration: windows of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
     calibration_batch_size: windows per block call in calibrated stages (None: as many as fit in free
     memory; results equal one-at-a-time up to float reassociation).
+    mode: "stagewise" (default, f2 ∘ f1 as above) or "interleaved": all per-layer stages applied block
+    by block in one pass (`crescendo.engine.interleaved`: faster, different calibration semantics).
 
     Usage (a model and its calibration batches at hand):
 
@@ -190,14 +195,20 @@ def compress(
     """
     recipe = parse_recipe(recipe)
     adapter = get_adapter(model)
+    check_mode(mode)
     validate_recipe(model, recipe, bool(calibration), adapter)
+    if mode == "interleaved":
+        check_interleavable(recipe.stages)
     if calibration and any(stage.spec.calibrated for stage in recipe.stages):
         calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training
     model.eval()
-    result = CompressionResult(recipe)
+    result = CompressionResult(recipe, mode=mode)
     try:
-        for stage in recipe.stages:
+        if mode == "interleaved":
+            result.stages = apply_interleaved_(model, recipe.stages, adapter, calibration, progress=progress,
+                                               batch_size=calibration_batch_size)
+        for stage in recipe.stages if mode == "stagewise" else ():
             report = apply_stage_(model, stage, adapter, calibration, progress=progress,
                                   batch_size=calibration_batch_size)
             log.info("stage %s: %.1f s", stage, report.seconds)

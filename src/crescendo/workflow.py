@@ -18,6 +18,7 @@ from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
+from .engine.interleaved import check_mode
 from .errors import ConfigError
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
@@ -68,7 +69,9 @@ class Workbench:
         layerwise_samples: int = 8,
         eval_weights: str = "float32",
         calibration_batch_size: int | None = None,
+        mode: str = "stagewise",
     ) -> None:
+        check_mode(mode)
         if eval_weights not in EVAL_WEIGHTS:
             raise ConfigError(f"eval weights must be one of {', '.join(EVAL_WEIGHTS)}, got {eval_weights!r}")
         if dtype not in COMPUTE_DTYPES:
@@ -83,6 +86,7 @@ class Workbench:
         self.eval_weights = eval_weights  # "bfloat16": evaluate a bfloat16 copy (compression stays float32)
         self.layerwise_samples = layerwise_samples  # layer-wise errors need 2 forward passes per model
         self.calibration_batch_size = calibration_batch_size  # windows per block call; None: from free memory
+        self.mode = mode  # how recipes compose: stagewise (f2 ∘ f1) or interleaved (block by block)
         if calibration_batch_size is not None:
             calibration_batch_size_for(model, list(data.calibration), calibration_batch_size)  # checked now
         self._dense: PerplexityResult | None = None
@@ -110,9 +114,10 @@ class Workbench:
 
     @property
     def protocol_id(self) -> str:
-        """The protocol name plus the compute dtype and evaluation weights when they are not the
-        protocols' float32 reference: results measured differently never share a results-store key."""
-        return protocol_id(self.protocol.name, self.dtype, self.eval_weights)
+        """The protocol name plus the compute dtype, evaluation weights and composition mode when they
+        are not the defaults: results measured differently never share a results-store key."""
+        return protocol_id(self.protocol.name, self.dtype, self.eval_weights) + (
+            f"+{self.mode}" if self.mode != "stagewise" else "")
 
     @property
     def model_name(self) -> str:
@@ -170,7 +175,7 @@ class Workbench:
     def compress_inplace(self, model: nn.Module, recipe: str | Recipe) -> CompressionResult:
         with self.compute():
             return compress(model, recipe, self.calibration, progress=self.progress,
-                            calibration_batch_size=self.calibration_batch_size)
+                            calibration_batch_size=self.calibration_batch_size, mode=self.mode)
 
     def run(self, recipe: str | Recipe) -> tuple[nn.Module, RunOutcome]:
         recipe = parse_recipe(recipe)
@@ -214,7 +219,7 @@ class Workbench:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype,
-                "eval_weights": self.eval_weights, "device": self.device}
+                "eval_weights": self.eval_weights, "device": self.device, "mode": self.mode}
 
 
 def check_device(device: str | None) -> None:
@@ -248,6 +253,8 @@ def add_bench_options(parser) -> None:
                         help="bfloat16: measure perplexity on a bfloat16 copy of the weights")
     parser.add_argument("--calib-batch-size", type=int, default=None,
                         help="calibration windows per block call (default: as many as fit in free memory)")
+    parser.add_argument("--mode", default="stagewise", choices=["stagewise", "interleaved"],
+                        help="how recipes compose: stage by stage (default) or block by block in one pass")
 
 
 def bench_from_options(args, **kwargs: Any) -> Workbench:
@@ -256,6 +263,7 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
     kwargs.setdefault("dtype", args.dtype)
     kwargs.setdefault("eval_weights", args.eval_weights)
     kwargs.setdefault("calibration_batch_size", args.calib_batch_size)
+    kwargs.setdefault("mode", args.mode)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
 

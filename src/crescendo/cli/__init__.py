@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="hf", choices=["hf", "packed"],
                    help="hf: float weights transformers loads as is; packed: integer codes, scales, bitmasks")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
+    p.add_argument("--mode", default="stagewise", choices=["stagewise", "interleaved"],
+                   help="stagewise (default): each stage on the whole model, then the next; interleaved: all "
+                        "per-layer stages block by block in one pass (faster, different calibration; the "
+                        "protocol name gains +interleaved)")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("eval", help="perplexity of a model under a protocol, or lm-eval task metrics (--tasks)")

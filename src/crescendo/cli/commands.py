@@ -17,6 +17,10 @@ def _cmd_compress(args) -> int:
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
     check_requirements(recipe)
+    if args.mode == "interleaved":
+        from ..engine.interleaved import check_interleavable
+
+        check_interleavable(recipe.stages)
     if args.save and args.format == "hf" and any(s.kind == "share" for s in recipe.stages):
         from ..errors import ConfigError
 
@@ -48,7 +52,8 @@ def _cmd_compress(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  recipe {result['recipe']}")
+    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  mode {result['mode']}  "
+          f"recipe {result['recipe']}")
     for s in outcome.stages:
         print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
     print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "

@@ -96,13 +96,39 @@ def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, 
     record.history.append(text)
 
 
+def calibration_targets(adapter: Adapter, targets: dict[str, nn.Module], text: str) -> None:
+    """A calibrated stage compresses decoder-block linears only (it calibrates them block by block)."""
+    outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
+    if outside:
+        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+
+
+def compress_block_(block: nn.Module, inputs, linears: dict[str, nn.Module], state, spec, config, text: str,
+                    report: StageReport) -> None:
+    """One stage on one block's target `linears`: collect the statistic its method needs by running
+    the block on `inputs` (none for data-free methods), compress each linear, attach its quantizers."""
+    if spec.statistic is None:
+        for name, module in linears.items():
+            _compress_one(module, None, state.record(name), spec, config, text)
+        return
+    with InputStatistics(linears, spec.statistic) as stats:
+        run_block(block, inputs)
+    seen: set[int] = set()
+    for name, module in linears.items():
+        statistic = stats.result(name)
+        if id(statistic) not in seen:
+            seen.add(id(statistic))
+            report.statistics += 1
+            if isinstance(statistic, Hessian):
+                report.dead_inputs += statistic.dead_inputs
+        _compress_one(module, statistic, state.record(name), spec, config, text)
+
+
 def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
                      progress, batch_size) -> None:
     if not calibration:
         raise ConfigError(f"stage {text} needs calibration data")
-    outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
-    if outside:
-        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+    calibration_targets(adapter, targets, text)
     state = state_of(model)
     blocks = adapter.blocks(model)
     inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
@@ -110,17 +136,6 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}
         if linears:
-            with InputStatistics(linears, spec.statistic) as stats:
-                run_block(block, inputs)
-            seen: set[int] = set()
-            for name, module in linears.items():
-                statistic = stats.result(name)
-                if id(statistic) not in seen:
-                    seen.add(id(statistic))
-                    report.statistics += 1
-                    if isinstance(statistic, Hessian):
-                        report.dead_inputs += statistic.dead_inputs
-                _compress_one(module, statistic, state.record(name), spec, config, text)
-            del stats
+            compress_block_(block, inputs, linears, state, spec, config, text, report)
         if index + 1 < len(blocks):
             inputs = inputs.with_hidden(run_block(block, inputs))
