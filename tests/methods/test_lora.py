@@ -203,3 +203,19 @@ def test_lora_without_peft_is_one_line_exit_2_naming_the_extra(monkeypatch, save
     assert not out.exists()
     with pytest.raises(ConfigError, match=r"crescendo\[lora\]"):
         compress(tiny_model("llama"), "lora", [torch.randint(0, VOCAB, (1, 8))], progress=False)
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_lora_on_other_families_keeps_base_weights_and_merges(family, calibration, eval_ids):
+    model = tiny_model(family)
+    compress(model, "rtn:w8", calibration, progress=False)
+    before, logits = _weights(model), _logits(model, eval_ids)
+    compress(model, "lora:r=2,steps=2,lr=0.01", calibration, progress=False)
+    assert all(torch.equal(before[n], w) for n, w in _weights(model).items())
+    adapted = _logits(model, eval_ids)
+    assert not torch.allclose(adapted, logits)
+    model = tiny_model(family)
+    compress(model, "rtn:w8 > lora:r=2,steps=2,lr=0.01,merge", calibration, progress=False)
+    for name, w in _weights(model).items():
+        rec = state_of(model).records[name]
+        assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)

@@ -167,3 +167,15 @@ def test_cli_refuses_hf_format_for_shared_models(capsys, tmp_path):
     code = main(["compress", "--recipe", "share:group=2,rank=8", "--save", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--format packed" in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2", "gpt_neox", "qwen2"])
+def test_share_then_quantize_on_other_families(family, calibration, eval_ids, tmp_path):
+    model = tiny_model(family)
+    compress(model, "share:group=2,rank=8 > rtn:w8", calibration, progress=False)
+    assert all(n.endswith((".basis", ".coefficient")) for n in get_adapter(model).all_block_linears(model))
+    out = _logits(model, eval_ids)
+    assert torch.isfinite(out).all()
+    save_packed(model, None, tmp_path / "m", {"recipe": "share:group=2,rank=8 > rtn:w8"})
+    assert torch.equal(_logits(load(tmp_path / "m")[0], eval_ids), out)
+    assert verify(tmp_path / "m").ok

@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
 from ..engine.capture import capture_first_block_inputs, run_block
 from ..engine.stats import InputStatistics
 from ..errors import ConfigError
@@ -144,7 +146,7 @@ def check_share(model, adapter, config: ShareConfig, earlier) -> None:
         raise ConfigError("share after unmerged LoRA adapters: merge them first (lora:...,merge)")
     if config.absorb:
         return
-    touched = [n for n in shared if (r := state.records.get(n)) is not None and (r.mask is not None or r.grid)]
+    touched = [n for n in shared if (r := state.records.get(n)) is not None and (r.mask is not None or r.grid is not None)]
     for stage in earlier:
         c = stage.config
         if c.targets is not None and (c.sparsity is not None or (stage.spec.compress_linear and c.weight_grid)):
@@ -157,8 +159,6 @@ def check_share(model, adapter, config: ShareConfig, earlier) -> None:
 def share_model(model, adapter, config: ShareConfig, calibration, progress: bool = True,
                 batch_size: int | None = None) -> dict:
     """Apply a `share` stage to `model` in place (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     groups = plan_sharing(model, adapter, config)
     state = state_of(model)
     text = config.text()

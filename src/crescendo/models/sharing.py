@@ -19,8 +19,15 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..state import SharedGroup, SharingInfo
-from ..transforms import branches, input_transforms, output_transforms, remove_transforms_
+from ..state import SharingInfo, state_of
+from ..transforms import (
+    add_input_transform_,
+    add_output_transform_,
+    branches,
+    input_transforms,
+    output_transforms,
+    remove_transforms_,
+)
 from .adapters import in_features
 
 BASIS = "basis"
@@ -75,8 +82,6 @@ def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _carry_transforms(source: nn.Module, target: nn.Module) -> None:
-    from ..transforms import add_input_transform_, add_output_transform_
-
     for t in input_transforms(source):
         add_input_transform_(target, t)
     for t in output_transforms(source):
@@ -124,8 +129,6 @@ def restore_sharing_(model: nn.Module, info: SharingInfo) -> None:
 
 def sharing_params(model: nn.Module) -> tuple[int, int]:
     """(dense parameters the shared linears replaced, parameters their factors hold), biases excluded."""
-    from ..state import state_of
-
     info = state_of(model).sharing
     if info is None:
         return 0, 0
@@ -134,4 +137,4 @@ def sharing_params(model: nn.Module) -> tuple[int, int]:
     return dense, factors
 
 
-__all__ = ["FactoredLinear", "SharedGroup", "SharingInfo", "factor_group_", "restore_sharing_", "container_name"]
+__all__ = ["FactoredLinear", "container_name", "factor_group_", "restore_sharing_", "sharing_params"]
