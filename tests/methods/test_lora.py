@@ -219,3 +219,13 @@ def test_lora_on_other_families_keeps_base_weights_and_merges(family, calibratio
     for name, w in _weights(model).items():
         rec = state_of(model).records[name]
         assert torch.equal(rec.grid.project_all(w, rec.grid_params), w)
+
+
+def test_verify_checks_the_adapter_files(calibration, tmp_path):
+    model = tiny_model("llama")
+    compress(model, "rtn:w4 > lora:r=2,steps=1", calibration, progress=False)
+    save_packed(model, None, tmp_path / "m", {"recipe": "rtn:w4 > lora:r=2,steps=1"})
+    assert verify(tmp_path / "m").ok
+    (tmp_path / "m" / "adapter_model.safetensors").unlink()
+    report = verify(tmp_path / "m")
+    assert not report.ok and report.failure.startswith("the model has LoRA adapters but")

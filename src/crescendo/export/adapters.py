@@ -58,11 +58,9 @@ def save_adapters(model: nn.Module, directory: Path) -> bool:
     return True
 
 
-def load_adapters_(model: nn.Module, directory: Path, info: LoRAInfo | None = None) -> None:
-    """Re-attach the adapters that `info` (default: the model's state) names, from `directory`."""
-    info = info if info is not None else state_of(model).lora
-    if info is None:
-        return
+def read_adapters(directory: Path, info: LoRAInfo) -> dict[str, torch.Tensor]:
+    """The adapter tensors `info` names, read from `directory` and checked (ModelError naming the
+    file and the first problem: unreadable, missing or unexpected tensors, wrong rank, NaN / Inf)."""
     path = directory / ADAPTER_WEIGHTS
     try:
         tensors = load_file(str(path))
@@ -73,10 +71,23 @@ def load_adapters_(model: nn.Module, directory: Path, info: LoRAInfo | None = No
         extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
         raise ModelError(f"{path.name} does not hold the adapters the state names (missing {missing[:2]}, "
                          f"unexpected {extra[:2]})")
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.dim() != 2 or t.shape[0 if key.endswith("lora_A.weight") else 1] != info.rank:
+            raise ModelError(f"{path.name}: tensor {key} is {tuple(t.shape)}, not of rank {info.rank}")
+        if not torch.isfinite(t).all():
+            raise ModelError(f"{path.name}: tensor {key} holds NaN or Inf")
+    return tensors
+
+
+def load_adapters_(model: nn.Module, directory: Path, info: LoRAInfo | None = None) -> None:
+    """Re-attach the adapters that `info` (default: the model's state) names, from `directory`."""
+    info = info if info is not None else state_of(model).lora
+    if info is None:
+        return
+    tensors = read_adapters(directory, info)
     device = next(model.parameters()).device
     for name in info.targets:
         module = model.get_submodule(name)
         a, b = tensors[f"{PREFIX}{name}.lora_A.weight"], tensors[f"{PREFIX}{name}.lora_B.weight"]
-        if a.shape[0] != info.rank:
-            raise ModelError(f"{path.name}: the adapter of {name} has rank {a.shape[0]}, the state says {info.rank}")
         add_branch_(module, LoRABranch(a.to(device), b.to(device), info.alpha / info.rank))
