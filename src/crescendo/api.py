@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
 from .budget.accounting import LayerCost, model_bops, model_size_bits
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
+from .engine.interleaved import apply_interleaved_, check_interleavable, check_mode
 from .engine.sequential import StageReport, apply_stage_
 from .errors import ConfigError
 from .models.adapters import Adapter, get_adapter, in_features, select_targets
+from .models.sharing import container_name, sharing_params
 from .recipe import Recipe, parse_recipe
 from .state import state_of
 
@@ -40,6 +42,7 @@ class CompressionResult:
     recipe: Recipe
     stages: list[StageReport] = field(default_factory=list)
     summary: CompressionSummary | None = None
+    mode: str = "stagewise"  # how the stages were composed (crescendo.engine.interleaved)
 
 
 def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSummary:
@@ -63,7 +66,12 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     total += removed
     sparsity = pruned / total if total else 0.0
     avg_bits = bits / total if total else 16.0
-    ratio = 16.0 / (avg_bits * (1.0 - sparsity)) if sparsity < 1 else float("inf")
+    # what the compressed model stores beyond its linears' weights: unmerged adapters, at 16 bits
+    extra_bits = sum(c.params for c in adapter_costs(model)) * 16.0
+    stored = avg_bits * (1.0 - sparsity) * total + extra_bits
+    # the dense model: shared linears count with the weights their factors replaced
+    dense_params, factor_params = sharing_params(model)
+    ratio = 16.0 * (total - factor_params + dense_params) / stored if stored > 0 else float("inf")
     bops, size = _reductions(model, adapter)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
                               bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
@@ -95,17 +103,57 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
     return costs
 
 
+def adapter_costs(model: nn.Module) -> list[LayerCost]:
+    """The two 16-bit linears (A: in -> r, B: r -> out) of every unmerged LoRA adapter: they add
+    storage and arithmetic that the dense model does not have."""
+    from .models.lora import LoRABranch
+    from .transforms import branches
+
+    costs = []
+    for name, module in model.named_modules():
+        for i, branch in enumerate(b for b in branches(module) if isinstance(b, LoRABranch)):
+            r, n_in = branch.lora_A.shape
+            costs.append(LayerCost.linear(f"{name}.lora.{i}.A", int(n_in), int(r)))
+            costs.append(LayerCost.linear(f"{name}.lora.{i}.B", int(r), int(branch.lora_B.shape[0])))
+    return costs
+
+
+def _sharing_costs(model: nn.Module, arithmetic: list[LayerCost]) -> tuple[list[LayerCost], list[LayerCost]]:
+    """(the dense linears a share stage replaced, the basis products of the blocks that reuse their
+    owner's basis: stored once, it is still computed once per block)."""
+    info = state_of(model).sharing
+    if info is None:
+        return [], []
+    by_name = {c.name: c for c in arithmetic}
+    dense = [LayerCost.linear(m, g.in_features, g.out_features) for g in info.groups for m in g.members]
+    reused = [replace(by_name[f"{g.members[0]}.basis"], name=f"{m}.basis") for g in info.groups for m in g.members[1:]]
+    return dense, reused
+
+
 def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
-    stored, arithmetic = layer_costs(model, adapter), layer_costs(model, adapter, storage=False)
-    dense = [c.dense_baseline() for c in stored]
+    linears = layer_costs(model, adapter)
+    arithmetic = layer_costs(model, adapter, storage=False)
+    replaced, reused = _sharing_costs(model, arithmetic)
+    # the dense model: its own linears (adapters are no part of it; shared linears as they were before)
+    dense = [c.dense_baseline() for c in linears if container_name(c.name) == c.name] + replaced
+    extra = adapter_costs(model)
+    stored, arithmetic = linears + extra, arithmetic + reused + extra
     removed = state_of(model).removed
     dense += [LayerCost.linear("removed", i, o) for i, o in (removed.linears if removed else [])]
     return model_bops(dense) / model_bops(arithmetic), model_size_bits(dense) / model_size_bits(stored)
 
 
+def check_requirements(recipe: Recipe) -> None:
+    """Raise ConfigError (one line, naming the extra to install) if a stage needs a missing package."""
+    for stage in recipe.stages:
+        if stage.spec.requires is not None:
+            stage.spec.requires()
+
+
 def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, adapter: Adapter | None = None) -> None:
     """Check every stage against the model before anything is changed (no half-compressed models)."""
     adapter = adapter or get_adapter(model)
+    check_requirements(recipe)
     records = state_of(model).records
     pruned = {n for n, r in records.items() if r.mask is not None}  # layers holding zeros that must stay
     zeroless = {n: r.grid for n, r in records.items() if r.grid is not None and not r.grid.represents_zero}
@@ -122,6 +170,8 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
             _check_zero_representable(stage, targets, pruned, zeroless)
         if stage.kind == "rotate" and not adapter.rotatable:
             raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
+        if spec.check is not None:
+            spec.check(model, adapter, config, recipe.stages[:position])
 
 
 def _check_zero_representable(stage, targets, pruned: set[str], zeroless: dict) -> None:
@@ -152,12 +202,15 @@ def compress(
     *,
     progress: bool = True,
     calibration_batch_size: int | None = None,
+    mode: str = "stagewise",
 ) -> CompressionResult:
     """Apply `recipe` to `model` in place, stage after stage (f2 ∘ f1: f2 sees the model f1 made).
 
     calibration: windows of input ids (1, seqlen) used by calibrated stages (GPTQ, SparseGPT, Wanda).
     calibration_batch_size: windows per block call in calibrated stages (None: as many as fit in free
     memory; results equal one-at-a-time up to float reassociation).
+    mode: "stagewise" (default, f2 ∘ f1 as above) or "interleaved": all per-layer stages applied block
+    by block in one pass (`crescendo.engine.interleaved`: faster, different calibration semantics).
 
     Usage (a model and its calibration batches at hand):
 
@@ -166,14 +219,20 @@ def compress(
     """
     recipe = parse_recipe(recipe)
     adapter = get_adapter(model)
+    check_mode(mode)
     validate_recipe(model, recipe, bool(calibration), adapter)
+    if mode == "interleaved":
+        check_interleavable(recipe.stages)
     if calibration and any(stage.spec.calibrated for stage in recipe.stages):
         calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training
     model.eval()
-    result = CompressionResult(recipe)
+    result = CompressionResult(recipe, mode=mode)
     try:
-        for stage in recipe.stages:
+        if mode == "interleaved":
+            result.stages = apply_interleaved_(model, recipe.stages, adapter, calibration, progress=progress,
+                                               batch_size=calibration_batch_size)
+        for stage in recipe.stages if mode == "stagewise" else ():
             report = apply_stage_(model, stage, adapter, calibration, progress=progress,
                                   batch_size=calibration_batch_size)
             log.info("stage %s: %.1f s", stage, report.seconds)

@@ -78,12 +78,52 @@ class RemovedBlocks:
 
 
 @dataclass
+class LoRAInfo:
+    """Unmerged LoRA adapters (`crescendo.models.lora.LoRABranch`) on the linears `targets`."""
+
+    rank: int
+    alpha: float
+    targets: list[str]  # module names of the adapted linears
+    stage: str  # canonical text of the stage that trained them
+    peft_config: dict[str, Any] = field(default_factory=dict)  # peft's adapter_config.json object
+
+
+@dataclass
+class SharedGroup:
+    """One basis shared by a module type across consecutive blocks (Basis Sharing)."""
+
+    kind: str  # the module type, the linear's name inside its block (e.g. "self_attn.q_proj")
+    members: list[str]  # the shared linears' names (each now a FactoredLinear), the basis owner first
+    rank: int
+    in_features: int
+    out_features: int
+
+
+@dataclass
+class SharingInfo:
+    """What a `share` stage did (`crescendo.models.sharing`)."""
+
+    group_size: int
+    stage: str  # canonical text of the stage
+    groups: list[SharedGroup] = field(default_factory=list)
+    absorbed: list[str] = field(default_factory=list)  # linears whose masks / grids the factors absorbed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SharingInfo:
+        groups = [SharedGroup(str(g["kind"]), [str(m) for m in g["members"]], int(g["rank"]), int(g["in_features"]),
+                              int(g["out_features"])) for g in data["groups"]]
+        return cls(int(data["group_size"]), str(data["stage"]), groups, [str(a) for a in data.get("absorbed", [])])
+
+
+@dataclass
 class CompressionState:
     """Everything crescendo did to one model. Reach it with `state_of(model)`."""
 
     records: dict[str, LinearRecord] = field(default_factory=dict)
     removed: RemovedBlocks | None = None
     rotation: RotationInfo | None = None
+    lora: LoRAInfo | None = None
+    sharing: SharingInfo | None = None
 
     def record(self, name: str) -> LinearRecord:
         """The record of linear `name`, created empty on first use."""
@@ -94,12 +134,18 @@ class CompressionState:
     @property
     def compressed(self) -> bool:
         """Whether any stage changed a weight or removed a block (rotation alone does not count)."""
-        return bool(self.records) or self.removed is not None
+        return bool(self.records) or self.removed is not None or self.sharing is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able part of the state: removed blocks and rotation (records are exported per layer)."""
-        return {"removed_blocks": asdict(self.removed) if self.removed else None,
-                "rotation": asdict(self.rotation) if self.rotation else None}
+        """The JSON-able part of the state: removed blocks, rotation, unmerged LoRA adapters, sharing
+        (records are exported per layer; adapter tensors beside the model, `crescendo.export.adapters`)."""
+        out = {"removed_blocks": asdict(self.removed) if self.removed else None,
+               "rotation": asdict(self.rotation) if self.rotation else None}
+        if self.lora is not None:
+            out["lora"] = asdict(self.lora)
+        if self.sharing is not None:
+            out["sharing"] = asdict(self.sharing)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CompressionState:
@@ -108,11 +154,17 @@ class CompressionState:
         try:
             removed = data.get("removed_blocks")
             rotation = data.get("rotation")
+            lora = data.get("lora")
+            sharing = data.get("sharing")
             return cls(
                 removed=None if removed is None else RemovedBlocks(
                     int(removed["original_layers"]), [int(i) for i in removed["removed"]], int(removed["params"]),
                     [(int(a), int(b)) for a, b in removed["linears"]]),
                 rotation=None if rotation is None else RotationInfo(**rotation),
+                lora=None if lora is None else LoRAInfo(int(lora["rank"]), float(lora["alpha"]),
+                                                        [str(t) for t in lora["targets"]], str(lora["stage"]),
+                                                        dict(lora.get("peft_config") or {})),
+                sharing=None if sharing is None else SharingInfo.from_dict(sharing),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None

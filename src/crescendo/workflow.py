@@ -18,6 +18,7 @@ from . import __version__
 from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
+from .engine.interleaved import check_mode
 from .errors import ConfigError
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
@@ -68,7 +69,9 @@ class Workbench:
         layerwise_samples: int = 8,
         eval_weights: str = "float32",
         calibration_batch_size: int | None = None,
+        mode: str = "stagewise",
     ) -> None:
+        check_mode(mode)
         if eval_weights not in EVAL_WEIGHTS:
             raise ConfigError(f"eval weights must be one of {', '.join(EVAL_WEIGHTS)}, got {eval_weights!r}")
         if dtype not in COMPUTE_DTYPES:
@@ -83,6 +86,7 @@ class Workbench:
         self.eval_weights = eval_weights  # "bfloat16": evaluate a bfloat16 copy (compression stays float32)
         self.layerwise_samples = layerwise_samples  # layer-wise errors need 2 forward passes per model
         self.calibration_batch_size = calibration_batch_size  # windows per block call; None: from free memory
+        self.mode = mode  # how recipes compose: stagewise (f2 ∘ f1) or interleaved (block by block)
         if calibration_batch_size is not None:
             calibration_batch_size_for(model, list(data.calibration), calibration_batch_size)  # checked now
         self._dense: PerplexityResult | None = None
@@ -116,9 +120,10 @@ class Workbench:
 
     @property
     def protocol_id(self) -> str:
-        """The protocol name plus the compute dtype and evaluation weights when they are not the
-        protocols' float32 reference: results measured differently never share a results-store key."""
-        return protocol_id(self.protocol.name, self.dtype, self.eval_weights)
+        """The protocol name plus the compute dtype, evaluation weights and composition mode when they
+        are not the defaults: results measured differently never share a results-store key."""
+        return protocol_id(self.protocol.name, self.dtype, self.eval_weights) + (
+            f"+{self.mode}" if self.mode != "stagewise" else "")
 
     @property
     def model_name(self) -> str:
@@ -176,7 +181,7 @@ class Workbench:
     def compress_inplace(self, model: nn.Module, recipe: str | Recipe) -> CompressionResult:
         with self.compute():
             return compress(model, recipe, self.calibration, progress=self.progress,
-                            calibration_batch_size=self.calibration_batch_size)
+                            calibration_batch_size=self.calibration_batch_size, mode=self.mode)
 
     def run(self, recipe: str | Recipe) -> tuple[nn.Module, RunOutcome]:
         recipe = parse_recipe(recipe)
@@ -188,7 +193,8 @@ class Workbench:
             recipe=str(recipe),
             perplexity=ppl.perplexity,
             summary=result.summary.to_dict(),
-            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds} for s in result.stages],
+            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds, **({"details": s.details} if s.details else {})}
+                    for s in result.stages],
             compress_seconds=seconds,
             eval_seconds=ppl.seconds,
         )
@@ -219,7 +225,7 @@ class Workbench:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype,
-                "eval_weights": self.eval_weights, "device": self.device}
+                "eval_weights": self.eval_weights, "device": self.device, "mode": self.mode}
 
 
 def check_device(device: str | None) -> None:
@@ -253,6 +259,8 @@ def add_bench_options(parser) -> None:
                         help="bfloat16: measure perplexity on a bfloat16 copy of the weights")
     parser.add_argument("--calib-batch-size", type=int, default=None,
                         help="calibration windows per block call (default: as many as fit in free memory)")
+    parser.add_argument("--mode", default="stagewise", choices=["stagewise", "interleaved"],
+                        help="how recipes compose: stage by stage (default) or block by block in one pass")
 
 
 def bench_from_options(args, **kwargs: Any) -> Workbench:
@@ -261,6 +269,7 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
     kwargs.setdefault("dtype", args.dtype)
     kwargs.setdefault("eval_weights", args.eval_weights)
     kwargs.setdefault("calibration_batch_size", args.calib_batch_size)
+    kwargs.setdefault("mode", args.mode)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
 
@@ -324,13 +333,18 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     net, tokenizer, info = load_model(spec, dtype=dtype, device=device)
     saved = path / "crescendo.json"
     if info.source == "local" and saved.is_file():  # a directory written by `save_hf`
+        from .export.adapters import load_adapters_
         from .export.load import read_json
+        from .models.lora import adopt_peft_layers_
         from .models.rotation import restore_rotation_
 
         state = CompressionState.from_dict(read_json(saved).get("state"))
+        if state.lora is not None and not adopt_peft_layers_(net, state.lora.targets):
+            load_adapters_(net, path, state.lora)  # transformers applies them itself when peft is installed
         if state.rotation is not None:
             restore_rotation_(net, state.rotation)
         state_of(net).removed = state.removed
+        state_of(net).lora = state.lora
     return net, tokenizer, info
 
 
@@ -339,11 +353,17 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
 
     Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
     """
+    from .export.adapters import save_adapters
+
+    if state_of(model).sharing is not None:
+        raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
+
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         saved = {**metadata, "crescendo_version": __version__, "state": state_of(model).to_dict()}
         (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
+        save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files: PeftModel.from_pretrained reads them
     return Path(out)
 
 

@@ -106,3 +106,18 @@ def test_a_tokenizer_gguf_cannot_describe_is_refused_before_compressing(saved_ti
                         "--recipe", "rtn:w8,g32,sym,fmt=q8_0", "--quiet", "--format", "gguf",
                         "--save", str(tmp_path / "m.gguf"))
     assert code == 2 and "WordLevel tokenizer" in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "compressed-tensors"])
+@pytest.mark.parametrize("recipe, nearest", [
+    ("share:ratio=0.2 > rtn:w4", "rtn:w4"),
+    ("rtn:w4 > lora:r=2,steps=1", "lora:r=2,steps=1,merge"),
+])
+def test_runtime_formats_refuse_factored_and_unmerged_stages(fmt, recipe, nearest):
+    from crescendo.errors import ConfigError
+    from crescendo.export.fit import check_recipe_fits
+    from crescendo.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match="nearest recipe") as info:
+        check_recipe_fits(parse_recipe(recipe), fmt)
+    assert nearest.split(":")[0] in str(info.value).split("nearest recipe")[1]

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-other", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
                    help="GGUF type of the tensors outside the compressed linears (default f16; f32 keeps them exact)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
+    p.add_argument("--mode", default="stagewise", choices=["stagewise", "interleaved"],
+                   help="stagewise (default): each stage on the whole model, then the next; interleaved: all "
+                        "per-layer stages block by block in one pass (faster, different calibration; the "
+                        "protocol name gains +interleaved)")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("eval", help="perplexity of a model under a protocol, or lm-eval task metrics (--tasks)")

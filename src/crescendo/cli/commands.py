@@ -10,11 +10,21 @@ from .common import _workbench
 
 
 def _cmd_compress(args) -> int:
+    from ..api import check_requirements
     from ..recipe import load_recipe
     from ..workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
+    check_requirements(recipe)
+    if args.mode == "interleaved":
+        from ..engine.interleaved import check_interleavable
+
+        check_interleavable(recipe.stages)
     fmt = _check_save_target(args, recipe)
+    if fmt == "hf" and any(s.kind == "share" for s in recipe.stages):
+        from ..errors import ConfigError
+
+        raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
     bench = _workbench(args)
     if fmt == "gguf":
         from ..export.gguf import check_gguf_model
@@ -59,7 +69,8 @@ def _cmd_compress(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  recipe {result['recipe']}")
+    print(f"model {result['model']}  protocol {result['protocol']}  dtype {result['dtype']}  mode {result['mode']}  "
+          f"recipe {result['recipe']}")
     for s in outcome.stages:
         print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
     print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "

@@ -58,7 +58,8 @@ def _bench_options(args) -> dict:
     check_device(getattr(args, "device", None))
     if args.calib_batch_size is not None and args.calib_batch_size < 1:
         raise ConfigError(f"--calib-batch-size must be >= 1, got {args.calib_batch_size}")
-    return {"eval_weights": args.eval_weights, "calibration_batch_size": args.calib_batch_size}
+    return {"eval_weights": args.eval_weights, "calibration_batch_size": args.calib_batch_size,
+            "mode": getattr(args, "mode", "stagewise")}
 
 
 def _ints(text: str, what: str) -> list[int]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ class StageReport:
     # quantizer): their weights are left as they are, not zeroed as the reference codes do
     dead_inputs: int = 0
     statistics: int = 0  # distinct input statistics accumulated (linears sharing an input share one)
+    details: dict[str, Any] = field(default_factory=dict)  # what a whole-model stage reports (e.g. losses)
 
 
 def apply_stage_(
@@ -65,8 +67,8 @@ def apply_stage_(
     if spec.apply_model is not None:
         if spec.needs_calibration and not calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
-        spec.apply_model(model, adapter, config, calibration, progress=progress, batch_size=batch_size)
-        return StageReport(spec.name, str(stage), time.perf_counter() - start, 0)
+        details = spec.apply_model(model, adapter, config, calibration, progress=progress, batch_size=batch_size)
+        return StageReport(spec.name, str(stage), time.perf_counter() - start, 0, details=dict(details or {}))
 
     targets = select_targets(model, adapter, config.targets)
     tied = tied_names(model, list(targets))
@@ -94,13 +96,39 @@ def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, 
     record.history.append(text)
 
 
+def calibration_targets(adapter: Adapter, targets: dict[str, nn.Module], text: str) -> None:
+    """A calibrated stage compresses decoder-block linears only (it calibrates them block by block)."""
+    outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
+    if outside:
+        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+
+
+def compress_block_(block: nn.Module, inputs, linears: dict[str, nn.Module], state, spec, config, text: str,
+                    report: StageReport) -> None:
+    """One stage on one block's target `linears`: collect the statistic its method needs by running
+    the block on `inputs` (none for data-free methods), compress each linear, attach its quantizers."""
+    if spec.statistic is None:
+        for name, module in linears.items():
+            _compress_one(module, None, state.record(name), spec, config, text)
+        return
+    with InputStatistics(linears, spec.statistic) as stats:
+        run_block(block, inputs)
+    seen: set[int] = set()
+    for name, module in linears.items():
+        statistic = stats.result(name)
+        if id(statistic) not in seen:
+            seen.add(id(statistic))
+            report.statistics += 1
+            if isinstance(statistic, Hessian):
+                report.dead_inputs += statistic.dead_inputs
+        _compress_one(module, statistic, state.record(name), spec, config, text)
+
+
 def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
                      progress, batch_size) -> None:
     if not calibration:
         raise ConfigError(f"stage {text} needs calibration data")
-    outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
-    if outside:
-        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+    calibration_targets(adapter, targets, text)
     state = state_of(model)
     blocks = adapter.blocks(model)
     inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
@@ -108,17 +136,6 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}
         if linears:
-            with InputStatistics(linears, spec.statistic) as stats:
-                run_block(block, inputs)
-            seen: set[int] = set()
-            for name, module in linears.items():
-                statistic = stats.result(name)
-                if id(statistic) not in seen:
-                    seen.add(id(statistic))
-                    report.statistics += 1
-                    if isinstance(statistic, Hessian):
-                        report.dead_inputs += statistic.dead_inputs
-                _compress_one(module, statistic, state.record(name), spec, config, text)
-            del stats
+            compress_block_(block, inputs, linears, state, spec, config, text, report)
         if index + 1 < len(blocks):
             inputs = inputs.with_hidden(run_block(block, inputs))

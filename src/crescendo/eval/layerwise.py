@@ -54,7 +54,9 @@ def layerwise_error(
     result = LayerwiseError()
     for index in range(len(d_blocks)):
         if per_linear:
-            _linear_errors(adapter.block_linears(dense, index), adapter.block_linears(compressed, index), d_blocks[index], d_inputs, result)
+            # by the dense linear's name: a shared linear is a FactoredLinear under that same name
+            c_linears = {n: compressed.get_submodule(n) for n in adapter.block_linears(dense, index)}
+            _linear_errors(adapter.block_linears(dense, index), c_linears, d_blocks[index], d_inputs, result)
         d_out = run_block(d_blocks[index], d_inputs)
         c_out = run_block(c_blocks[index], c_inputs)
         num = sum(float((c.float() - d.float()).pow(2).sum()) for c, d in zip(c_out, d_out))

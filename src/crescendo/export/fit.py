@@ -46,6 +46,10 @@ def _problems(fmt: str, stage) -> list[str]:
     if spec.kind == "rotate":
         out.append("a rotated model needs an online Hadamard transform before every down_proj at run time, "
                    f"which {fmt} cannot express")
+    if spec.kind == "share":
+        out.append(f"layers sharing a basis are factored (two matrices each), which {fmt} cannot express")
+    if spec.name == "lora" and not config.merge:
+        out.append(f"unmerged LoRA adapters are not written into {fmt}; add 'merge' to the lora stage")
     if config.kv_bits is not None:
         out.append(f"KV-cache fake-quantization (pre-RoPE, per token and head) has no {fmt} counterpart")
     if config.act_grid is not None and not act_fits(fmt, config.act_grid):
@@ -66,8 +70,10 @@ def _nearest_stage(fmt: str, stage, prunes: bool) -> str | None:
     if not _problems(fmt, stage):
         return stage.text
     config, spec = stage.config, stage.spec
-    if spec.kind == "rotate":
+    if spec.kind in ("rotate", "share"):
         return None
+    if spec.name == "lora":
+        return replace(config, merge=True).text()
     grid = config.weight_grid if spec.compress_linear is not None else None
     targets = ",".join(config.targets.args()) if config.targets is not None else ""
     if isinstance(config, QuantConfig):  # the stages that take fmt=

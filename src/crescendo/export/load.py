@@ -19,7 +19,9 @@ from torch import nn
 
 from ..errors import ModelError, VerifyError
 from ..models.adapters import is_transposed, set_weight_
+from ..models.sharing import restore_sharing_
 from ..state import CompressionState, record_from_dict, set_state_
+from .adapters import load_adapters_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
@@ -137,6 +139,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     directory = Path(directory)
     manifest = read_manifest(directory)
     model = build_empty_model(directory, dtype_of(manifest["dtype"]))
+    state = CompressionState.from_dict(manifest.get("state"))
+    if state.sharing is not None:  # factored layers first: the saved tensors are the factors'
+        restore_sharing_(model, state.sharing)
     tensors = read_tensors(directory, manifest)
     rebuilt = _load_linears(model, manifest, tensors)
     packed_keys = {f"{n}.weight" for n in manifest["linears"]}
@@ -160,11 +165,11 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     if missing:
         raise ModelError(f"the saved model lacks tensors the architecture needs: {missing[:3]}")
 
-    state = CompressionState.from_dict(manifest.get("state"))
     for name, described in manifest.get("records", {}).items():
         mask, grid, params = rebuilt.get(name, (None, None, None))
         state.records[name] = record_from_dict(name, described, mask, grid, params)
     attach_transforms_(model, manifest.get("transforms", {}))
+    load_adapters_(model, directory, state.lora)  # before the buffer casts: they name the adapters' buffers
     _cast_buffers_(model, manifest.get("buffer_dtypes", {}))
     model.eval().to(device)
     for rec in state.records.values():

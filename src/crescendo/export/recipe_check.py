@@ -39,11 +39,20 @@ def recipe_expectations(recipe: str | None, all_linears: list[str], block_linear
 
     kv_names = set(kv_projections)
     out: dict[str, Expectation] = {}
-    for stage in parse_recipe(recipe).stages:
+    stages = parse_recipe(recipe).stages
+    names = (block_linears, all_linears)
+    if any(s.kind == "share" for s in stages):  # before it, stages targeted the linears it factored
+        names = (_unfactored(block_linears), _unfactored(all_linears))
+    for stage in stages:
         spec, config = stage.spec, stage.config
+        if stage.kind == "share":  # the linears it factors are gone (their masks and grids absorbed);
+            shared = set(config.targets.select(*names))  # later stages target the factors
+            out = {n: e for n, e in out.items() if n not in shared}
+            names = (block_linears, all_linears)
+            continue
         if config.targets is None:
             continue  # whole-model methods (rotation, block removal) change no record
-        for name in config.targets.select(block_linears, all_linears):
+        for name in config.targets.select(*names):
             e = out.setdefault(name, Expectation())
             sparsity = config.sparsity
             if sparsity is not None:
@@ -60,3 +69,10 @@ def recipe_expectations(recipe: str | None, all_linears: list[str], block_linear
             if config.kv_bits is not None and name in kv_names:
                 e.kv_bits = config.kv_bits
     return out
+
+
+def _unfactored(names: list[str]) -> list[str]:
+    """The linear names before a share stage factored them (`X.basis`, `X.coefficient` -> `X`)."""
+    from ..models.sharing import container_name
+
+    return list(dict.fromkeys(container_name(n) for n in names))

@@ -9,6 +9,7 @@ The directory holds (see the README for the full layout):
     crescendo-packed.safetensors packed linears (layout.py) and every other tensor as it is
     crescendo_export.json        the manifest: per-linear grid, shape, mask, records, transforms, aliases
     crescendo.json               the run's metadata: recipe, protocol, metrics, crescendo version
+    adapter_config.json, adapter_model.safetensors   unmerged LoRA adapters, in peft's format (adapters.py)
 
 Nothing in it is code or a pickle: `crescendo.load` reads JSON and safetensors only.
 """
@@ -29,6 +30,7 @@ from ..outputs import atomic_output_dir, check_output_dir
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from ..state import state_of
+from .adapters import save_adapters
 from .layout import dtype_name, pack_linear, unpack_linear
 from .transforms import describe_transforms
 
@@ -192,4 +194,5 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         (tmp / METADATA).write_text(json.dumps({**metadata, "crescendo_version": __version__, "format": "packed"},
                                                indent=2, default=str))
+        save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files
     return out

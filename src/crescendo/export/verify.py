@@ -21,6 +21,8 @@ import torch
 
 from ..errors import CrescendoError, VerifyError
 from ..grids import grid_from_dict
+from ..state import CompressionState
+from .adapters import read_adapters
 from .layout import dtype_of, linear_tensor_names, read_kept, unpack_linear
 from .load import read_json, read_manifest, read_tensors
 from .recipe_check import Expectation, recipe_expectations
@@ -158,6 +160,12 @@ def _verify(directory: Path, summary: dict[str, Any]) -> None:
     for key in sorted(set(tensors) - expected):
         raise VerifyError(f"tensor {key} in {manifest['weights']} is not in the manifest")
     _check_finite(tensors)
+    lora = CompressionState.from_dict(manifest.get("state")).lora
+    if lora is not None:  # unmerged LoRA adapters: peft's files beside the model
+        try:
+            read_adapters(directory, lora)
+        except CrescendoError as e:
+            raise VerifyError(str(e)) from None
     expectations = recipe_expectations(recipe, manifest.get("all_linears", []), manifest.get("block_linears", []),
                                        manifest.get("kv_projections", []))
     pruned = total = 0

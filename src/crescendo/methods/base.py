@@ -94,6 +94,10 @@ class MethodSpec:
     attach_linear: Callable[..., None] | None = None  # e.g. activation quantizers, after the weights
     apply_model: Callable[..., None] | None = None  # whole-model methods (rotation, block removal)
     needs_calibration: bool = False  # whole-model methods that read calibration data
+    requires: Callable[[], None] | None = None  # raises ConfigError naming a missing optional dependency
+    # check(model, adapter, config, earlier_stages): refuses, before anything changes, a placement in
+    # a recipe (or on an already compressed model) whose invariants the stage could not keep
+    check: Callable[..., None] | None = None
 
     def parse(self, positional: list[str], keyword: dict[str, str]) -> Any:
         return self.config_cls.parse(self.name, positional, keyword)

@@ -33,6 +33,24 @@ from .base import MethodConfig, MethodSpec, register_method
 from .pruning import obs_args, parse_obs_args
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized tensor, exactly. Backward: the gradient passes unchanged (STE)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return quantized.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """`quantized` in the forward pass, identity in the backward pass when `x` needs a gradient
+    (fine-tuning through fake quantizers: rounding has zero gradient almost everywhere)."""
+    return _StraightThrough.apply(x, quantized) if x.requires_grad else quantized
+
+
 class ActivationQuantizer(nn.Module):
     """Fake-quantizes a linear's input along its last dimension, per token (dynamic, no state)."""
 
@@ -41,8 +59,8 @@ class ActivationQuantizer(nn.Module):
         self.grid = grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).float()  # (tokens, features)
-        return self.grid.quantize(flat).reshape(x.shape).to(x.dtype)
+        flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, features)
+        return straight_through(x, self.grid.quantize(flat).reshape(x.shape).to(x.dtype))
 
     def extra_repr(self) -> str:
         return repr(self.grid)
@@ -60,8 +78,8 @@ class KVQuantizer(nn.Module):
         self.grid = UniformGrid(bits, symmetric=False, group_size=head_dim)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        flat = y.reshape(-1, y.shape[-1]).float()  # (tokens, heads * head_dim)
-        return self.grid.quantize(flat).reshape(y.shape).to(y.dtype)
+        flat = y.detach().reshape(-1, y.shape[-1]).float()  # (tokens, heads * head_dim)
+        return straight_through(y, self.grid.quantize(flat).reshape(y.shape).to(y.dtype))
 
     def extra_repr(self) -> str:
         return repr(self.grid)

@@ -82,4 +82,11 @@ def sleb_model(model, adapter, config: SLEBConfig, calibration, *, progress: boo
 
 
 register_method(MethodSpec("rotate", "rotate", RotateConfig, apply_model=rotate_model))
-register_method(MethodSpec("sleb", "prune", SLEBConfig, apply_model=sleb_model, needs_calibration=True))
+def check_sleb(model, adapter, config: SLEBConfig, earlier) -> None:
+    """Removing a block of a shared model would take a basis other blocks use with it."""
+    if state_of(model).sharing is not None or any(s.method == "share" for s in earlier):
+        raise ConfigError("sleb after share: removing a block would drop a basis other blocks share; remove blocks first")
+
+
+register_method(MethodSpec("sleb", "prune", SLEBConfig, apply_model=sleb_model, needs_calibration=True,
+                           check=check_sleb))

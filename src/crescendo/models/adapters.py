@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - transformers is a hard dependency
     Conv1D = ()  # type: ignore[assignment]
 
 LINEAR_TYPES: tuple[type, ...] = (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ())
+_COEFFICIENT = ".coefficient"  # the output-side factor of a shared linear (crescendo.models.sharing.COEFFICIENT)
 
 
 def _get(model: nn.Module, path: str) -> nn.Module:
@@ -70,6 +71,9 @@ class Adapter:
         return model.get_output_embeddings()(x)
 
     def is_kv_projection(self, name: str) -> bool:
+        """Whether `name` outputs keys or values: a k/v projection, or the coefficient linear of a
+        shared one (`crescendo.models.sharing`: its output is the projection's output)."""
+        name = name.removesuffix(_COEFFICIENT)
         return self.kv_suffixes is not None and name.endswith(self.kv_suffixes)
 
     def check_kv_supported(self, targets: Iterable[str]) -> None:

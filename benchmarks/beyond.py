@@ -1,0 +1,218 @@
+"""Beyond pruning x quantization on the embedded model: LoRA (003 Fig. 8), fine-tuning, sharing (Fig. 9).
+
+    python benchmarks/beyond.py lora     [bench options] --out docs/results/beyond
+    python benchmarks/beyond.py finetune [bench options] --out docs/results/beyond
+    python benchmarks/beyond.py share    [bench options] --out docs/results/beyond
+
+Each experiment writes NAME.json (every row: recipe, perplexity, compression summary, stage details)
+and NAME.md (tables, order advantages, CERs against the RTN reference curve), both naming the
+protocol and the commit that produced them. Recipes that share a prefix share its computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from crescendo.analysis.cer import CERSettings, compare_intensity, pih_first, reference_curve
+from crescendo.api import summarize
+from crescendo.recipe import Recipe, parse_recipe
+from crescendo.workflow import add_bench_options, bench_from_options
+
+BITS = (8, 7, 6, 5, 4, 3)  # the reference quantizer's curve (RTN, per channel)
+NAME_SUFFIX = ""  # --name: one experiment split over several runs writes one file per run
+
+
+def commit() -> str:
+    """The commit of the code that runs: $CRESCENDO_COMMIT (set when running an exported copy of a
+    commit), else the checkout's HEAD, marked when src/ or benchmarks/ have uncommitted changes."""
+    if os.environ.get("CRESCENDO_COMMIT"):
+        return os.environ["CRESCENDO_COMMIT"]
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    return sha + ("+uncommitted" if dirty else "")
+
+
+COMMIT = commit()  # taken when the run starts: the code that ran, whatever the checkout holds later
+
+
+def run_tree(bench, recipes: list[str]) -> dict[str, dict]:
+    """Perplexity and summary of every recipe; a prefix shared by several recipes is computed once."""
+    parsed = {r: parse_recipe(r) for r in recipes}
+    texts = {r: [s.text for s in parsed[r].stages] for r in recipes}
+    needed = {tuple(t[:k]) for t in texts.values() for k in range(1, len(t))}  # prefixes worth keeping
+    cache: dict[tuple, tuple] = {(): (bench.model, [])}
+    rows = {}
+    for r in sorted(recipes, key=lambda r: texts[r]):
+        key = tuple(texts[r])
+        k = max(i for i in range(len(key) + 1) if key[:i] in cache)
+        model, stages = cache[key[:k]]
+        model = copy.deepcopy(model)
+        stages = list(stages)
+        for i in range(k, len(key)):
+            start = time.perf_counter()
+            result = bench.compress_inplace(model, Recipe((parsed[r].stages[i],)))  # one stage at a time
+            stages.append({"stage": key[i], "seconds": time.perf_counter() - start, **result.stages[0].details})
+            print(f"  {' > '.join(key[:i + 1])}: {stages[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+            if key[:i + 1] in needed:
+                cache[key[:i + 1]] = (copy.deepcopy(model), list(stages))
+        ppl = bench.evaluate(model).perplexity
+        summary = summarize(model).to_dict()
+        rows[r] = {"recipe": str(parsed[r]), "perplexity": ppl, "stages": stages, **summary}
+        print(f"{str(parsed[r]):<60} ppl {ppl:10.3f}  C {summary['compression_ratio']:.2f}", file=sys.stderr, flush=True)
+        remaining = {tuple(texts[x][:j]) for x in recipes if x not in rows for j in range(len(texts[x]))}
+        for p in [p for p in cache if p and p not in remaining]:
+            del cache[p]
+    return rows
+
+
+def reference(bench, rows: dict[str, dict]) -> tuple[object, dict]:
+    """The RTN reference curve (C_Q = 16 / b, M = -perplexity) and its rows."""
+    refs = run_tree(bench, [f"rtn:w{b}" for b in BITS if f"rtn:w{b}" not in rows])
+    refs.update({r: rows[r] for r in rows if r in {f"rtn:w{b}" for b in BITS}})
+    points = [(16.0 / b, -refs[f"rtn:w{b}"]["perplexity"]) for b in BITS]
+    return reference_curve(points, CERSettings(anchor="dense"), dense=-bench.dense().perplexity), refs
+
+
+def cer_text(curve, ppl: float) -> str:
+    c = curve.cer(-ppl)
+    return "n/a" if c is None else str(c)
+
+
+def write(out: Path, name: str, bench, payload: dict, markdown: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{name}-{NAME_SUFFIX}" if NAME_SUFFIX else name
+    head = {"experiment": name, "commit": COMMIT, "model": bench.model_name, "protocol": bench.protocol_id,
+            "dtype": bench.dtype, "dense_perplexity": bench.dense().perplexity}
+    (out / f"{name}.json").write_text(json.dumps({**head, **payload}, indent=2))
+    lines = [f"# {name}", "", f"Model {head['model']}, protocol `{head['protocol']}` (compute {head['dtype']}), "
+             f"commit `{head['commit']}`. Dense perplexity {head['dense_perplexity']:.3f}.", ""] + markdown
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def table(rows: dict[str, dict], recipes: list[str], curve=None) -> list[str]:
+    head = "| recipe | perplexity | sparsity | bits | C |" + (" CER |" if curve else "")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in recipes:
+        x = rows[r]
+        out.append(f"| `{x['recipe']}` | {x['perplexity']:.3f} | {x['sparsity']:.3f} | {x['avg_weight_bits']:.2f} | "
+                   f"{x['compression_ratio']:.2f} |" + (f" {cer_text(curve, x['perplexity'])} |" if curve else ""))
+    return out
+
+
+def exp_lora(bench, args) -> None:
+    L = f"lora:steps={args.steps}" + (f",lr={args.lora_lr:g}" if args.lora_lr else "")
+    cells = [(p, b) for p in args.ratios for b in args.bits]
+    singles = sorted({f"sparsegpt:{p:g}" for p, _ in cells} | {f"rtn:w{b}" for _, b in cells})
+    recipes = list(singles) + [f"{s} > {L}" for s in singles]
+    for p, b in cells:
+        P, Q = f"sparsegpt:{p:g}", f"rtn:w{b}"
+        recipes += [f"{P} > {Q}", f"{Q} > {P}", f"{P} > {Q} > {L}", f"{Q} > {P} > {L}", f"{P} > {L} > {Q}",
+                    f"{Q} > {L} > {P}"]
+    rows = run_tree(bench, recipes)
+    curve, refs = reference(bench, rows)
+    md = ["Order advantage A(P -> Q) = M(P then Q) - M(Q then P), M = -perplexity: positive means prune first "
+          "is better. CER of SparseGPT alone against RTN per channel (anchored at dense); the Progressive "
+          "Intensity Hypothesis puts the weaker method (smaller CER, vs C_Q = 16/b) first.", "",
+          "| p | bits | CER(P) | C_Q | PIH says | A no LoRA | A, LoRA after | A, LoRA between |", "|---|---|---|---|---|---|---|---|"]
+    advantages = []
+    for p, b in cells:
+        P, Q = f"sparsegpt:{p:g}", f"rtn:w{b}"
+        ppl = {r: rows[r]["perplexity"] for r in rows}
+        a = {"none": ppl[f"{Q} > {P}"] - ppl[f"{P} > {Q}"],
+             "after": ppl[f"{Q} > {P} > {L}"] - ppl[f"{P} > {Q} > {L}"],
+             "between": ppl[f"{Q} > {L} > {P}"] - ppl[f"{P} > {L} > {Q}"]}
+        cer_p = curve.cer(-ppl[P])
+        says = {"prune": "prune first", "quant": "quantize first", None: "undecided"}[pih_first(cer_p, 16 / b)]
+        advantages.append({"ratio": p, "bits": b, "cer_prune": str(cer_p), "c_q": 16 / b, "pih": says, **a})
+        md.append(f"| {p:g} | {b} | {cer_p} | {16 / b:.2f} | {says} | {a['none']:+.3f} | {a['after']:+.3f} | "
+                  f"{a['between']:+.3f} |")
+    md += ["", "## Every run", ""] + table(rows, recipes, curve) + ["", "## Reference curve (RTN per channel)", ""]
+    md += table(refs, [f"rtn:w{b}" for b in BITS])
+    write(Path(args.out), "lora", bench, {"lora_stage": L, "rows": rows, "reference": refs,
+                                          "advantages": advantages}, md)
+
+
+def exp_finetune(bench, args) -> None:
+    F = f"finetune:steps={args.steps}" + (f",lr={args.lr:g}" if args.lr else "")
+    P, Q = "sparsegpt:0.5", "rtn:w4"
+    recipes = [P, Q, f"{P} > {Q}", f"{Q} > {P}", f"{P} > {Q} > {F}", f"{Q} > {P} > {F}"]
+    rows = run_tree(bench, recipes)
+    ppl = {r: rows[r]["perplexity"] for r in rows}
+    before, after = ppl[f"{Q} > {P}"] - ppl[f"{P} > {Q}"], ppl[f"{Q} > {P} > {F}"] - ppl[f"{P} > {Q} > {F}"]
+    md = [f"Fine-tuning stage `{F}` after both orders of SparseGPT 50% and RTN 4-bit (per channel).", "",
+          f"A(P -> Q) = ppl(Q then P) - ppl(P then Q): before fine-tuning {before:+.3f}, after {after:+.3f} "
+          f"({'prune first' if after > 0 else 'quantize first'} wins after fine-tuning).", ""] + table(rows, recipes)
+    write(Path(args.out), "finetune", bench, {"finetune_stage": F, "rows": rows,
+                                              "advantage_before": before, "advantage_after": after}, md)
+
+
+def exp_share(bench, args) -> None:
+    cells = [(p, s) for p in args.ratios for s in args.share]
+    S = {s: f"share:group={args.group},ratio={s:g}" for s in args.share}
+    recipes = sorted({f"magnitude:{p:g}" for p, _ in cells} | set(S.values()))
+    for p, s in cells:
+        M = f"magnitude:{p:g}"
+        recipes += [f"{S[s]} > {M}", f"{M} > {S[s]},absorb"]
+    rows = run_tree(bench, recipes)
+    curve, refs = reference(bench, rows)
+    md = ["Magnitude pruning (P) and Basis Sharing (S) in both orders. S then P prunes the shared factors; P then S "
+          "factorizes the pruned weights (`absorb`: the dense factors drop the masks, so P's storage saving is "
+          "gone and C is S's alone). A(P -> S) = ppl(S then P) - ppl(P then S): positive means prune first is "
+          "better. CERs against RTN per channel, anchored at dense.", "",
+          "| p | share ratio | CER(P) | CER(S) | PIH says | ppl S>P | C S>P | ppl P>S | C P>S | A(P -> S) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    advantages = []
+    for p, s in cells:
+        M = f"magnitude:{p:g}"
+        sp, ps = rows[f"{S[s]} > {M}"], rows[f"{M} > {S[s]},absorb"]
+        cp, cs = curve.cer(-rows[M]["perplexity"]), curve.cer(-rows[S[s]]["perplexity"])
+        says = "n/a"
+        if cp is not None and cs is not None:
+            cmp = compare_intensity(cp, cs)
+            says = {None: "undecided", -1: "prune first", 1: "share first", 0: "undecided"}.get(cmp, "undecided")
+        a = sp["perplexity"] - ps["perplexity"]
+        advantages.append({"ratio": p, "share": s, "cer_prune": str(cp), "cer_share": str(cs), "pih": says,
+                           "advantage_prune_first": a})
+        md.append(f"| {p:g} | {s:g} | {cp} | {cs} | {says} | {sp['perplexity']:.3f} | {sp['compression_ratio']:.2f} | "
+                  f"{ps['perplexity']:.3f} | {ps['compression_ratio']:.2f} | {a:+.3f} |")
+    md += ["", "## Every run", ""] + table(rows, recipes, curve) + ["", "## Reference curve (RTN per channel)", ""]
+    md += table(refs, [f"rtn:w{b}" for b in BITS])
+    write(Path(args.out), "share", bench, {"rows": rows, "reference": refs, "advantages": advantages}, md)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=["lora", "finetune", "share"])
+    add_bench_options(parser)
+    parser.add_argument("--out", default="docs/results/beyond")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of the lora / finetune stage")
+    parser.add_argument("--lr", type=float, default=None, help="finetune learning rate (default: the stage's)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=None, help="pruning ratios")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 6])
+    parser.add_argument("--share", type=float, nargs="+", default=[0.2, 0.4], help="share ratios (params removed)")
+    parser.add_argument("--group", type=int, default=2)
+    parser.add_argument("--lora-lr", type=float, default=None, help="lora learning rate (default: the stage's)")
+    parser.add_argument("--name", default="", help="suffix of the output files (NAME-SUFFIX.json)")
+    args = parser.parse_args()
+    global NAME_SUFFIX
+    NAME_SUFFIX = args.name
+    if args.ratios is None:
+        args.ratios = [0.3, 0.5] if args.experiment == "lora" else [0.2, 0.4]
+    bench = bench_from_options(args)
+    print(f"# {args.experiment}: {bench.model_name} {bench.protocol_id}, dense {bench.dense().perplexity:.3f}",
+          file=sys.stderr, flush=True)
+    {"lora": exp_lora, "finetune": exp_finetune, "share": exp_share}[args.experiment](bench, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
