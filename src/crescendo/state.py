@@ -3,7 +3,7 @@
 `state_of(model)` is the only way to reach it. It holds, per compressed linear, a `LinearRecord`
 (pruning mask, the grid its weights lie on and that grid's recorded parameters, the activation and
 KV quantizers attached to it, the stages that touched it), the decoder blocks removed by block
-pruning, and the rotation applied to the model. Later stages read it to keep earlier invariants;
+pruning, the rotation applied to the model, and the batch norms folded into their convolutions. Later stages read it to keep earlier invariants;
 summaries, exports and `verify` read it to describe what the model is.
 
 The state travels with the model object (a deep copy of the model copies it) and is written to
@@ -84,6 +84,9 @@ class CompressionState:
     records: dict[str, LinearRecord] = field(default_factory=dict)
     removed: RemovedBlocks | None = None
     rotation: RotationInfo | None = None
+    # batch norms folded into the conv before them (`foldbn`), as (conv, batch norm) names; the
+    # batch-norm modules are gone (nn.Identity) and each conv carries the folded bias
+    folded_batchnorm: list[tuple[str, str]] = field(default_factory=list)
 
     def record(self, name: str) -> LinearRecord:
         """The record of linear `name`, created empty on first use."""
@@ -98,8 +101,11 @@ class CompressionState:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able part of the state: removed blocks and rotation (records are exported per layer)."""
-        return {"removed_blocks": asdict(self.removed) if self.removed else None,
-                "rotation": asdict(self.rotation) if self.rotation else None}
+        out = {"removed_blocks": asdict(self.removed) if self.removed else None,
+               "rotation": asdict(self.rotation) if self.rotation else None}
+        if self.folded_batchnorm:
+            out["folded_batchnorm"] = [list(p) for p in self.folded_batchnorm]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CompressionState:
@@ -113,6 +119,7 @@ class CompressionState:
                     int(removed["original_layers"]), [int(i) for i in removed["removed"]], int(removed["params"]),
                     [(int(a), int(b)) for a, b in removed["linears"]]),
                 rotation=None if rotation is None else RotationInfo(**rotation),
+                folded_batchnorm=[(str(c), str(b)) for c, b in data.get("folded_batchnorm", [])],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None

@@ -73,11 +73,13 @@ def apply_stage_(
     if tied:
         log.warning("stage %s compresses tied weights %s: the tensors they share change too", stage, tied)
     report = StageReport(spec.name, str(stage), 0.0, len(targets))
-    if spec.statistic is None:
+    statistic = spec.statistic_for(config)
+    if statistic is None:
         for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
             _compress_one(module, None, state.record(name), spec, config, str(stage))
     else:
-        _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), report, progress, batch_size)
+        _calibrated_pass(model, adapter, targets, calibration, spec, config, statistic, str(stage), report, progress,
+                         batch_size)
     if spec.attach_linear is not None:
         for name, module in targets.items():
             spec.attach_linear(module, state.record(name), config, adapter, model)
@@ -94,21 +96,21 @@ def _compress_one(module: nn.Module, stats, record: LinearRecord, spec, config, 
     record.history.append(text)
 
 
-def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
+def _calibrated_pass(model, adapter, targets, calibration, spec, config, kind, text, report: StageReport,
                      progress, batch_size) -> None:
     if not calibration:
         raise ConfigError(f"stage {text} needs calibration data")
     outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
     if outside:
-        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+        raise ConfigError(f"stage {text} is calibrated and compresses only block layers, not {outside}")
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
+    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}
         if linears:
-            with InputStatistics(linears, spec.statistic) as stats:
+            with InputStatistics(linears, kind) as stats:
                 run_block(block, inputs)
             seen: set[int] = set()
             for name, module in linears.items():

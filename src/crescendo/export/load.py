@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ModelError, VerifyError
-from ..models.adapters import is_transposed, set_weight_
+from ..models.adapters import set_weight_, weight_shape
+from ..models.batchnorm import restore_folded_structure_
+from ..models.vision_io import build_from_document, is_vision_document
 from ..state import CompressionState, record_from_dict, set_state_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
 from .save import FORMAT, MANIFEST, METADATA
@@ -61,6 +63,8 @@ def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     config_dict = read_json(directory / "config.json")
+    if is_vision_document(config_dict):  # a crescendo vision model
+        return build_from_document(config_dict, str(directory / "config.json")).to(dtype)
     config_dict.pop("quantization_config", None)  # describes the packed tensors, not the model to build
     config_dict.pop("auto_map", None)  # never code from the directory
     model_type = config_dict.get("model_type")
@@ -106,7 +110,7 @@ def _load_linears(model: nn.Module, manifest: dict, tensors: dict[str, torch.Ten
         if module is None or not hasattr(module, "weight"):
             raise ModelError(f"the manifest packs {name!r}, which the model does not have")
         weight, mask, grid, params, _ = unpack_linear(f"{name}.weight", entry, get)
-        shape = tuple(module.weight.t().shape if is_transposed(module) else module.weight.shape)
+        shape = weight_shape(module)
         if shape != tuple(weight.shape):
             raise ModelError(f"{name}: saved weight is {tuple(weight.shape)}, the module's is different")
         dtype = dtype_of(entry["dtype"])
@@ -137,6 +141,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     directory = Path(directory)
     manifest = read_manifest(directory)
     model = build_empty_model(directory, dtype_of(manifest["dtype"]))
+    state = CompressionState.from_dict(manifest.get("state"))
+    restore_folded_structure_(model, state.folded_batchnorm)  # `foldbn` replaced batch norms by conv biases
     tensors = read_tensors(directory, manifest)
     rebuilt = _load_linears(model, manifest, tensors)
     packed_keys = {f"{n}.weight" for n in manifest["linears"]}
@@ -160,7 +166,6 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     if missing:
         raise ModelError(f"the saved model lacks tensors the architecture needs: {missing[:3]}")
 
-    state = CompressionState.from_dict(manifest.get("state"))
     for name, described in manifest.get("records", {}).items():
         mask, grid, params = rebuilt.get(name, (None, None, None))
         state.records[name] = record_from_dict(name, described, mask, grid, params)

@@ -24,9 +24,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
-from ..outputs import atomic_output_dir, check_output_dir
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
+from ..models.vision import VisionClassifier
+from ..models.vision_io import vision_config_document
+from ..outputs import atomic_output_dir, check_output_dir
 from ..state import state_of
 from .layout import dtype_name, pack_linear, unpack_linear
 from .qconfig import build_quantization_config
@@ -179,7 +181,10 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
     qconfig = build_quantization_config(kv, grids, _sparsity(entries, recipe))
 
     with atomic_output_dir(out) as tmp:
-        model.config.save_pretrained(tmp)
+        if isinstance(model, VisionClassifier):  # crescendo's own vision models: their config.json layout
+            (tmp / "config.json").write_text(json.dumps(vision_config_document(model)))
+        else:
+            model.config.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text())
         described = qconfig["crescendo"]
         if qconfig["config_groups"] or qconfig["sparsity_config"] or described["groups"] or described["kv_cache"]:
