@@ -342,6 +342,14 @@ class BenchFactory:
         self.bench_options = bench_options
 
     def __call__(self) -> Workbench:
+        from .data.vision_protocols import VisionProtocol
+
+        if isinstance(self.protocol, VisionProtocol):  # M = accuracy (crescendo.vision.bench)
+            from .vision.bench import VisionWorkbench
+
+            bench = VisionWorkbench.load(self.model, self.protocol, progress=self.progress, **self.bench_options)
+            bench.store_layerwise = self.layerwise
+            return bench
         if not self.progress:  # transformers' own loading bars too (they are process-wide)
             from transformers.utils import logging as hf_logging
 
