@@ -155,6 +155,12 @@ def _interference_section(errors: list[ErrorAnalysis]) -> Section:
     return Section(title, 2, (text, "Rows from: " + "; ".join(notes) + "."), tables=found)
 
 
+def _shared_metric(grouping: Grouping) -> str:
+    """The M every experiment measures (their own labels say so when they differ)."""
+    names = {e.metric_name for e in grouping.experiments}
+    return names.pop() if len(names) == 1 else "-perplexity"
+
+
 def _overview(store_path: Path, grouping: Grouping, n_rows: int, settings: CERSettings,
               generated_by: str | None) -> Section:
     commit = f" at commit {generated_by}" if generated_by else " (source commit unknown)"
@@ -167,7 +173,7 @@ def _overview(store_path: Path, grouping: Grouping, n_rows: int, settings: CERSe
              "perplexity(\"P > Q\") − perplexity(\"Q > P\") or accuracy(\"Q > P\") − "
              "accuracy(\"P > Q\"): A > 0 means quantizing first is better. C_Q = 16/B, C_P = 1/(1−p); C*_P is the ratio at which the quantizer's own "
              "curve matches P alone (interpolated; ≤/≥ marks a bound outside the curve).",
-             f"{settings.label}. A reference curve that is not monotone (a higher ratio measured "
+             f"{cer_label(settings, _shared_metric(grouping))}. A reference curve that is not monotone (a higher ratio measured "
              "better) is flagged and gives no CER unless the monotone envelope is asked for.",
              "The hypothesis predicts the weaker method first: Q first iff C_Q < C*_P; a bound "
              "C*_P decides when it lies on one side of C_Q, touching included; an exact tie "
