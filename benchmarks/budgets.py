@@ -31,7 +31,13 @@ from pathlib import Path
 import torch
 
 from crescendo.api import layer_costs, summarize
-from crescendo.budget.allocation import AvgBits, BopReduction, allocate_bits, allocation_recipe, progressive_vs_regressive
+from crescendo.budget.allocation import (
+    AvgBits,
+    BopReduction,
+    allocate_bits,
+    allocation_recipe,
+    progressive_vs_regressive,
+)
 from crescendo.budget.search import SearchConfig, plot_pareto, search
 from crescendo.budget.sensitivity import hawq_v2_sensitivity, hessian_trace, output_error_proxy
 from crescendo.store import ResultStore

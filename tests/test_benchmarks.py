@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crescendo.store import ResultStore
 from conftest import TINY_PROTOCOL_ARGS
+
+from crescendo.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from crescendo.workflow import BenchFactory  # noqa: E402
 from crescendo.store import ResultStore  # noqa: E402
 from crescendo.sweep import grid_tasks, run_sweep  # noqa: E402
-from crescendo.workflow import resolve_protocol  # noqa: E402
+from crescendo.workflow import (
+    BenchFactory,  # noqa: E402
+    resolve_protocol,  # noqa: E402
+)
 
 pytestmark = pytest.mark.ray
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from conftest import tiny_bench
 
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
 from crescendo.sweep import grid_tasks, run_sweep
 from crescendo.workflow import Workbench
-from conftest import tiny_bench
 
 
 class CountingBench(Workbench):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from .budget.accounting import LayerCost, model_bops, model_size_bits
+from .budget.accounting import LayerCost, layer_cost, model_bops, model_size_bits
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .engine.interleaved import apply_interleaved_, check_interleavable, check_mode
 from .engine.sequential import StageReport, apply_stage_
@@ -32,9 +32,15 @@ class CompressionSummary:
     bop_reduction: float = 1.0  # dense W16A16 BOPs / compressed BOPs (N:M halves MACs, as in OBC)
     size_reduction: float = 1.0  # dense 16-bit size / compressed size, sparsity metadata included
     zero_fraction: float = 0.0  # weights exactly zero, pruned or rounded to zero by a quantizer (removed blocks count)
+    # models with batch norms after convolutions: "folded" (foldbn ran: the counted conv weights are
+    # the folded ones) or "kept" (batch norms stay float layers after the convs); None: no batch norm
+    batchnorm: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["batchnorm"] is None:
+            del out["batchnorm"]
+        return out
 
 
 @dataclass
@@ -74,23 +80,33 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     ratio = 16.0 * (total - factor_params + dense_params) / stored if stored > 0 else float("inf")
     bops, size = _reductions(model, adapter)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
-                              bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0)
+                              bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0,
+                              batchnorm=_batchnorm(model, adapter))
+
+
+def _batchnorm(model: nn.Module, adapter: Adapter) -> str | None:
+    if state_of(model).folded_batchnorm:
+        return "folded"
+    pairs = getattr(adapter, "batchnorm_pairs", None)
+    return "kept" if pairs is not None and pairs(model) else None
 
 
 def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool = True) -> list[LayerCost]:
-    """BOP/size description of every decoder-block linear as compressed (budget.accounting).
+    """BOP/size description of every block layer as compressed (budget.accounting).
 
     storage=True counts shared scales in the weight bits (for sizes); False counts the arithmetic's
-    element bits only (for BOPs: a W8 layer multiplies 8-bit values whatever its scales cost)."""
+    element bits only (for BOPs: a W8 layer multiplies 8-bit values whatever its scales cost).
+    MACs are per output position the adapter names (a conv's H_out x W_out per image), else per token."""
     adapter = adapter or get_adapter(model)
     records = state_of(model).records
+    positions = adapter.positions(model)
     costs = []
     for name, module in adapter.all_block_linears(model).items():
         n_in = in_features(module)
         n_out = module.weight.numel() // n_in
         rec = records.get(name)
         if rec is None:
-            costs.append(LayerCost.linear(name, n_in, n_out))
+            costs.append(layer_cost(name, n_in, n_out, positions.get(name, 1)))
             continue
         act_bits = rec.act_grid.bits_per_element if rec.act_grid is not None else 16.0
         nm = rec.nm if rec.nm is not None and abs(rec.sparsity - rec.nm.ratio) < 1e-9 else None
@@ -98,8 +114,8 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
             weight_bits = 16.0
         else:
             weight_bits = rec.weight_bits(n_in) if storage else rec.grid.bits_per_element
-        costs.append(LayerCost.linear(name, n_in, n_out, weight_bits=weight_bits, act_bits=act_bits,
-                                      sparsity=0.0 if nm is not None else rec.sparsity, nm=nm))
+        costs.append(layer_cost(name, n_in, n_out, positions.get(name, 1), weight_bits=weight_bits, act_bits=act_bits,
+                                sparsity=0.0 if nm is not None else rec.sparsity, nm=nm))
     return costs
 
 
@@ -161,8 +177,10 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
         if stage.kind == "rotate" and (position > 0 or state_of(model).compressed):
             raise ConfigError("rotate must be the first stage (it would densify pruned weights)")
         spec, config = stage.spec, stage.config
-        if spec.calibrated and not have_calibration:
+        if stage.calibrated and not have_calibration:
             raise ConfigError(f"stage {stage} needs calibration data")
+        if spec.check is not None:
+            spec.check(model, adapter, config, recipe.stages[:position])
         if config.targets is not None:
             targets = select_targets(model, adapter, config.targets)
             if config.kv_bits is not None:
@@ -170,8 +188,6 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
             _check_zero_representable(stage, targets, pruned, zeroless)
         if stage.kind == "rotate" and not adapter.rotatable:
             raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
-        if spec.check is not None:
-            spec.check(model, adapter, config, recipe.stages[:position])
 
 
 def _check_zero_representable(stage, targets, pruned: set[str], zeroless: dict) -> None:
@@ -223,7 +239,7 @@ def compress(
     validate_recipe(model, recipe, bool(calibration), adapter)
     if mode == "interleaved":
         check_interleavable(recipe.stages)
-    if calibration and any(stage.spec.calibrated for stage in recipe.stages):
+    if calibration and any(stage.calibrated for stage in recipe.stages):
         calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training
     model.eval()

@@ -46,6 +46,12 @@ class Stage:
     def kind(self) -> str:
         return self.spec.kind
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether this stage, as configured, reads calibration data."""
+        spec = self.spec
+        return spec.statistic_for(self.config) is not None or spec.needs_calibration
+
     def __str__(self) -> str:
         return self.text
 
@@ -125,6 +131,9 @@ def parse_recipe(recipe: str | Recipe | list | tuple) -> Recipe:
         if stage.kind == "rotate" and position > 0:
             raise RecipeError(f"{stage} must be the first stage (it would densify pruned weights and move "
                               f"quantized ones off their grids)")
+        if stage.kind == "fold" and any(s.config.weight_grid is not None for s in stages[:position]):
+            raise RecipeError(f"{stage} must come before every weight quantization stage (folding rescales "
+                              f"quantized weights off their grids)")
     return Recipe(stages)
 
 

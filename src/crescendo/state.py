@@ -3,7 +3,7 @@
 `state_of(model)` is the only way to reach it. It holds, per compressed linear, a `LinearRecord`
 (pruning mask, the grid its weights lie on and that grid's recorded parameters, the activation and
 KV quantizers attached to it, the stages that touched it), the decoder blocks removed by block
-pruning, and the rotation applied to the model. Later stages read it to keep earlier invariants;
+pruning, the rotation applied to the model, and the batch norms folded into their convolutions. Later stages read it to keep earlier invariants;
 summaries, exports and `verify` read it to describe what the model is.
 
 The state travels with the model object (a deep copy of the model copies it) and is written to
@@ -124,6 +124,9 @@ class CompressionState:
     rotation: RotationInfo | None = None
     lora: LoRAInfo | None = None
     sharing: SharingInfo | None = None
+    # batch norms folded into the conv before them (`foldbn`), as (conv, batch norm) names; the
+    # batch-norm modules are gone (nn.Identity) and each conv carries the folded bias
+    folded_batchnorm: list[tuple[str, str]] = field(default_factory=list)
 
     def record(self, name: str) -> LinearRecord:
         """The record of linear `name`, created empty on first use."""
@@ -145,6 +148,8 @@ class CompressionState:
             out["lora"] = asdict(self.lora)
         if self.sharing is not None:
             out["sharing"] = asdict(self.sharing)
+        if self.folded_batchnorm:
+            out["folded_batchnorm"] = [list(p) for p in self.folded_batchnorm]
         return out
 
     @classmethod
@@ -165,6 +170,7 @@ class CompressionState:
                                                         [str(t) for t in lora["targets"]], str(lora["stage"]),
                                                         dict(lora.get("peft_config") or {})),
                 sharing=None if sharing is None else SharingInfo.from_dict(sharing),
+                folded_batchnorm=[(str(c), str(b)) for c, b in data.get("folded_batchnorm", [])],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None

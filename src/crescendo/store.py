@@ -43,6 +43,11 @@ from .errors import StoreError
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction to finish
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    text = str(err).lower()
+    return "locked" in text or "busy" in text
 CLAIM_TIMEOUT_S = 6 * 3600.0  # a claim by a process on another host older than this is taken over
 
 _SCHEMA = """
@@ -385,15 +390,26 @@ class ResultStore:
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open results store {self.path}: {err}") from err
-        try:
-            if not readonly:
-                self._init_schema(conn)
-        except StoreError:
-            conn.close()
-            raise
-        except sqlite3.Error as err:
-            conn.close()
-            raise StoreError(f"cannot open results store {self.path}: {err}") from err
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                if not readonly:
+                    self._init_schema(conn)
+                break
+            except StoreError:
+                conn.close()
+                raise
+            except sqlite3.OperationalError as err:
+                # Switching a new file to WAL takes an exclusive lock and SQLite does not always run the
+                # busy handler for it: two processes creating one store can see "locked" at once.
+                if _is_busy(err) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                conn.close()
+                raise StoreError(f"cannot open results store {self.path}: {err}") from err
+            except sqlite3.Error as err:
+                conn.close()
+                raise StoreError(f"cannot open results store {self.path}: {err}") from err
         self._conn = conn
         self._on_disk = True
 

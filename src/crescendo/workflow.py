@@ -274,6 +274,19 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def fast_bfloat16(device: str | None = None, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bfloat16 compute is faster than float32 here: on CUDA, or on a CPU with AMX tiles
+    (`amx_bf16` in /proc/cpuinfo). On AVX2/AVX-512 CPUs without AMX, bfloat16 matmuls are emulated
+    and slower than float32, so the fast default falls back to the float32 reference."""
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
+        return True
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
 EVAL_WEIGHTS = ("float32", "bfloat16")
 
 
@@ -377,6 +390,14 @@ class BenchFactory:
         self.bench_options = bench_options
 
     def __call__(self) -> Workbench:
+        from .data.vision_protocols import VisionProtocol
+
+        if isinstance(self.protocol, VisionProtocol):  # M = accuracy (crescendo.vision.bench)
+            from .vision.bench import VisionWorkbench
+
+            bench = VisionWorkbench.load(self.model, self.protocol, progress=self.progress, **self.bench_options)
+            bench.store_layerwise = self.layerwise
+            return bench
         if not self.progress:  # transformers' own loading bars too (they are process-wide)
             from transformers.utils import logging as hf_logging
 

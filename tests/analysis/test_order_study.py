@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_bench
 
 from crescendo.analysis.order import run_order_study, study_to_dict
 from crescendo.workflow import Workbench
-from conftest import tiny_bench
 
 
 class CountingBench(Workbench):

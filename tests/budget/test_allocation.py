@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_bench
 
 from crescendo.api import layer_costs
 from crescendo.budget.accounting import LayerCost, bop_reduction
@@ -16,10 +17,9 @@ from crescendo.budget.allocation import (
     allocation_recipe,
     progressive_vs_regressive,
 )
-from crescendo.state import state_of
 from crescendo.errors import ConfigError
 from crescendo.recipe import parse_recipe
-from conftest import tiny_bench
+from crescendo.state import state_of
 
 CHOICES = (2, 3, 4, 5, 6, 7, 8)
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_PROTOCOL_ARGS, tiny_bench
 
 from crescendo.budget.genome import NM_24, SearchSpace, Targets, ratio_sum_range
 from crescendo.budget.search import SearchConfig, SearchPoint, pareto_front, plot_pareto, search
@@ -13,7 +14,6 @@ from crescendo.cli import main
 from crescendo.errors import ConfigError, RecipeError
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
-from conftest import TINY_PROTOCOL_ARGS, tiny_bench
 
 TARGET = 4.0  # 16-bit activations: every block <= 4 bits, or 2:4 with <= 8 bits
 

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_llama
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -17,9 +18,8 @@ from crescendo.budget.sensitivity import (
     rademacher_like,
 )
 from crescendo.errors import ConfigError
-from crescendo.models.adapters import get_weight
 from crescendo.grids import UniformGrid
-from conftest import VOCAB, tiny_llama
+from crescendo.models.adapters import get_weight
 
 LAYER = "model.layers.0.mlp.down_proj"
 

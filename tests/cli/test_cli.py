@@ -243,3 +243,15 @@ def test_prefix_cache_is_reused_and_corrupt_entries_recomputed(saved_tiny, tmp_p
     assert code == 0 and len(json.loads(out)["entries"]) == 1
     code, out, _ = _run(capsys, "cache", "clear", "--dir", str(cache))
     assert code == 0 and PrefixCache(cache).entries() == []
+
+
+def test_fast_bfloat16_only_with_amx_or_cuda(tmp_path):
+    from crescendo.workflow import fast_bfloat16
+
+    avx2, amx = tmp_path / "avx2", tmp_path / "amx"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    assert not fast_bfloat16("cpu", str(avx2))
+    assert fast_bfloat16("cpu", str(amx))
+    assert not fast_bfloat16("cpu", str(tmp_path / "missing"))
+    assert fast_bfloat16("cuda", str(avx2))

@@ -9,8 +9,7 @@ import types
 
 import pytest
 
-from crescendo.data import get_protocol, load_corpus, prepare
-from crescendo.data import hub
+from crescendo.data import get_protocol, hub, load_corpus, prepare
 from crescendo.errors import DataError
 
 WIKI_TEST = " = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 .\n = = Gameplay = = \n"

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from data.test_images import make_fashion_dir
 
 from crescendo.data import get_protocol, list_protocols
 from crescendo.data.images import load_fashion_mnist
@@ -16,7 +17,6 @@ from crescendo.data.vision_protocols import (
     register_vision_protocol,
 )
 from crescendo.errors import DataError
-from data.test_images import make_fashion_dir
 
 
 def test_digits_v1_prepare():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from crescendo.api import compress
-from crescendo.state import state_of
 from crescendo.eval.perplexity import perplexity
 from crescendo.models.adapters import get_weight
-from conftest import tiny_model
+from crescendo.state import state_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

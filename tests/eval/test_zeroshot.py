@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from conftest import TINY_PROTOCOL_ARGS  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from crescendo import compress  # noqa: E402
@@ -19,7 +20,6 @@ from crescendo.cli import main  # noqa: E402
 from crescendo.errors import ConfigError, DataError  # noqa: E402
 from crescendo.eval import zeroshot  # noqa: E402
 from crescendo.eval.zeroshot import zero_shot  # noqa: E402
-from conftest import TINY_PROTOCOL_ARGS  # noqa: E402
 
 # every word is in the tiny word-level tokenizer (w0..w94), one token each
 DOCS = [{"question": f"w{i} w{i + 1} w{i + 2}", "choices": [f"w{i + 3}", f"w{i + 10}", f"w{i + 20}"],

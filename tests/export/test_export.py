@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_llama, tiny_model
 from safetensors.torch import load_file, save_file
 
-from conftest import VOCAB, tiny_llama, tiny_model
 from crescendo.api import compress
-from crescendo.state import state_of
 from crescendo.errors import ConfigError, ModelError, VerifyError
 from crescendo.export import VerifyReport, load, save_packed, verify
 from crescendo.export.packing import pack_bits, unpack_bits
 from crescendo.export.save import WEIGHTS
+from crescendo.state import state_of
 
 ROUND_TRIPS = [
     ("llama", "sparsegpt:0.5 > gptq:w4,g32"),

@@ -10,8 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from crescendo.errors import ModelError
-from crescendo.models import loading
-from crescendo.models import load_model, resolve_model_spec
+from crescendo.models import load_model, loading, resolve_model_spec
 
 VOCAB = 64
 

@@ -87,6 +87,17 @@ class LayerCost:
         return LayerCost(self.name, self.macs_per_token, self.params, baseline_bits, baseline_bits)
 
 
+def layer_cost(name: str, n_in: int, n_out: int, positions: int = 1, **kwargs) -> LayerCost:
+    """A layer whose (out, in) weight is applied at `positions` output positions per sample (a conv's
+    H_out x W_out per image; 1 for a linear counted per token).
+
+    Example:
+        >>> layer_cost("conv", 9 * 16, 32, positions=49).macs_per_token
+        225792
+    """
+    return LayerCost(name=name, macs_per_token=n_in * n_out * positions, params=n_in * n_out, **kwargs)
+
+
 def effective_macs(layer: LayerCost, *, count_unstructured: bool = False) -> float:
     """MACs that hardware actually executes.
 

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..models.adapters import get_adapter, in_features
 from ..recipe import Stage, parse_recipe, parse_stage
 from ..types import NM
-from .accounting import BASELINE_BITS, LayerCost, layer_bops, layer_size_bits
+from .accounting import BASELINE_BITS, LayerCost, layer_bops, layer_cost, layer_size_bits
 
 NM_24 = "2:4"
 Prune = float | str  # a ratio on the grid, or NM_24
@@ -120,6 +120,8 @@ class SearchSpace:
         adapter = get_adapter(model)
         self.blocks_path = adapter.blocks_path
         self.blocks: list[list[tuple[str, int, int]]] = []  # per block: (name, in, out)
+        positions = adapter.positions(model)  # output positions per sample (convs: H_out x W_out)
+        self.positions = {n: positions.get(n, 1) for n in adapter.all_block_linears(model)}
         for i in range(len(adapter.blocks(model))):
             linears = adapter.block_linears(model, i)
             self.blocks.append([(n, in_features(m), m.weight.numel() // in_features(m)) for n, m in linears.items()])
@@ -171,12 +173,13 @@ class SearchSpace:
         out = []
         for name, n_in, n_out in self.blocks[i]:
             w_bits = grid.avg_bits(n_in) if storage else float(b)
+            at = self.positions[name]
             if p == NM_24:
-                out.append(LayerCost.linear(name, n_in, n_out, weight_bits=w_bits, act_bits=act, nm=NM(2, 4)))
+                out.append(layer_cost(name, n_in, n_out, at, weight_bits=w_bits, act_bits=act, nm=NM(2, 4)))
             else:
                 pruned = int(round(n_in * n_out * float(p)))  # the pruners' exact count (kernels.pruning)
-                out.append(LayerCost.linear(name, n_in, n_out, weight_bits=w_bits, act_bits=act,
-                                            sparsity=pruned / (n_in * n_out)))
+                out.append(layer_cost(name, n_in, n_out, at, weight_bits=w_bits, act_bits=act,
+                                      sparsity=pruned / (n_in * n_out)))
         return out
 
     def _block(self, i: int, p: Prune, b: int) -> tuple[float, float, float, float]:

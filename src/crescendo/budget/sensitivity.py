@@ -97,18 +97,21 @@ def hessian_trace(
     layers: Iterable[str] | None = None,
     n_probes: int = 8,
     seed: int = 0,
+    labels: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """HAWQ-V2 average Hessian trace Tr(H_l) / n_l of the causal-LM calibration loss, per linear weight.
+    """HAWQ-V2 average Hessian trace Tr(H_l) / n_l of the calibration loss, per layer weight.
 
-    The loss is the mean over `calibration` batches of `model(input_ids=ids, labels=ids).loss`; each
+    The loss of a batch is the causal-LM loss `model(input_ids=ids, labels=ids).loss`, or, for an
+    image classifier, the cross-entropy of `model(images)` against `labels[i]` (one label tensor per
+    calibration batch; HAWQ-V2's training loss). The estimate is over the mean of the batch losses; each
     batch contributes v^T H_b v for the same `n_probes` Rademacher probes (Hutchinson), so the result
     is the estimator applied to the mean loss. Scaled dot-product attention runs on its math backend
     here, the only one that is twice differentiable. Only the requested weights require grad during
     the call; every flag is restored afterwards. The model is not changed.
 
     Parameters:
-        model: a Hugging Face causal LM.
-        calibration: batches of input ids, each (batch, seqlen).
+        model: a Hugging Face causal LM, or a crescendo vision classifier (with `labels`).
+        calibration: batches of input ids, each (batch, seqlen), or images (batch, C, H, W).
         layers: full module names of the linears (default: every decoder-block linear).
         n_probes: Rademacher probes per batch (HAWQ-V2 uses a few hundred for CNNs; 8 ranks layers).
         seed: probe k is drawn from torch.Generator().manual_seed(seed + k).
@@ -120,6 +123,9 @@ def hessian_trace(
         raise ConfigError(f"n_probes must be >= 1, got {n_probes}")
     if not calibration:
         raise ConfigError("hessian_trace needs calibration batches")
+    image = get_adapter(model).modality == "image"
+    if image and (labels is None or len(labels) != len(calibration)):
+        raise ConfigError("hessian_trace on an image classifier needs one label tensor per calibration batch")
     modules = _modules(model, layers)
     params = [m.weight for m in modules.values()]
     flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -133,9 +139,12 @@ def hessian_trace(
             p.requires_grad_(True)
         probes = _probe_stream(params, n_probes, seed)
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            for ids in calibration:
+            for i, ids in enumerate(calibration):
                 ids = ids.to(params[0].device)
-                loss = model(input_ids=ids, labels=ids).loss
+                if image:
+                    loss = torch.nn.functional.cross_entropy(model(ids), labels[i].to(ids.device))
+                else:
+                    loss = model(input_ids=ids, labels=ids).loss
                 for i, t in enumerate(hutchinson_trace(loss, params, probes())):
                     sums[i] += t
                 del loss
@@ -199,9 +208,10 @@ def output_error_proxy(
     modules = _modules(model, list(candidates))
     grids = {name: [(c, _grid(c)) for c in cands] for name, cands in candidates.items()}
     device = next(model.parameters()).device
+    adapter = get_adapter(model)
     with InputStatistics(modules, "hessian") as stats:
-        for ids in calibration:
-            model(input_ids=ids.to(device))
+        for batch in calibration:
+            adapter.run(model, batch.to(device))
     out: dict[str, dict[Candidate, float]] = {}
     for name, module in modules.items():
         w = get_weight(module)  # (out, in)

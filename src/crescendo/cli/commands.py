@@ -6,7 +6,54 @@ import json
 import sys
 from pathlib import Path
 
-from .common import _workbench
+from .common import _is_vision, _workbench
+
+_SUMMARY_KEYS = ("sparsity", "avg_weight_bits", "compression_ratio", "bop_reduction", "size_reduction")
+
+
+def _compress_vision(args, recipe) -> int:
+    """`compress` under a vision protocol: accuracy instead of perplexity; saves in the packed format."""
+    from ..errors import ConfigError
+    from ..outputs import check_output_dir
+
+    if args.format is not None and not args.save:
+        raise ConfigError(f"--format {args.format} needs --save PATH")
+    if args.save and args.format not in (None, "packed"):
+        raise ConfigError("vision models are saved in the packed format (--format packed); it reloads and verifies")
+    if args.mode != "stagewise":
+        raise ConfigError(f"--mode {args.mode} is implemented for language models, not vision protocols")
+    if args.save:
+        check_output_dir(args.save)
+    bench = _workbench(args)
+    dense = None if args.no_dense else bench.dense()
+    model, outcome = bench.run(recipe)
+    result = {**bench.describe(), "recipe": outcome.recipe, "dense_accuracy": dense.accuracy if dense else None,
+              "accuracy": outcome.accuracy, **{k: outcome.summary[k] for k in _SUMMARY_KEYS},
+              "batchnorm": outcome.summary.get("batchnorm"), "stages": outcome.stages,
+              "compress_seconds": outcome.compress_seconds, "eval_seconds": outcome.eval_seconds}
+    if args.save:
+        from ..export import save_packed
+
+        save_packed(model, None, args.save, {**result, "format": "packed"})
+        result["saved"] = args.save
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"model {result['model']}  protocol {result['protocol']}  recipe {result['recipe']}")
+    for s in outcome.stages:
+        print(f"  stage {s['stage']:<32} {s['seconds']:8.1f} s")
+    bn = {"folded": "folded into the convs (foldbn)", "kept": "kept as float layers after the convs",
+          None: "none in the model"}[result["batchnorm"]]
+    print(f"  sparsity {result['sparsity']:.4f}  avg weight bits {result['avg_weight_bits']:.3f}  "
+          f"compression ratio {result['compression_ratio']:.2f}x  batch norm: {bn}")
+    print(f"  BOP reduction {result['bop_reduction']:.2f}x  size reduction {result['size_reduction']:.2f}x "
+          f"(vs dense W16A16, block layers; N:M halves MACs as in OBC)")
+    if dense:
+        print(f"  dense accuracy      {dense.accuracy:.2f}%")
+    print(f"  compressed accuracy {outcome.accuracy:.2f}%   [{result['protocol']}]")
+    if args.save:
+        print(f"  saved to {args.save}")
+    return 0
 
 
 def _cmd_compress(args) -> int:
@@ -15,6 +62,8 @@ def _cmd_compress(args) -> int:
     from ..workflow import save_hf
 
     recipe = load_recipe(args.recipe)  # validate before loading anything
+    if _is_vision(args):
+        return _compress_vision(args, recipe)
     check_requirements(recipe)
     if args.mode == "interleaved":
         from ..engine.interleaved import check_interleavable
@@ -154,6 +203,14 @@ def _cmd_verify(args) -> int:
 
 def _cmd_eval(args) -> int:
     bench = _workbench(args)
+    if bench.metric_name == "accuracy":
+        measured = bench.dense()
+        result = {**bench.describe(), "accuracy": measured.accuracy, "correct": measured.correct,
+                  "total": measured.total, "seconds": measured.seconds}
+        print(json.dumps(result) if args.json else
+              f"{result['model']}  {result['protocol']}: top-1 accuracy {measured.accuracy:.2f}% "
+              f"({measured.correct}/{measured.total}, {measured.seconds:.1f} s)")
+        return 0
     ppl = bench.dense()
     result = {**bench.describe(), "perplexity": ppl.perplexity, "seconds": ppl.seconds,
               "tokens_per_second": ppl.tokens_per_second}
@@ -169,6 +226,10 @@ def _cmd_eval_tasks(args) -> int:
     """`eval --tasks`: lm-eval metrics of the loaded model; without --tasks, `_cmd_eval`'s perplexity."""
     if not args.tasks:
         return _cmd_eval(args)
+    if _is_vision(args):
+        from ..errors import ConfigError
+
+        raise ConfigError("--tasks runs lm-eval tasks on language models, not on a vision model")
     from ..errors import ConfigError
     from ..eval.zeroshot import check_tasks, zero_shot
 
@@ -200,6 +261,14 @@ DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
 
 
 def _cmd_demo(args) -> int:
+    if args.dtype is None:
+        from ..workflow import fast_bfloat16
+
+        args.dtype = "bfloat16" if fast_bfloat16(args.device) else "float32"
+    if _is_vision(args):
+        from ..errors import ConfigError
+
+        raise ConfigError("the demo runs on language models; for a vision model use compress or order")
     bench = _workbench(args)
     dense = bench.dense()
     rows = [("dense", dense.perplexity, 0.0, 16.0, 1.0, 0.0)]

@@ -14,7 +14,10 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser, recipe: bool = False) -> None:
     p.add_argument("--model", default="smollm2-135m", help="hub id, local directory, .gguf file or smollm2-135m")
     p.add_argument("--protocol", default="sotu-v1-quick",
-                   help="sotu-v1-quick (default), sotu-v1-full, wikitext2, c4, or a corpus: text:TEST[,CALIB], wikitext2:DIR")
+                   help="sotu-v1-quick (default), sotu-v1-full, wikitext2, c4, or a corpus: text:TEST[,CALIB], "
+                        "wikitext2:DIR; for vision models fmnist-v1 or digits-v1 (M = top-1 accuracy)")
+    p.add_argument("--data-dir", default=None,
+                   help="vision protocols: directory of the Fashion-MNIST idx.gz files (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--seqlen", type=int, default=None, help="override the protocol's window length")
     p.add_argument("--eval-windows", type=int, default=None, help="override the number of eval windows")
     p.add_argument("--nsamples", type=int, default=None, help="override the number of calibration windows")
@@ -39,9 +42,50 @@ def _protocol(args):
     return resolve_protocol(args.protocol, args.seqlen, args.eval_windows, args.nsamples)
 
 
+def _is_vision(args) -> bool:
+    """Whether the command runs a vision protocol; a vision model with a language protocol (or the
+    reverse) is a ConfigError, raised before anything loads."""
+    from ..data.vision_protocols import list_vision_protocols
+    from ..errors import ConfigError
+    from ..vision.bench import is_vision_model_dir
+
+    vision_protocol = args.protocol in list_vision_protocols()
+    vision_model = is_vision_model_dir(args.model)
+    if vision_protocol and not vision_model:
+        raise ConfigError(f"protocol {args.protocol} measures image classifiers; {args.model} is not a crescendo "
+                          f"vision model directory (config.json with format crescendo-vision)")
+    if vision_model and not vision_protocol:
+        raise ConfigError(f"{args.model} is a vision model; give a vision protocol "
+                          f"(--protocol {' or '.join(list_vision_protocols())})")
+    if not vision_protocol and getattr(args, "data_dir", None) is not None:
+        raise ConfigError("--data-dir applies to vision protocols only")
+    if vision_protocol:
+        given = [o for o in ("seqlen", "eval_windows", "nsamples") if getattr(args, o, None) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} does not apply to vision protocol {args.protocol}")
+        if args.dtype != "float32" or args.eval_weights != "float32":
+            raise ConfigError(f"vision protocols run in float32 (--dtype / --eval-weights {args.dtype} given)")
+    return vision_protocol
+
+
+def _vision_options(args) -> dict:
+    from ..errors import ConfigError
+    from ..workflow import check_device
+
+    check_device(getattr(args, "device", None))
+    if args.calib_batch_size is not None and args.calib_batch_size < 1:
+        raise ConfigError(f"--calib-batch-size must be >= 1, got {args.calib_batch_size}")
+    return {"calibration_batch_size": args.calib_batch_size, "data_dir": args.data_dir}
+
+
 def _workbench(args):
     from ..workflow import Workbench
 
+    if _is_vision(args):
+        from ..vision.bench import VisionWorkbench
+
+        return VisionWorkbench.load(args.model, args.protocol, device=args.device, progress=not args.quiet,
+                                    **_vision_options(args))
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -84,6 +128,10 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _model_name(spec: str) -> str:
     from ..models.loading import resolve_model_spec
+    from ..vision.bench import is_vision_model_dir
+
+    if is_vision_model_dir(spec):  # as VisionWorkbench names it: the directory's name
+        return Path(spec).expanduser().resolve().name
 
     info = resolve_model_spec(spec).info
     return str(Path(info.path).resolve()) if info.source == "local" and info.path else info.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..workflow import BenchFactory
-from .common import _bench_options, _floats, _ints, _model_name, _protocol, _workbench
+from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _protocol, _vision_options, _workbench
 
 
 def cer_settings(args):
@@ -103,48 +103,60 @@ def _fill(template: str, b: int) -> str:
 _STUDY = {"study": "order"}  # marks order-study rows, so reports do not take them for sweep rows
 
 
+def _metrics(bench, metric: float, **more):
+    """RunMetrics of a measured M: accuracy for a vision bench, else perplexity = -M."""
+    from ..store import RunMetrics
+
+    if bench.metric_name == "accuracy":
+        return RunMetrics.from_accuracy(metric, **more)
+    return RunMetrics.from_perplexity(-metric, **more)
+
+
 def _recorder(store, bench):
-    from ..store import RunMetrics, record_run
+    from ..store import record_run
 
     def record(kind: str, recipe: str, metric: float) -> None:
         extra = {} if kind == "dense" else _STUDY
         record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=recipe, seed=0, kind=kind,
-                   metrics=RunMetrics.from_perplexity(-metric), extra=extra, device=bench.device)
+                   metrics=_metrics(bench, metric), extra=extra, device=bench.device)
 
     return record
 
 
 def _record_error_analysis(store, bench, out: dict) -> None:
     """Rewrite each composed order's row with its interference and orthogonality excess."""
-    from ..store import RunMetrics, record_run
+    from ..store import record_run
 
     for entry in out["orders"]:
         key = " > ".join(entry["order"])
         verdict = out["orthogonality"].get(key)
         if verdict is None:
             continue
-        metrics = RunMetrics.from_perplexity(
-            entry["perplexity"], interference=out["interference"].get(key), orthogonality_excess=verdict["excess"],
+        metric = entry["metric"] if "metric" in entry else -entry["perplexity"]
+        metrics = _metrics(
+            bench, metric, interference=out["interference"].get(key), orthogonality_excess=verdict["excess"],
             composed_error=verdict["composed_error"], sum_single_errors=verdict["sum_single_errors"])
         record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=key, seed=0, kind="order",
                    metrics=metrics, extra={**_STUDY, "methods": entry["order"]}, device=bench.device)
 
 
 def _print_order(out: dict) -> None:
+    value = "perplexity" if out["metric"] == "-perplexity" else "metric"  # the key each entry holds
+    shown = "ppl" if value == "perplexity" else "acc"
     print(f"order study: {out['model']}  protocol {out['protocol']}  ({out['dtype']}, metric M = {out['metric']})")
-    print(f"  dense perplexity {out['dense']:.3f}")
-    print("  reference curve: " + ", ".join(f"{c['bits']}b {c['perplexity']:.2f}" for c in out["curve"]))
+    print(f"  dense {'perplexity' if value == 'perplexity' else out['metric']} {out['dense']:.3f}")
+    print("  reference curve: " + ", ".join(f"{c['bits']}b {c[value]:.2f}" for c in out["curve"]))
     print(f"  {out['cer_method']}")
     if out["curve_warning"]:
         print(f"  WARNING: {out['curve_warning']}")
     for m, v in out["singles"].items():
         cer = out["cer"][m]
-        shown = "undefined" if cer is None else f"{cer:.2f}" if isinstance(cer, float) else cer
-        print(f"  alone  {m:<28} ppl {v:9.3f}   CER {shown}")
+        text = "undefined" if cer is None else f"{cer:.2f}" if isinstance(cer, float) else cer
+        print(f"  alone  {m:<28} {shown} {v:9.3f}   CER {text}")
     for key, g in out["gap"].items():
         print(f"  gap G({key}) = {g:+.3f}")
     for o in out["orders"]:
-        print(f"  order  {' > '.join(o['order']):<44} ppl {o['perplexity']:9.3f}")
+        print(f"  order  {' > '.join(o['order']):<44} {shown} {o[value]:9.3f}")
     for key, a in out["advantage"].items():
         print(f"  advantage A({key}) = {a:+.3f}")
     agree = {True: "agrees with the measurement", False: "DISAGREES with the measurement",
@@ -161,11 +173,11 @@ def _print_order(out: dict) -> None:
             continue
         prefix, last = " → ".join(o["order"][:-1]), o["order"][-1]
         delta = out["interference"].get(key)
-        shown = "n/a" if delta is None else f"{delta:+.4g}"
+        delta_text = "n/a" if delta is None else f"{delta:+.4g}"
         verdict = "orthogonal" if v["orthogonal"] else "NOT orthogonal"
         print(f"  {key}:")
         print(f"    interference Δ({prefix} → {last}) (003 Def. 6: {last}'s error after {prefix} "
-              f"minus its error alone) = {shown}")
+              f"minus its error alone) = {delta_text}")
         print(f"    excess over the sum of single errors (Harma) = {v['excess']:+.4g} "
               f"(composed {v['composed_error']:.4g} vs sum {v['sum_single_errors']:.4g}) -> {verdict}")
     for key, v in out["layer_errors"].items():
@@ -195,9 +207,16 @@ def _cmd_sweep(args) -> int:
                        multistage_quant=staged_quant, prefix=args.prefix)  # validates every recipe first
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
-    protocol = _protocol(args)
+    vision = _is_vision(args)
+    if vision:
+        from ..data.vision_protocols import get_vision_protocol
+
+        protocol = get_vision_protocol(args.protocol)
+        options = _vision_options(args)
+    else:
+        protocol = _protocol(args)
+        options = {"dtype": args.dtype, **_bench_options(args)}
     model_name = _model_name(args.model)
-    options = _bench_options(args)
     lanes = (os.cpu_count() or 1) if args.lanes is None else args.lanes
     if lanes < 1:
         raise ConfigError(f"--lanes must be >= 1, got {args.lanes}")
@@ -211,7 +230,7 @@ def _cmd_sweep(args) -> int:
     counts: dict[str, int] = {}
     for seed in seeds:  # each seed draws its own calibration windows: a replicate of every cell
         factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
-                               dtype=args.dtype, device=args.device, layerwise_samples=args.layerwise_samples,
+                               device=args.device, layerwise_samples=args.layerwise_samples,
                                calibration_seed=seed, **options)
         done = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype, args.eval_weights), tasks, store,
                          seed=seed, backend=args.backend, device=args.device, lanes=lanes, cache_dir=cache_dir,
@@ -227,7 +246,9 @@ def _cmd_sweep(args) -> int:
 
 
 def _print_row(row) -> None:
-    print(f"  {row.recipe:<48} ppl {row.metrics.perplexity:10.3f}", flush=True)
+    m = row.metrics
+    shown = f"ppl {m.perplexity:10.3f}" if m.perplexity is not None else f"{m.metric_name} {m.metric:8.3f}"
+    print(f"  {row.recipe:<48} {shown}", flush=True)
 
 
 def _cmd_search(args) -> int:
@@ -243,14 +264,17 @@ def _cmd_search(args) -> int:
         check_output_file(args.plot, ".png")
     store = _open_store(args.store) if args.store else None
     bench = _workbench(args)
+    def value(p) -> str:
+        return f"ppl {p.perplexity:10.3f}" if p.perplexity is not None else f"{bench.metric_name} {p.metric:8.3f}"
+
     show = None if args.json or args.quiet else (
-        lambda p: print(f"  g{p.generation} ppl {p.perplexity:10.3f}  BOPs {p.bop_reduction:6.2f}x  {p.recipe}", flush=True))
+        lambda p: print(f"  g{p.generation} {value(p)}  BOPs {p.bop_reduction:6.2f}x  {p.recipe}", flush=True))
     result = search(bench, config, store=store, on_point=show)
     if args.plot:
         plot_pareto({args.sampler: result}, args.plot)
     best = result.best
     if args.json:
-        print(json.dumps({**bench.describe(), "recipe": best.recipe, "perplexity": best.perplexity,
+        print(json.dumps({**bench.describe(), "recipe": best.recipe, "perplexity": best.perplexity, "metric": best.metric,
                           "bop_reduction": best.bop_reduction, "size_reduction": best.size_reduction,
                           "pareto": [p.to_dict() for p in result.pareto], "evaluated": len(result.evaluated),
                           "sum_range": list(result.sum_range), "seconds": result.seconds}))
@@ -258,10 +282,10 @@ def _cmd_search(args) -> int:
     print(f"search: {bench.model_name}  protocol {bench.protocol_id}  sampler {args.sampler}  seed {args.seed}  "
           f"{len(result.evaluated)} configurations in {result.seconds:.1f} s")
     print(f"  best recipe: {best.recipe}")
-    print(f"  perplexity {best.perplexity:.3f}  BOP reduction {best.bop_reduction:.2f}x  "
-          f"size reduction {best.size_reduction:.2f}x")
-    print("  Pareto front (BOP reduction -> perplexity): "
-          + ", ".join(f"{p.bop_reduction:.2f}x {p.perplexity:.3f}" for p in result.pareto))
+    print(f"  {value(best)}  BOP reduction {best.bop_reduction:.2f}x  size reduction {best.size_reduction:.2f}x")
+    print(f"  Pareto front (BOP reduction -> {'perplexity' if best.perplexity is not None else bench.metric_name}): "
+          + ", ".join(f"{p.bop_reduction:.2f}x {p.perplexity if p.perplexity is not None else p.metric:.3f}"
+                      for p in result.pareto))
     if args.plot:
         print(f"  plot: {args.plot}")
     return 0

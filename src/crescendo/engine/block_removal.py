@@ -39,8 +39,9 @@ def select_blocks_greedy(
 ) -> list[int]:
     """Indices (in the current model) of `n_remove` blocks, each removed greedily where the calibration
     perplexity rises least (SLEB, Algorithm 1)."""
+    adapter.check_block_removal()
     blocks = adapter.blocks(model)
-    first_inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
+    first_inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     removed: list[int] = []
     for _ in tqdm(range(n_remove), desc="sleb", disable=not progress, leave=False):
         kept = [i for i in range(len(blocks)) if i not in removed]

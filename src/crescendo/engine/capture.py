@@ -32,7 +32,8 @@ class _Stop(Exception):
 class BlockInputs:
     """Per calibration batch: (args, kwargs) of a block call; args[0] or kwargs['hidden_states'] is x.
 
-    `ids[i]` holds the token ids of batch i (B_i, L), for losses computed from block outputs."""
+    `ids[i]` holds the model input of batch i (token ids (B_i, L), or images), for losses computed
+    from block outputs."""
 
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     ids: list[torch.Tensor] = field(default_factory=list)
@@ -112,9 +113,14 @@ def _batches(windows: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]
 
 @torch.no_grad()
 def capture_first_block_inputs(model: nn.Module, first_block: nn.Module, windows: list[torch.Tensor],
-                               batch_size: int | None = 1) -> BlockInputs:
+                               batch_size: int | None = 1, adapter=None) -> BlockInputs:
     """Run `model` on the calibration windows, `batch_size` at a time (None: chosen from free
-    memory), until its first decoder block, and record the block's inputs."""
+    memory), until its first block, and record the block's inputs. The adapter (default: the
+    model's) says how a batch runs: token ids through a causal LM, images through a classifier."""
+    if adapter is None:
+        from ..models.adapters import get_adapter
+
+        adapter = get_adapter(model)
     captured = BlockInputs()
 
     def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -127,7 +133,7 @@ def capture_first_block_inputs(model: nn.Module, first_block: nn.Module, windows
         for ids in _batches(windows, size):
             captured.ids.append(ids)
             try:
-                model(ids, use_cache=False)
+                adapter.run(model, ids)
             except _Stop:
                 pass
     finally:

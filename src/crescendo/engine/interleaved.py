@@ -79,12 +79,12 @@ def apply_interleaved_(
         targets.append(chosen)
         reports.append(StageReport(stage.spec.name, str(stage), 0.0, len(chosen)))
     own = reports[len(reports) - len(stages):]
-    calibrated = any(stage.spec.statistic is not None for stage in stages)
+    calibrated = any(stage.spec.statistic_for(stage.config) is not None for stage in stages)
     if calibrated and not calibration:
         raise ConfigError("interleaved mode: a calibrated stage needs calibration data")
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size) if calibrated else None
+    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter) if calibrated else None
     desc = "interleaved: " + " > ".join(str(s) for s in stages)
     for index in tqdm(range(len(blocks)), desc=desc, disable=not progress, leave=False):
         block = blocks[index]

@@ -75,7 +75,8 @@ def apply_stage_(
     if tied:
         log.warning("stage %s compresses tied weights %s: the tensors they share change too", stage, tied)
     report = StageReport(spec.name, str(stage), 0.0, len(targets))
-    if spec.statistic is None:
+    statistic = spec.statistic_for(config)
+    if statistic is None:
         for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
             _compress_one(module, None, state.record(name), spec, config, str(stage))
     else:
@@ -100,18 +101,19 @@ def calibration_targets(adapter: Adapter, targets: dict[str, nn.Module], text: s
     """A calibrated stage compresses decoder-block linears only (it calibrates them block by block)."""
     outside = [n for n in targets if not n.startswith(adapter.blocks_path + ".")]
     if outside:
-        raise ConfigError(f"stage {text} is calibrated and compresses only decoder-block linears, not {outside}")
+        raise ConfigError(f"stage {text} is calibrated and compresses only block layers, not {outside}")
 
 
 def compress_block_(block: nn.Module, inputs, linears: dict[str, nn.Module], state, spec, config, text: str,
                     report: StageReport) -> None:
     """One stage on one block's target `linears`: collect the statistic its method needs by running
     the block on `inputs` (none for data-free methods), compress each linear, attach its quantizers."""
-    if spec.statistic is None:
+    kind = spec.statistic_for(config)
+    if kind is None:
         for name, module in linears.items():
             _compress_one(module, None, state.record(name), spec, config, text)
         return
-    with InputStatistics(linears, spec.statistic) as stats:
+    with InputStatistics(linears, kind) as stats:
         run_block(block, inputs)
     seen: set[int] = set()
     for name, module in linears.items():
@@ -131,7 +133,7 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
     calibration_targets(adapter, targets, text)
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size)
+    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}

@@ -1,4 +1,7 @@
-"""Calibration statistics of linear inputs, collected with hooks the collector owns and removes."""
+"""Calibration statistics of layer inputs, collected with hooks the collector owns and removes.
+
+The statistic is of the (rows, in) matrix the layer's (out, in) weight multiplies
+(`adapters.input_rows`): every token of a linear's input, every unfolded patch of a conv's (OBC)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch
 from torch import nn
 
 from ..kernels.obs import PreparedHessian, prepare_hessian
-from ..models.adapters import in_features
+from ..models.adapters import in_features, input_rows
 from ..transforms import input_transforms
 
 
@@ -96,6 +99,7 @@ class InputStatistics:
             x = raw.detach()
             for t in input_transforms(module):
                 x = t(x)
+            x = input_rows(module, x)  # (rows, in)
             if name not in self.values:
                 n_in = in_features(module)
                 shape = (n_in, n_in) if self.kind == "hessian" else (n_in,)
@@ -105,7 +109,7 @@ class InputStatistics:
                 accumulate_hessian(x, self.values[name])
             else:
                 accumulate_sq_norm(x, self.values[name])
-            self.tokens[name] += x.numel() // x.shape[-1]
+            self.tokens[name] += x.shape[0]
             self.accumulations += 1
 
         return hook

@@ -49,8 +49,8 @@ def layerwise_error(
     if len(d_blocks) != len(c_blocks):
         raise ValueError("layer-wise error needs models with the same number of decoder blocks")
     size = calibration_batch_size(dense, calibration, batch_size)
-    d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size)
-    c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size)
+    d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size, adapter)
+    c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size, adapter)
     result = LayerwiseError()
     for index in range(len(d_blocks)):
         if per_linear:

@@ -131,10 +131,11 @@ def save_compressed_tensors(model: nn.Module, tokenizer: Any, out_dir: str | os.
         ConfigError: a state, grid or shape compressed-tensors cannot describe exactly (nothing written).
         VerifyError: a weight compressed-tensors does not give back bit for bit.
 
-    Example:
-        >>> compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
-        >>> save_compressed_tensors(model, tokenizer, "out/llama-w4a16", {"recipe": "sparsegpt:0.5 > gptq:w4,g128"})
-        >>> AutoModelForCausalLM.from_pretrained("out/llama-w4a16")  # with compressed-tensors installed
+    Usage (the tests run this on a tiny LLaMA and compare the reloaded weights bit for bit)::
+
+        compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
+        save_compressed_tensors(model, tokenizer, "out/llama-w4a16", {"recipe": "sparsegpt:0.5 > gptq:w4,g128"})
+        AutoModelForCausalLM.from_pretrained("out/llama-w4a16")  # with compressed-tensors installed
     """
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus

@@ -169,10 +169,11 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
         ConfigError: the model, its state, its tokenizer or the path cannot be written (nothing written).
         VerifyError: a compressed weight that is not on its recorded grid.
 
-    Example:
-        >>> compress(model, "gptq:w4,g32,sym,fmt=q4_0", calibration)
-        >>> save_gguf(model, tokenizer, "out/model-q4_0.gguf", {"recipe": "gptq:w4,g32,sym,fmt=q4_0"}).types
-        {'q4_0': 14, 'f16': 2, 'f32': 5}
+    Usage (a model loaded with its tokenizer; the tests run this on a tiny LLaMA)::
+
+        compress(model, "gptq:w4,g32,sym,fmt=q4_0", calibration)
+        save_gguf(model, tokenizer, "out/model-q4_0.gguf", {"recipe": "gptq:w4,g32,sym,fmt=q4_0"}).types
+        # {'q4_0': 14, 'f16': 2, 'f32': 5}
     """
     from gguf import MODEL_ARCH, GGUFWriter, get_tensor_name_map
 

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ModelError, VerifyError
-from ..models.adapters import is_transposed, set_weight_
+from ..models.adapters import set_weight_, weight_shape
+from ..models.batchnorm import restore_folded_structure_
 from ..models.sharing import restore_sharing_
+from ..models.vision_io import build_from_document, is_vision_document
 from ..state import CompressionState, record_from_dict, set_state_
 from .adapters import load_adapters_
 from .layout import dtype_of, linear_tensor_names, unpack_linear
@@ -63,6 +65,8 @@ def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     config_dict = read_json(directory / "config.json")
+    if is_vision_document(config_dict):  # a crescendo vision model
+        return build_from_document(config_dict, str(directory / "config.json")).to(dtype)
     config_dict.pop("quantization_config", None)  # describes the packed tensors, not the model to build
     config_dict.pop("auto_map", None)  # never code from the directory
     model_type = config_dict.get("model_type")
@@ -108,7 +112,7 @@ def _load_linears(model: nn.Module, manifest: dict, tensors: dict[str, torch.Ten
         if module is None or not hasattr(module, "weight"):
             raise ModelError(f"the manifest packs {name!r}, which the model does not have")
         weight, mask, grid, params, _ = unpack_linear(f"{name}.weight", entry, get)
-        shape = tuple(module.weight.t().shape if is_transposed(module) else module.weight.shape)
+        shape = weight_shape(module)
         if shape != tuple(weight.shape):
             raise ModelError(f"{name}: saved weight is {tuple(weight.shape)}, the module's is different")
         dtype = dtype_of(entry["dtype"])
@@ -132,9 +136,17 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         VerifyError: packed tensors that do not match their manifest entry.
 
     Example:
-        >>> model, tokenizer, meta = load("out/llama-w4-s50")
-        >>> meta["recipe"]
-        'sparsegpt:0.5 > gptq:w4,g128'
+        >>> import tempfile, transformers
+        >>> from crescendo import compress
+        >>> from crescendo.export import save_packed
+        >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                   num_attention_heads=2, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> _ = compress(model, "magnitude:0.5 > rtn:w4,g16", progress=False)
+        >>> out = save_packed(model, None, tempfile.mkdtemp() + "/llama-w4-s50", {"recipe": "magnitude:0.5 > rtn:w4,g16"})
+        >>> reloaded, tokenizer, meta = load(out)
+        >>> meta["recipe"], tokenizer is None
+        ('magnitude:0.5 > rtn:w4,g16', True)
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -142,6 +154,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     state = CompressionState.from_dict(manifest.get("state"))
     if state.sharing is not None:  # factored layers first: the saved tensors are the factors'
         restore_sharing_(model, state.sharing)
+    restore_folded_structure_(model, state.folded_batchnorm)  # `foldbn` replaced batch norms by conv biases
     tensors = read_tensors(directory, manifest)
     rebuilt = _load_linears(model, manifest, tensors)
     packed_keys = {f"{n}.weight" for n in manifest["linears"]}

@@ -23,6 +23,7 @@ class Expectation:
     nm: list[NM] = field(default_factory=list)
     ratio_sum: float = 0.0  # unstructured stages add up: each prunes `ratio` on top of the prior mask
     ratio_stages: int = 0
+    coarse_stages: int = 0  # filter-pruning stages (their ratio is not checked element by element)
     grid: Grid | None = None
     act_grid: Grid | None = None
     kv_bits: int | None = None
@@ -59,6 +60,8 @@ def recipe_expectations(recipe: str | None, all_linears: list[str], block_linear
                 e.pruned = True
                 if sparsity.nm is not None:
                     e.nm.append(sparsity.nm)
+                elif sparsity.granularity != "element":
+                    e.coarse_stages += 1  # whole filters: counts round per layer, no element-level ratio
                 else:
                     e.ratio_sum += float(sparsity.ratio)
                     e.ratio_stages += 1

@@ -26,9 +26,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
-from ..outputs import atomic_output_dir, check_output_dir
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
+from ..models.vision import VisionClassifier
+from ..models.vision_io import vision_config_document
+from ..outputs import atomic_output_dir, check_output_dir
 from ..state import state_of
 from .adapters import save_adapters
 from .layout import dtype_name, pack_linear, unpack_linear
@@ -155,8 +157,15 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         VerifyError: a weight that is not on its recorded grid (it could not be reloaded exactly).
 
     Example:
-        >>> compress(model, "sparsegpt:0.5 > gptq:w4,g128", calibration)
-        >>> save_packed(model, tokenizer, "out/llama-w4-s50", {"recipe": "sparsegpt:0.5 > gptq:w4,g128"})
+        >>> import tempfile, transformers
+        >>> from crescendo import compress
+        >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                   num_attention_heads=2, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> _ = compress(model, "magnitude:0.5 > rtn:w4,g16", progress=False)
+        >>> out = save_packed(model, None, tempfile.mkdtemp() + "/llama-w4-s50", {"recipe": "magnitude:0.5 > rtn:w4,g16"})
+        >>> sorted(p.name for p in out.iterdir())
+        ['config.json', 'crescendo-packed.safetensors', 'crescendo.json', 'crescendo_export.json', 'generation_config.json']
     """
     out = check_output_dir(out_dir)
     state = state_of(model)
@@ -181,7 +190,10 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
     manifest["sparsity"] = _sparsity(entries, recipe)
 
     with atomic_output_dir(out) as tmp:
-        model.config.save_pretrained(tmp)
+        if isinstance(model, VisionClassifier):  # crescendo's own vision models: their config.json layout
+            (tmp / "config.json").write_text(json.dumps(vision_config_document(model)))
+        else:
+            model.config.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text())
         if config.pop("quantization_config", None) is not None:  # the source model's, not these tensors'
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -10,16 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..transforms import add_input_transform_, add_output_transform_, input_transforms, output_transforms
 from ..errors import ConfigError, VerifyError
-from ..methods.quantization import ActivationQuantizer, KVQuantizer
 from ..grids import grid_from_dict
+from ..methods.quantization import ActivationQuantizer, KVQuantizer
+from ..transforms import add_input_transform_, add_output_transform_, input_transforms, output_transforms
 
 
 def describe_transform(t: nn.Module, where: str) -> dict:
     """A JSON description of one transform; ConfigError for one that cannot be rebuilt exactly."""
     if isinstance(t, ActivationQuantizer):
-        return {"type": "activation", "grid": t.grid.to_dict()}
+        return {"type": "activation", "grid": t.grid.to_dict(), **({"axis": t.axis} if t.axis != -1 else {})}
     if isinstance(t, KVQuantizer):
         return {"type": "kv", "bits": t.grid.bits, "head_dim": t.grid.group_size}
     from ..models.rotation import OnlineHadamard
@@ -54,7 +54,7 @@ def build_transform(spec: dict) -> nn.Module:
     try:
         kind = spec["type"]
         if kind == "activation":
-            return ActivationQuantizer(grid_from_dict(spec["grid"]))
+            return ActivationQuantizer(grid_from_dict(spec["grid"]), int(spec.get("axis", -1)))
         if kind == "kv":
             return KVQuantizer(int(spec["bits"]), int(spec["head_dim"]))
         if kind == "online_hadamard":

@@ -97,7 +97,7 @@ def _check_pattern(key: str, kept: torch.Tensor, expect: Expectation | None) -> 
             raise VerifyError(f"tensor {key}.bitmask index {flat} (row {row}, columns {col * nm.m}.."
                               f"{col * nm.m + nm.m - 1}): {int(counts.reshape(-1)[g])} of {nm.m} weights pruned, "
                               f"the recipe's {nm} needs at least {nm.n}")
-    if not expect.nm and expect.ratio_stages:
+    if not expect.nm and expect.ratio_stages and not expect.coarse_stages:
         achieved = float(pruned.float().mean())
         target = min(expect.ratio_sum, 1.0)
         tol = 0.005 + expect.ratio_stages * 0.5 / in_f  # 0.5 points, plus per-row rounding of each stage
@@ -206,7 +206,15 @@ def verify(directory: str | os.PathLike) -> VerifyReport:
     A .gguf file and a compressed-tensors directory (config.json declaring `quant_method:
     compressed-tensors`) are checked by `verify_runtime`; any other directory as a `save_packed` one.
 
-    >>> report = verify("out/llama-w4-s50")
+    >>> import tempfile, transformers
+    >>> from crescendo import compress
+    >>> from crescendo.export import save_packed
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                   num_attention_heads=2, num_key_value_heads=2)
+    >>> model = transformers.LlamaForCausalLM(config)
+    >>> _ = compress(model, "magnitude:0.5 > rtn:w4,g16", progress=False)
+    >>> out = save_packed(model, None, tempfile.mkdtemp() + "/llama-w4-s50", {"recipe": "magnitude:0.5 > rtn:w4,g16"})
+    >>> report = verify(out)
     >>> report.ok, report.summary["sparsity"]
     (True, 0.5)
     """

@@ -123,8 +123,9 @@ class CTActivationGrid(UniformGrid):
     dynamic per-token activation quantizer puts inputs on when transformers runs a W8A8 checkpoint;
     `rtn:w8a8,sym,fmt=ct` uses it so the model crescendo measures is the one transformers runs.
 
-    >>> CTActivationGrid(8).quantize(torch.tensor([[-2.0, 1.0, 2.0]])).tolist()[0][0] == -2.0 * 128 / 127.5
-    True
+    >>> grid, x = CTActivationGrid(8), torch.tensor([[-2.0, 1.0, 2.0]])
+    >>> (grid.quantize(x) / grid.fit(x)["scale"][:, None]).round().tolist()  # +2 -> 127.5 -> 128 -> clamped
+    [[-127.0, 64.0, 127.0]]
     """
 
     symmetric: bool = True

@@ -25,16 +25,17 @@ from ..grids import Grid
 from ..registry import Registry
 from ..types import NM, Targets
 
-Kind = Literal["prune", "quantize", "rotate", "share", "adapt"]
+Kind = Literal["prune", "quantize", "rotate", "share", "adapt", "fold"]
 Statistic = Literal["hessian", "input_sq_norm"]
 
 
 @dataclass(frozen=True)
 class Sparsity:
-    """The pruning a per-layer stage adds: an unstructured ratio or an N:M pattern."""
+    """The pruning a per-layer stage adds: a ratio or an N:M pattern, of elements or of whole filters."""
 
     ratio: float | None = None
     nm: NM | None = None
+    granularity: str = "element"  # "element" (counted per weight) or "filter" (whole rows, rounded per layer)
 
     @property
     def fraction(self) -> float:
@@ -89,7 +90,9 @@ class MethodSpec:
     name: str
     kind: Kind
     config_cls: type[MethodConfig]
-    statistic: Statistic | None = None  # calibration statistic per linear, or None (data-free)
+    # calibration statistic per linear, None (data-free), or a function of the config (a criterion
+    # option that needs data, e.g. `filter:0.3,by=act`)
+    statistic: Statistic | Callable[[Any], Statistic | None] | None = None
     compress_linear: Callable[..., torch.Tensor] | None = None
     attach_linear: Callable[..., None] | None = None  # e.g. activation quantizers, after the weights
     apply_model: Callable[..., None] | None = None  # whole-model methods (rotation, block removal)
@@ -99,11 +102,16 @@ class MethodSpec:
     # a recipe (or on an already compressed model) whose invariants the stage could not keep
     check: Callable[..., None] | None = None
 
+    def statistic_for(self, config: Any) -> Statistic | None:
+        """The statistic this configuration of the method needs (None: data-free)."""
+        return self.statistic(config) if callable(self.statistic) else self.statistic
+
     def parse(self, positional: list[str], keyword: dict[str, str]) -> Any:
         return self.config_cls.parse(self.name, positional, keyword)
 
     @property
     def calibrated(self) -> bool:
+        """Whether some configuration of the method reads calibration data (see `Stage.calibrated`)."""
         return self.statistic is not None or self.needs_calibration
 
 

@@ -18,7 +18,7 @@ from ..state import LinearRecord
 from ..types import Targets
 from . import args as A
 from .base import MethodConfig, MethodSpec, register_method
-from .quantization import ActivationQuantizer, add_input_transform_, remove_transforms_
+from .quantization import ActivationQuantizer, activation_quantizer_for, add_input_transform_, remove_transforms_
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def format_linear(weight, stats, record: LinearRecord, config: FormatConfig) -> 
 def attach_format_activations(module, record: LinearRecord, config: FormatConfig, adapter, model) -> None:
     if config.activations:
         remove_transforms_(module, ActivationQuantizer)
-        add_input_transform_(module, ActivationQuantizer(config.grid))
+        add_input_transform_(module, activation_quantizer_for(module, config.grid))
         record.act_grid = config.grid
 
 

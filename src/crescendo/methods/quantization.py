@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..transforms import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..errors import ConfigError
-from ..kernels.obs import obs_sweep
 from ..grids import GGMLGrid, Grid, UniformGrid
 from ..grids.uniform import CTActivationGrid
+from ..kernels.obs import obs_sweep
+from ..state import LinearRecord
+from ..transforms import add_input_transform_, add_output_transform_, input_transforms, remove_transforms_
 from ..types import Targets, check_bits
 from . import args as A
-from ..state import LinearRecord
 from .base import MethodConfig, MethodSpec, register_method
 from .pruning import obs_args, parse_obs_args
 
@@ -52,18 +52,32 @@ def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
 
 
 class ActivationQuantizer(nn.Module):
-    """Fake-quantizes a linear's input along its last dimension, per token (dynamic, no state)."""
+    """Fake-quantizes a layer's input per token along its feature axis (dynamic, no state).
 
-    def __init__(self, grid: Grid) -> None:
+    axis -1 for a linear (features last); 1 for a conv's (B, C, H, W) input, where a "token" is one
+    spatial position and its features are the C channels (blocks of a block format run along C).
+    """
+
+    def __init__(self, grid: Grid, axis: int = -1) -> None:
         super().__init__()
+        if axis not in (-1, 1):
+            raise ConfigError(f"activation quantizer axis must be -1 (linear) or 1 (conv channels), got {axis}")
         self.grid = grid
+        self.axis = axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, features)
-        return straight_through(x, self.grid.quantize(flat).reshape(x.shape).to(x.dtype))
+        moved = x.detach() if self.axis == -1 else x.detach().movedim(self.axis, -1)  # (..., features)
+        flat = moved.reshape(-1, moved.shape[-1]).float()  # (tokens, features)
+        q = self.grid.quantize(flat).reshape(moved.shape)
+        return straight_through(x, (q if self.axis == -1 else q.movedim(-1, self.axis)).to(x.dtype))
 
     def extra_repr(self) -> str:
-        return repr(self.grid)
+        return repr(self.grid) + ("" if self.axis == -1 else f", axis={self.axis}")
+
+
+def activation_quantizer_for(module: nn.Module, grid: Grid) -> ActivationQuantizer:
+    """The per-token activation quantizer of `module`'s input: along channels for a Conv2d."""
+    return ActivationQuantizer(grid, axis=1 if isinstance(module, nn.Conv2d) else -1)
 
 
 class KVQuantizer(nn.Module):
@@ -277,7 +291,7 @@ def attach_activation_quantizer(module: nn.Module, record: LinearRecord, config:
     grid = config.act_grid
     if grid is not None:
         remove_transforms_(module, ActivationQuantizer)  # a later activation quantizer replaces an earlier one
-        add_input_transform_(module, ActivationQuantizer(grid))
+        add_input_transform_(module, activation_quantizer_for(module, grid))
         record.act_grid = grid
     if config.kv_bits is not None and adapter.is_kv_projection(record.name):
         remove_transforms_(module, KVQuantizer)
@@ -289,4 +303,5 @@ register_method(MethodSpec("rtn", "quantize", RTNConfig, None, rtn_linear, attac
 register_method(MethodSpec("gptq", "quantize", GPTQConfig, "hessian", gptq_linear, attach_activation_quantizer))
 register_method(MethodSpec("act", "quantize", ActConfig, None, None, attach_activation_quantizer))
 
-__all__ = ["ActivationQuantizer", "GPTQConfig", "RTNConfig", "ActConfig", "input_transforms"]
+__all__ = ["ActivationQuantizer", "GPTQConfig", "RTNConfig", "ActConfig", "activation_quantizer_for",
+           "input_transforms"]

@@ -1,4 +1,4 @@
-"""Whole-model stages: QuaRot rotation (`rotate`) and SLEB block removal (`sleb`)."""
+"""Whole-model stages: QuaRot rotation (`rotate`), SLEB block removal (`sleb`), batch-norm folding (`foldbn`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..engine.block_removal import remove_blocks_, select_blocks_greedy
 from ..errors import ConfigError
+from ..models.batchnorm import fold_batchnorm_
 from ..state import state_of
 from ..types import check_ratio
 from . import args as A
@@ -82,11 +83,56 @@ def sleb_model(model, adapter, config: SLEBConfig, calibration, *, progress: boo
 
 
 register_method(MethodSpec("rotate", "rotate", RotateConfig, apply_model=rotate_model))
-def check_sleb(model, adapter, config: SLEBConfig, earlier) -> None:
-    """Removing a block of a shared model would take a basis other blocks use with it."""
+@dataclass(frozen=True)
+class FoldBNConfig(MethodConfig):
+    """Fold every batch norm that follows a convolution into it (eval-mode running statistics).
+
+    A recipe without `foldbn` leaves batch norms alone: they stay float layers after the compressed
+    convs. With it, the compressed conv weights are the folded ones (what integer inference runs).
+    It must come before any weight quantization (folding rescales weights off their grids); pruning
+    masks survive it (a zero stays zero).
+    """
+
+    def text(self) -> str:
+        return "foldbn"
+
+    @classmethod
+    def parse(cls, name: str, positional: list[str], keyword: dict[str, str]) -> FoldBNConfig:
+        A.reject_leftovers(name, positional, keyword)
+        return cls()
+
+
+def _batchnorm_pairs(model, adapter) -> list[tuple[str, str]]:
+    pairs = adapter.batchnorm_pairs(model) if hasattr(adapter, "batchnorm_pairs") else []
+    if not pairs:
+        raise ConfigError(f"foldbn: {adapter.family} has no batch norm after a convolution (nothing to fold)")
+    return pairs
+
+
+def _check_foldbn(model, adapter, config: FoldBNConfig, earlier=()) -> None:
+    state = state_of(model)
+    for conv, _ in _batchnorm_pairs(model, adapter):
+        record = state.records.get(conv)
+        if record is not None and record.grid is not None:
+            raise ConfigError(f"foldbn after quantizing {conv}: folding would move its weights off their grid")
+
+
+def foldbn_model(model, adapter, config: FoldBNConfig, calibration, *, progress: bool = True,
+                 batch_size: int | None = None) -> None:
+    _check_foldbn(model, adapter, config)
+    pairs = _batchnorm_pairs(model, adapter)
+    fold_batchnorm_(model, pairs)
+    state_of(model).folded_batchnorm.extend(pairs)
+
+
+def _check_sleb(model, adapter, config: SLEBConfig, earlier) -> None:
+    """Block removal needs a family that has blocks to remove; removing a block of a shared model
+    would take a basis other blocks use with it."""
+    adapter.check_block_removal()
     if state_of(model).sharing is not None or any(s.method == "share" for s in earlier):
         raise ConfigError("sleb after share: removing a block would drop a basis other blocks share; remove blocks first")
 
 
 register_method(MethodSpec("sleb", "prune", SLEBConfig, apply_model=sleb_model, needs_calibration=True,
-                           check=check_sleb))
+                           check=_check_sleb))
+register_method(MethodSpec("foldbn", "fold", FoldBNConfig, apply_model=foldbn_model, check=_check_foldbn))

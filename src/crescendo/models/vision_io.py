@@ -6,8 +6,11 @@ config (bounded sizes), builds the architecture, and checks every tensor name, s
 safetensors header against it before reading a single weight.
 
 Example:
+    >>> import tempfile
+    >>> from crescendo.models.vision import ViTMiniConfig, build_vision_model
+    >>> tmp = Path(tempfile.mkdtemp())
     >>> model = build_vision_model(ViTMiniConfig(image_size=8, patch_size=2, dim=16, depth=1, heads=2, mlp_dim=16))
-    >>> save_vision_model(model, tmp / "vit", {"dataset": "digits"})
+    >>> _ = save_vision_model(model, tmp / "vit", {"dataset": "digits"})
     >>> load_vision_model(tmp / "vit").metadata["dataset"]
     'digits'
 """
@@ -53,11 +56,7 @@ def save_vision_model(model: VisionClassifier, directory: str | os.PathLike, met
     """Write `model` (float32 weights) and its config + `metadata` to a new or empty `directory`, atomically."""
     if not isinstance(model, VisionClassifier):
         raise ModelError(f"save_vision_model takes a crescendo vision model, got {type(model).__name__}")
-    metadata = dict(metadata or {})
-    clash = [k for k in _RESERVED if k in metadata]
-    if clash:
-        raise ModelError(f"metadata may not set the reserved keys {', '.join(clash)}")
-    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(model.config), **metadata}
+    document = vision_config_document(model, metadata)
     try:
         text = json.dumps(document, indent=2, sort_keys=False)
     except (TypeError, ValueError) as e:
@@ -69,6 +68,33 @@ def save_vision_model(model: VisionClassifier, directory: str | os.PathLike, met
         (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it owner-only; the config beside it is 0644
         (tmp / CONFIG_FILE).write_text(text + "\n")
     return Path(directory)
+
+
+def vision_config_document(model: VisionClassifier, extra: dict | None = None) -> dict:
+    """The config.json document of `model` (format, version, architecture) plus `extra` keys."""
+    extra = dict(extra or {})
+    clash = [k for k in _RESERVED if k in extra]
+    if clash:
+        raise ModelError(f"metadata may not set the reserved keys {', '.join(clash)}")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_dict(model.config), **extra}
+
+
+def is_vision_document(document: dict) -> bool:
+    """Whether a parsed config.json describes a crescendo vision model."""
+    return isinstance(document, dict) and document.get("format") == FORMAT
+
+
+def build_from_document(document: dict, where: str = "config.json") -> VisionClassifier:
+    """A freshly initialised model of the architecture a config.json document names (validated)."""
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{where}: format_version {document.get('format_version')!r}; this crescendo reads "
+                         f"{FORMAT_VERSION}")
+    try:
+        return build_vision_model(config_from_dict(document.get("config")))
+    except TypeError as e:
+        raise ModelError(f"{where}: bad config ({e})") from None
+    except ModelError as e:
+        raise ModelError(f"{where}: {e}") from None
 
 
 def _read_document(directory: Path) -> dict:

@@ -4,7 +4,8 @@ Progressive Intensity Hypothesis, as PNG + SVG figures, `report.md` and a self-c
 `report.html`.
 
 Sign convention (003): A(Q -> P) = M(quantize first, then prune) - M(prune first, then quantize)
-= M("Q > P") - M("P > Q") with M = -perplexity; A > 0 means quantizing first is better.
+= M("Q > P") - M("P > Q") with M = -perplexity (language models) or M = top-1 accuracy
+(classifiers); A > 0 means quantizing first is better.
 
 >>> index = build_report("runs.sqlite", "report/", model="smollm2-135m")  # doctest: +SKIP
 >>> index.html  # doctest: +SKIP
@@ -25,8 +26,8 @@ from ..errors import StoreError
 from ..outputs import atomic_output_dir, check_output_dir
 from ..store import ResultStore, code_commit
 from . import figures, tables
-from .analysis import DEFAULT_CER, Cell, Summary, cells, reference_of, summarize
-from .data import ErrorAnalysis, Experiment, Grouping, group_rows
+from .analysis import DEFAULT_CER, Cell, Summary, cells, cer_label, reference_of, summarize
+from .data import ErrorAnalysis, Experiment, Grouping, group_rows, metric_text, value_label
 from .html import FigureRef, Section, render_html, render_markdown
 
 __all__ = ["ReportIndex", "build_report"]
@@ -71,19 +72,22 @@ def _order_caption(exp: Experiment, found: list[Cell], settings: CERSettings) ->
     left_out = "; ".join(m for m in missing if m)
     return (f"Figure 3: A(Q→P) against C*_P − C_Q for {exp.key.prune} (P) and {exp.key.quant} (Q), "
             f"one exponential fit a·exp(b·x)+c per pruning ratio (dashed: C*_P is a bound). "
-            f"{settings.label}." + (f" Not drawn: {left_out}." if left_out else ""))
+            f"{cer_label(settings, exp.metric_name)}." + (f" Not drawn: {left_out}." if left_out else ""))
 
 
 def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary, folder: Path,
                          settings: CERSettings) -> list[Section]:
     k = exp.key
-    dense = tables.fmt_number(exp.dense.perplexity if exp.dense else None)
+    dense = tables.fmt_number(exp.dense.value if exp.dense else None)
+    label = value_label(exp.metric_name)
+    cer_text = cer_label(settings, exp.metric_name)
     _, problem = reference_of(exp, settings)
     measured = bool(exp.quant) and bool(exp.prune)  # else Figure 3's section says what is missing
     warning = problem.replace("the reference curve", f"the reference curve {k.quant}", 1) \
         if problem and measured else ""
     out = [Section(k.label, 2, (f"P = {k.prune}, Q = {k.quant}; ratios {exp.ratios}, "
-                                f"bits {exp.bits}; dense perplexity {dense}. {settings.label}.",)
+                                f"bits {exp.bits}; dense {label} {dense}; {metric_text(exp.metric_name)}. "
+                                f"{cer_text}.",)
                    + ((f"Warning: {warning}.",) if warning else ()))]
     if any(c.cer is not None for c in found):
         fig3 = figures.plot_order_advantage(exp, found, folder)
@@ -106,11 +110,11 @@ def _experiment_sections(exp: Experiment, found: list[Cell], summary: Summary, f
     zeros = tables.zeros_table(exp)
     grids = (*tables.perplexity_tables(exp), tables.cer_table(exp, settings)) + (
         (tables.advantage_table(exp, found),) if found else ()) + ((zeros,) if zeros else ())
-    out.append(Section("Perplexity, CER and A(Q→P) grids", 3, tables=grids))
+    out.append(Section(f"{label[0].upper() + label[1:]}, CER and A(Q→P) grids", 3, tables=grids))
     for total in exp.multistage_totals:
         paths = figures.plot_multistage(exp, total, folder)
         caption = (f"Figure 7: {k.prune}(p1) > {k.quant} > {k.prune}(p2), p1 + p2 = {total:g}: "
-                   "perplexity and advantage over all pruning first, one line per bit-width.")
+                   f"{label} and advantage over all pruning first, one line per bit-width.")
         out.append(Section(f"Multi-stage compression, p1 + p2 = {total:g} (Figure 7)", 3,
                            figures=_fig(paths, caption),
                            tables=(tables.multistage_table(exp, total),)))
@@ -151,6 +155,12 @@ def _interference_section(errors: list[ErrorAnalysis]) -> Section:
     return Section(title, 2, (text, "Rows from: " + "; ".join(notes) + "."), tables=found)
 
 
+def _shared_metric(grouping: Grouping) -> str:
+    """The M every experiment measures (their own labels say so when they differ)."""
+    names = {e.metric_name for e in grouping.experiments}
+    return names.pop() if len(names) == 1 else "-perplexity"
+
+
 def _overview(store_path: Path, grouping: Grouping, n_rows: int, settings: CERSettings,
               generated_by: str | None) -> Section:
     commit = f" at commit {generated_by}" if generated_by else " (source commit unknown)"
@@ -158,11 +168,12 @@ def _overview(store_path: Path, grouping: Grouping, n_rows: int, settings: CERSe
              f"Built from {store_path} ({n_rows} rows read; seeds {list(grouping.seeds)}, "
              f"versions {list(grouping.versions)}). Repeated seeds are averaged; per seed the "
              "newest row counts.",
-             "M = −perplexity. A(Q→P) = M(Q first, then P) − M(P first, then Q) = "
-             "perplexity(\"P > Q\") − perplexity(\"Q > P\"): A > 0 means quantizing first is "
-             "better. C_Q = 16/B, C_P = 1/(1−p); C*_P is the ratio at which the quantizer's own "
+             "M = −perplexity for language models, M = top-1 accuracy (%) for classifiers (each "
+             "experiment names its M). A(Q→P) = M(Q first, then P) − M(P first, then Q), i.e. "
+             "perplexity(\"P > Q\") − perplexity(\"Q > P\") or accuracy(\"Q > P\") − "
+             "accuracy(\"P > Q\"): A > 0 means quantizing first is better. C_Q = 16/B, C_P = 1/(1−p); C*_P is the ratio at which the quantizer's own "
              "curve matches P alone (interpolated; ≤/≥ marks a bound outside the curve).",
-             f"{settings.label}. A reference curve that is not monotone (a higher ratio measured "
+             f"{cer_label(settings, _shared_metric(grouping))}. A reference curve that is not monotone (a higher ratio measured "
              "better) is flagged and gives no CER unless the monotone envelope is asked for.",
              "The hypothesis predicts the weaker method first: Q first iff C_Q < C*_P; a bound "
              "C*_P decides when it lies on one side of C_Q, touching included; an exact tie "
@@ -221,7 +232,7 @@ def build_report(
         if table1:
             sections.append(Section("A(Q→P) by quantization ratio (Table 1)", 2, (
                 "As 003's Table 1: one column per pruning method sharing a quantizer and a ratio "
-                "(an exact 0 means both orders gave identical perplexity).",), tables=tuple(table1)))
+                "(an exact 0 means both orders measured the same M).",), tables=tuple(table1)))
         sections.append(_interference_section(grouping.errors))
         models = sorted({e.key.model for e in grouping.experiments} | {e.model for e in grouping.errors})
         title = f"crescendo order report: {', '.join(models)}"

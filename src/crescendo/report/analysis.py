@@ -3,7 +3,7 @@ Progressive Intensity Hypothesis (003, Hypothesis 1) holds. Pure functions on `E
 
 Notation, as in 003: "f1 -> f2" means f1 is applied first, and
     A(f1 -> f2) = M(f2 o f1) - M(f1 o f2).
-So, with M = -perplexity,
+So, with M = -perplexity (language models; M = accuracy for classifiers),
     A(Q -> P) = M(quantize first, then prune) - M(prune first, then quantize)
               = M(recipe "Q > P") - M(recipe "P > Q")
               = perplexity("P > Q") - perplexity("Q > P").
@@ -24,7 +24,7 @@ import numpy as np
 from ..analysis.cer import CER, CERSettings, ReferenceCurve, pih_first, reference_curve
 from ..analysis.metrics import ExpFit, fit_exponential, order_advantage
 from ..analysis.ranks import spearman_test
-from .data import Experiment
+from .data import PERPLEXITY, Experiment, value_label
 
 DEFAULT_CER = CERSettings()
 
@@ -33,10 +33,20 @@ def reference_of(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> tuple[
     """The experiment's quantizer curve as `settings` reads it, and a warning when it gives no
     CER or only a flagged one (not monotone, nothing measured, no dense row to anchor at)."""
     dense = exp.dense.metric if exp.dense is not None else None
+    if settings.scale == "log" and exp.metric_name != PERPLEXITY:
+        return None, f"a log-perplexity CER needs M = -perplexity, not {exp.metric_name}: CER undefined"
     if settings.anchor == "dense" and (dense is None or math.isnan(dense)):
         return None, "a CER anchored at dense needs a dense row, and the store has none: CER undefined"
     curve = reference_curve(exp.quant_curve(), settings, dense)
     return curve, curve.problem
+
+
+def cer_label(settings: CERSettings, metric_name: str) -> str:
+    """The settings' label naming the experiment's own M ("linear in accuracy (%)" for classifiers)."""
+    if metric_name == PERPLEXITY:
+        return settings.label
+    return settings.label.replace("log-perplexity", "log-perplexity (inapplicable)").replace(
+        "linear in perplexity", f"linear in {value_label(metric_name)}")
 
 
 def cer_by_ratio(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> dict[float, CER | None]:
@@ -58,8 +68,8 @@ class Cell:
     ratio: float
     bits: int
     cer: CER | None  # C*_P of P(ratio) alone
-    ppl_prune_first: float  # perplexity of "P > Q"
-    ppl_quant_first: float  # perplexity of "Q > P"
+    m_prune_first: float  # M of "P > Q" (-perplexity, or accuracy)
+    m_quant_first: float  # M of "Q > P"
     advantage_spread: float | None = None  # max - min of A over calibration seeds (None: one seed)
 
     @property
@@ -73,7 +83,7 @@ class Cell:
     @property
     def advantage(self) -> float:
         """A(Q -> P) = M(Q first) - M(P first); inf when only one order collapsed, NaN when both."""
-        return order_advantage(-self.ppl_quant_first, -self.ppl_prune_first)
+        return order_advantage(self.m_quant_first, self.m_prune_first)
 
     @property
     def within_noise(self) -> bool | None:
@@ -116,13 +126,14 @@ def cells(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> list[Cell]:
     for r, b in sorted(found, key=lambda rb: (rb[0], -rb[1])):
         pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
         if pf is not None and qf is not None:
-            out.append(Cell(r, b, cers.get(r), pf.perplexity, qf.perplexity, seed_spread(pf, qf)))
+            out.append(Cell(r, b, cers.get(r), pf.metric, qf.metric, seed_spread(pf, qf)))
     return out
 
 
 def seed_spread(prune_first, quant_first) -> float | None:
-    """Spread (max - min) over the seeds both orders share of A(Q -> P) = ppl(P > Q) - ppl(Q > P);
-    None with fewer than two common seeds."""
+    """Spread (max - min) over the seeds both orders share of A(Q -> P) (the per-seed values are
+    perplexities or accuracies; the spread of their difference is A's either way); None with fewer
+    than two common seeds."""
     pf, qf = dict(prune_first.per_seed), dict(quant_first.per_seed)
     values = [pf[s] - qf[s] for s in sorted(set(pf) & set(qf))]
     if len(values) < 2 or not all(math.isfinite(v) for v in values):
@@ -218,7 +229,8 @@ def fit_by_ratio(all_cells: list[Cell]) -> dict[float, ExpFit]:
 
 
 def multistage_series(exp: Experiment, total: float) -> dict[int, list[tuple[float, float, float]]]:
-    """bits -> [(p2, perplexity, A)] for P(total - p2) > Q(bits) > P(p2), by p2 (Figure 7).
+    """bits -> [(p2, value, A)] for P(total - p2) > Q(bits) > P(p2), by p2 (Figure 7); value is the
+    perplexity (or accuracy) as measured.
 
     A is relative to p2 = 0 (all pruning before the quantizer): M(p2) - M(0), so A > 0 says that
     moving pruning after the quantizer helped. NaN where p2 = 0 was not measured.
@@ -230,6 +242,6 @@ def multistage_series(exp: Experiment, total: float) -> dict[int, list[tuple[flo
         series = []
         for p2, measured in points.items():
             a = order_advantage(measured.metric, base.metric) if base is not None else math.nan
-            series.append((p2, measured.perplexity, a))
+            series.append((p2, measured.value, a))
         out[bits] = series
     return out

@@ -9,6 +9,8 @@ experiment of their (model, protocol).
 Repeated runs of one recipe are reduced in two steps: per seed the newest row wins (a rerun under a
 newer package version replaces the old one), then seeds are averaged. A collapsed seed (perplexity
 inf) makes the mean inf, which is what a reader should see, not a mean that hides the collapse.
+Rows measure M = -perplexity (language models) or M = top-1 accuracy (classifiers); a measurement
+keeps the shown value (perplexity or accuracy) and which metric it is.
 """
 
 from __future__ import annotations
@@ -83,20 +85,40 @@ class ExperimentKey:
         return re.sub(r"[^A-Za-z0-9]+", "-", text.replace("{", "").replace("}", "")).strip("-")
 
 
+PERPLEXITY = "-perplexity"
+
+
+def value_label(metric_name: str) -> str:
+    """What a table shows for a metric: "perplexity" (M = -perplexity) or "accuracy (%)"."""
+    return "perplexity" if metric_name == PERPLEXITY else "accuracy (%)" if metric_name == "accuracy" else metric_name
+
+
+def metric_text(metric_name: str) -> str:
+    """How a caption names M: "M = −perplexity" or "M = top-1 accuracy (%)"."""
+    return "M = −perplexity" if metric_name == PERPLEXITY else (
+        "M = top-1 accuracy (%)" if metric_name == "accuracy" else f"M = {metric_name}")
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One recipe's result, reduced over seeds."""
 
-    perplexity: float  # mean over seeds; inf if any seed collapsed, nan if any is missing/nan
+    value: float  # perplexity, or M itself for other metrics; mean over seeds (inf: a collapsed seed)
     seeds: tuple[int, ...]
     per_block_error: tuple[float, ...] | None = None  # by depth, mean over seeds
     per_seed: tuple[tuple[int, float], ...] = ()  # (seed, perplexity) of every seed, in seed order
     zero_fraction: float | None = None  # weights exactly zero: pruned or rounded to zero (None: not stored)
+    metric_name: str = PERPLEXITY  # what M is: -perplexity (language models) or accuracy (classifiers)
 
     @property
     def metric(self) -> float:
-        """M = -perplexity (higher is better), the metric every order quantity uses."""
-        return -self.perplexity
+        """M (higher is better), the metric every order quantity uses: -perplexity or accuracy."""
+        return -self.value if self.metric_name == PERPLEXITY else self.value
+
+    @property
+    def perplexity(self) -> float:
+        """The perplexity (NaN when M is not -perplexity)."""
+        return self.value if self.metric_name == PERPLEXITY else math.nan
 
 
 @dataclass
@@ -118,10 +140,18 @@ class Experiment:
     def bits(self) -> list[int]:
         return sorted({b for _, b, _ in self.orders} | set(self.quant), reverse=True)
 
+    @property
+    def metric_name(self) -> str:
+        """What M is in this experiment (every row of one model and protocol measures the same)."""
+        for m in [self.dense, *self.quant.values(), *self.prune.values(), *self.orders.values()]:
+            if m is not None:
+                return m.metric_name
+        return PERPLEXITY
+
     def quant_curve(self) -> list[tuple[float, float]]:
         """The reference quantizer's points (C_Q = 16 / bits, M); NaN runs are left out (unknown)."""
         return [(16.0 / b, m.metric) for b, m in sorted(self.quant.items())
-                if not math.isnan(m.perplexity)]
+                if not math.isnan(m.value)]
 
     def multistage_points(self, total: float, bits: int) -> dict[float, Measurement]:
         """p2 -> result of P(total - p2) > Q(bits) > P(p2), endpoints included.
@@ -152,8 +182,18 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
+def _value(row: Row) -> float:
+    m = row.metrics
+    if m.metric_name == PERPLEXITY:
+        return m.perplexity if m.perplexity is not None else math.nan
+    return m.metric
+
+
 def _measurement(rows: Sequence[Row]) -> Measurement:
-    ppls = [r.metrics.perplexity if r.metrics.perplexity is not None else math.nan for r in rows]
+    names = {r.metrics.metric_name for r in rows}
+    if len(names) > 1:
+        raise ValueError(f"rows of one recipe measure different metrics {sorted(names)}")
+    ppls = [_value(r) for r in rows]
     blocks = [r.metrics.per_block_error for r in rows]
     per_block: tuple[float, ...] | None = None
     if all(b for b in blocks) and len({len(b) for b in blocks}) == 1:
@@ -162,7 +202,7 @@ def _measurement(rows: Sequence[Row]) -> Measurement:
     zero = _mean([float(z) for z in zeros]) if all(z is not None for z in zeros) else None
     per_seed = tuple(sorted((r.seed, p) for r, p in zip(rows, ppls)))
     return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block_error=per_block,
-                       zero_fraction=zero, per_seed=per_seed)
+                       zero_fraction=zero, per_seed=per_seed, metric_name=names.pop())
 
 
 def _split(recipe: str) -> list[str]:

@@ -29,7 +29,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..analysis.metrics import CER
 from .analysis import Cell, fit_by_ratio, multistage_series
-from .data import Experiment
+from .data import PERPLEXITY, Experiment, metric_text, value_label
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "D", "P", "X", "*", "h", "p")  # no triangles: those mark infinite values
@@ -176,7 +176,7 @@ def plot_order_advantage(exp: Experiment, cells: list[Cell], folder: Path) -> li
     ax.set_xlabel(r"CER difference $C^*_P - C_Q$" + f"   (reference quantizer {exp.key.quant}, "
                   f"{exp.key.model})")
     ax.set_ylabel(r"$\mathcal{A}(Q\rightarrow P)$ = M(Q first) $-$ M(P first)" +
-                  f"\nM = $-$perplexity, {exp.key.protocol}" + (", symlog" if symlog else ""))
+                  f"\n{_m(exp)}, {exp.key.protocol}" + (", symlog" if symlog else ""))
     ax.legend(handles=_advantage_legend(ratios, cer_of, pinned),
               title="pruning ratio (fit: a·exp(b·x)+c)", loc="upper left",
               bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -202,21 +202,27 @@ def plot_multistage(exp: Experiment, total: float, folder: Path) -> list[Path]:
                     zorder=2 + i)
             _pin_nonfinite(ax, p2, values, col)
     finite_ppl = [v for pts in series.values() for _, v, _ in pts if math.isfinite(v) and v > 0]
-    if finite_ppl and max(finite_ppl) / min(finite_ppl) > 20:
+    if exp.metric_name == PERPLEXITY and finite_ppl and max(finite_ppl) / min(finite_ppl) > 20:
         ax_ppl.set_yscale("log")
         ax_ppl.relim()
         ax_ppl.autoscale_view()
     ax_adv.axhline(0.0, color="0.35", linewidth=0.9)
     for ax in (ax_ppl, ax_adv):
         ax.set_xlabel(r"$p_2$: pruning after the quantizer" + f"  ($p_1 + p_2$ = {total:g})")
-    ax_ppl.set_ylabel(f"perplexity ({exp.key.protocol})")
-    ax_adv.set_ylabel(r"M($p_2$) $-$ M($p_2$ = 0), M = $-$perplexity")
-    ax_ppl.set_title("perplexity")
+    label = value_label(exp.metric_name)
+    ax_ppl.set_ylabel(f"{label} ({exp.key.protocol})")
+    ax_adv.set_ylabel(r"M($p_2$) $-$ M($p_2$ = 0), " + _m(exp))
+    ax_ppl.set_title(label)
     ax_adv.set_title(r"advantage over all pruning first ($p_2$ = 0)")
     ax_adv.legend(title="bits", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _title(fig, f"Multi-stage: {exp.key.prune_name}($p_1$) > {exp.key.quant_name} > "
                 f"{exp.key.prune_name}($p_2$)", exp)
     return save(fig, folder, f"fig7_{exp.key.slug}_{total:g}")
+
+
+def _m(exp: Experiment) -> str:
+    """M for an axis label, in mathtext: "M = $-$perplexity" or "M = top-1 accuracy (%)"."""
+    return metric_text(exp.metric_name).replace("−", "$-$")
 
 
 def _spread(values: Sequence, k: int) -> list:

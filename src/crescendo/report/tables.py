@@ -1,6 +1,6 @@
 """Report tables as values (title, header, rows), rendered to Markdown or HTML by the same object.
 
-Numbers are formatted once, here: perplexities with 2 decimals, A(Q -> P) with 3 (as 003's Table 1)
+Numbers are formatted once, here: perplexities and accuracies with 2 decimals, A(Q -> P) with 3 (as 003's Table 1)
 and an exact 0 as "0" (SLEB's "no interference" is an exact zero and must not read as 0.000), CERs
 with their bound ("<= 2.00", ">= 4.00"). Non-finite values print as "inf", "-inf", "nan".
 """
@@ -18,10 +18,11 @@ from .analysis import (
     Cell,
     Summary,
     cer_by_ratio,
+    cer_label,
     multistage_series,
     reference_of,
 )
-from .data import ErrorAnalysis, Experiment, Measurement, method_name
+from .data import ErrorAnalysis, Experiment, Measurement, method_name, metric_text, value_label
 
 
 def md_escape(text: str) -> str:
@@ -58,7 +59,8 @@ def fmt_cer(cer: CER | None, missing: str = "-") -> str:
 
 
 def _ppl(m: Measurement | None) -> str:
-    return fmt_number(None if m is None else m.perplexity)
+    """The measured value: a perplexity, or an accuracy (%)."""
+    return fmt_number(None if m is None else m.value)
 
 
 def bits_label(bits: int) -> str:
@@ -104,8 +106,9 @@ class Table:
 
 
 def perplexity_tables(exp: Experiment) -> list[Table]:
-    """The full perplexity grid: ratio x bits for each order, the singles in the margins."""
+    """The full perplexity (or accuracy) grid: ratio x bits for each order, the singles in the margins."""
     k, bits = exp.key, exp.bits
+    label = value_label(exp.metric_name)
     header = ("p (C_P)", f"{k.prune_name} alone") + tuple(f"B={b}" for b in bits)
     dense = _ppl(exp.dense)
     tables = []
@@ -114,8 +117,8 @@ def perplexity_tables(exp: Experiment) -> list[Table]:
         for r in exp.ratios:
             rows.append((ratio_label(r), _ppl(exp.prune.get(r)))
                         + tuple(_ppl(exp.orders.get((r, b, first))) for b in bits))
-        tables.append(Table(f"Perplexity, {first} first ({recipe})", header, tuple(rows),
-                            f"dense perplexity {dense} (shown where no method is applied); "
+        tables.append(Table(f"{label[0].upper() + label[1:]}, {first} first ({recipe})", header, tuple(rows),
+                            f"dense {label} {dense} (shown where no method is applied); "
                             "- = not measured"))
     return tables
 
@@ -126,11 +129,12 @@ def cer_table(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> Table:
     curve, problem = reference_of(exp, settings)
     unusable = curve is None or not curve.usable
     rows = tuple((ratio_label(r), _ppl(m), fmt_cer(cers.get(r), "undefined" if unusable and
-                                                  not math.isnan(m.perplexity) else "-"))
+                                                  not math.isnan(m.value) else "-"))
                  for r, m in exp.prune.items())
     anchor = " and dense at C = 1" if settings.anchor == "dense" else ""
-    return Table(f"CER of {exp.key.prune_name} per pruning ratio", ("p (C_P)", "perplexity", "C*_P"),
-                 rows, f"{settings.label}; reference curve: {exp.key.quant} at B = {sorted(exp.quant)}, "
+    return Table(f"CER of {exp.key.prune_name} per pruning ratio",
+                 ("p (C_P)", value_label(exp.metric_name), "C*_P"),
+                 rows, f"{cer_label(settings, exp.metric_name)}; reference curve: {exp.key.quant} at B = {sorted(exp.quant)}, "
                  f"C_Q = 16/B{anchor}; <= / >= : outside the curve, only a bound"
                  + (f". Warning: {problem}" if problem else ""))
 
@@ -149,7 +153,7 @@ def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
     rows = tuple((ratio_label(r),) + tuple(show(by[(r, b)]) if (r, b) in by else "-" for b in bits)
                  for r in exp.ratios)
     header = ("p (C_P)",) + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in bits)
-    return Table("A(Q->P) = M(Q first) - M(P first), M = -perplexity", header, rows,
+    return Table(f"A(Q->P) = M(Q first) - M(P first), {metric_text(exp.metric_name)}", header, rows,
                  "A > 0: quantizing first is better; +inf: only prune-first collapsed, "
                  "-inf: only quantize-first collapsed, nan: both; with several calibration seeds, A is the "
                  "mean and its spread (max - min over seeds) follows; 'noise': |A| within the spread")
@@ -196,7 +200,8 @@ def multistage_table(exp: Experiment, total: float) -> Table:
         by = {p2: (ppl, a) for p2, ppl, a in points}
         rows.append((f"B={bits}",) + tuple(
             f"{fmt_number(by[p][0])} ({fmt_advantage(by[p][1])})" if p in by else "-" for p in p2s))
-    return Table(f"Multi-stage P(p1) > Q > P(p2), p1 + p2 = {total:g}: perplexity (A vs p2 = 0)",
+    return Table(f"Multi-stage P(p1) > Q > P(p2), p1 + p2 = {total:g}: {value_label(exp.metric_name)} "
+                 "(A vs p2 = 0)",
                  ("bits",) + tuple(f"p2={p:g}" for p in p2s), tuple(rows),
                  "A = M(p2) - M(p2 = 0): > 0 means pruning later helped")
 
@@ -217,7 +222,7 @@ def zeros_table(exp: Experiment) -> Table | None:
     if all(c == "-" for row in rows for c in row[1:]):
         return None
     return Table("Exact zeros, P first / Q first", ("p (C_P)",) + tuple(f"B={b}" for b in exp.bits), tuple(rows),
-                 "fraction of decoder-block weights exactly zero (pruned, or rounded to zero by the quantizer); "
+                 "fraction of block weights exactly zero (pruned, or rounded to zero by the quantizer); "
                  "- = not stored (rows from before this was recorded)")
 
 
