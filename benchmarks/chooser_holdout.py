@@ -1,0 +1,288 @@
+"""The order predictors judged on a pre-registered hold-out (issue 15).
+
+The plan (docs/results/chooser/holdout_plan.json) was committed after the predictors and before any
+of its cells was measured; every row this script stores records the commit that measured it.
+
+    measure  every study of the plan, every calibration seed: the dense model, each method alone and
+             every order (prefixes shared), plus each order's last-block calibration error; rows go
+             to a results store and a rerun resumes (a study-seed whose rows exist is skipped).
+    score    the predictors replayed on the measured cells: each sees the plan's predictor seed (the
+             first seed) exactly as if it had measured it, and its cost is counted in stage
+             applications + evaluations against the exhaustive study's. The truth is the mean over
+             seeds; a cell is decisive when neither of its two best orders collapsed and the
+             advantage of the best over the runner-up exceeds its spread over seeds.
+
+    python benchmarks/chooser_holdout.py measure --plan docs/results/chooser/holdout_plan.json \\
+        --store docs/results/chooser/holdout.sqlite [--models resnet-mini vit-mini] [--threads 1]
+    python benchmarks/chooser_holdout.py score --plan ... --store ... --out docs/results/chooser/holdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from crescendo.chooser import PREDICTORS, check_choice, decide, exhaustive_cost
+from crescendo.chooser.measurements import COLLAPSE_RETAINED, Measurements, retained
+from crescendo.chooser.scoring import Cell, score
+from crescendo.errors import ConfigError
+from crescendo.recipe import parse_stage
+from crescendo.store import ResultStore, RunMetrics, code_commit, record_run
+from crescendo.workflow import BenchFactory, resolve_protocol
+
+
+def load_plan(path: str) -> dict:
+    plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    for study in plan["studies"]:
+        study["methods"] = [parse_stage(m).text for m in study["methods"]]  # canonical texts
+    return plan
+
+
+def _protocol(study: dict):
+    if study.get("vision"):
+        from crescendo.data.vision_protocols import get_vision_protocol
+
+        return get_vision_protocol(study["protocol"])
+    return resolve_protocol(study["protocol"], eval_windows=study.get("eval_windows"))
+
+
+def _bench(study: dict, seed: int, cache: dict):
+    key = (study["model"], study["protocol"], study.get("eval_windows"), seed)
+    if key not in cache:
+        cache.clear()  # one model in memory at a time
+        options = {} if study.get("vision") else {"dtype": "float32"}
+        bench = BenchFactory(study["model"], _protocol(study), calibration_seed=seed, **options)()
+        bench.layerwise_samples = 4
+        cache[key] = bench
+    return cache[key]
+
+
+def _recipes(methods: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    n = len(methods)
+    singles = [(methods[i], (i,)) for i in range(n)]
+    orders = [(" > ".join(methods[i] for i in p), p) for p in itertools.permutations(range(n))]
+    return singles + orders
+
+
+def _model_key(study: dict) -> str:
+    """The name rows carry: the model's name, or a vision model directory's last component."""
+    return Path(study["model"]).name
+
+
+def _rows(store: ResultStore, model: str, protocol: str, seed: int) -> dict[str, object]:
+    return {r.recipe: r for r in store.rows(model=model, protocol=protocol) if r.seed == seed}
+
+
+def measure(plan: dict, store_path: str, models: list[str] | None, only: list[str] | None = None) -> None:
+    commit = code_commit()
+    cache: dict = {}
+    with ResultStore(store_path) as store:
+        for study in plan["studies"]:
+            if (models and _model_key(study) not in models) or (only and study["id"] not in only):
+                continue
+            for seed in plan["seeds"]:
+                bench = None
+                methods = study["methods"]
+                protocol_id = study["protocol_id"]
+                have = _rows(store, _model_key(study), protocol_id, seed)
+                needed = ["dense"] + [r for r, _ in _recipes(methods)]
+                errors_needed = [r for r, p in _recipes(methods) if len(p) == len(methods)]
+                if all(r in have for r in needed) and all(
+                        have[r].extra.get("last_block_error", "missing") != "missing" for r in errors_needed):
+                    continue
+                start = time.perf_counter()
+                bench = _bench(study, seed, cache)
+                if bench.protocol_id != protocol_id:
+                    raise ConfigError(f"study {study['id']}: the bench measures {bench.protocol_id}, the plan "
+                                      f"says {protocol_id}")
+                known = {r: have[r].metrics.metric for r in needed if r in have}
+                m = Measurements(bench, [parse_stage(t) for t in methods], known=known)
+                m.dense()
+                errors = {}
+                for recipe, path in _recipes(methods):
+                    m.metric(path)
+                    if len(path) == len(methods):
+                        errors[recipe] = m.calibration_error(path)
+                m.release()
+                measured = {"dense": m.measured["dense"], **{r: m.measured[r] for r, _ in _recipes(methods)}}
+                for recipe, metric in measured.items():
+                    kind = "dense" if recipe == "dense" else ("single" if ">" not in recipe else "order")
+                    metrics = (RunMetrics.from_accuracy(metric) if bench.metric_name == "accuracy"
+                               else RunMetrics.from_perplexity(-metric))
+                    extra = {"study": "chooser-holdout", "study_id": study["id"], "commit": commit}
+                    if recipe in errors:
+                        extra["last_block_error"] = errors[recipe]
+                    if recipe in have and recipe not in errors and have[recipe].extra.get("study") == extra["study"]:
+                        continue  # already stored by this study (a shared single or the dense model)
+                    record_run(store, model=_model_key(study), protocol=protocol_id, recipe=recipe, seed=seed, kind=kind,
+                               metrics=metrics, extra=extra, device="cpu")
+                print(f"[{study['id']} seed {seed}] {len(methods)} methods measured in "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+class _WeightsOnly:
+    """An evaluator that only serves the dense weights (every metric of the replay is known)."""
+
+    def __init__(self, study: dict, cache: dict) -> None:
+        self.study, self.cache = study, cache
+        self.metric_name = "accuracy" if study.get("vision") else "-perplexity"
+
+    def fresh(self):
+        return _bench(self.study, 0, self.cache).fresh()
+
+    def metric(self, model):  # pragma: no cover - a replay that asks for a metric is a bug
+        raise RuntimeError("the replay asked for a measurement the store does not hold")
+
+    def apply(self, model, stage):
+        _bench(self.study, 0, self.cache).apply(model, stage)
+
+
+def score_plan(plan: dict, store_path: str, out: str | None) -> int:
+    seeds, predictor_seed = plan["seeds"], plan["predictor_seed"]
+    cells, meta, calls, costs = [], [], defaultdict(dict), defaultdict(dict)
+    cache: dict = {}
+    missing = []
+    with ResultStore(store_path, readonly=True) as store:
+        for study in plan["studies"]:
+            methods = study["methods"]
+            by_seed = {s: _rows(store, _model_key(study), study["protocol_id"], s) for s in seeds}
+            needed = ["dense"] + [r for r, _ in _recipes(methods)]
+            if not all(r in by_seed[s] for s in seeds for r in needed):
+                missing.append(study["id"])
+                continue
+            finals = [(r, p) for r, p in _recipes(methods) if len(p) == len(methods)]
+            orders = {tuple(methods[i] for i in p): {s: by_seed[s][r].metrics.metric for s in seeds} for r, p in finals}
+            metric_name = by_seed[seeds[0]]["dense"].metrics.metric_name
+            dense = sum(by_seed[s]["dense"].metrics.metric for s in seeds) / len(seeds)
+            collapsed = {o for o, v in orders.items()
+                         if retained(dense, sum(v.values()) / len(v), metric_name) < COLLAPSE_RETAINED}
+            cell = Cell(_model_key(study), study["protocol_id"], tuple(methods), orders, collapsed)
+            index = len(cells)
+            cells.append(cell)
+            rows = by_seed[predictor_seed]
+            known = {r: rows[r].metrics.metric for r in needed}
+            known_errors = {r: rows[r].extra["last_block_error"] for r, _ in finals
+                            if rows[r].extra.get("last_block_error") is not None}
+            entry = {"id": study["id"], "model": _model_key(study), "methods": methods, "best": list(cell.best),
+                     "advantage": cell.advantage(), "noise": cell.noise, "decisive": cell.decisive,
+                     "collapsed": [list(o) for o in collapsed],
+                     "orders": {" > ".join(o): v for o, v in orders.items()}, "decisions": {}}
+            full = exhaustive_cost(len(methods))
+            for name in plan["predictors"]:
+                try:
+                    check_choice(name, methods)
+                except ConfigError as e:
+                    entry["decisions"][name] = {"cannot_judge": str(e)}
+                    continue
+                d = decide(name, _WeightsOnly(study, cache), methods, known=known, known_errors=known_errors)
+                calls[name][index] = None if d.order is None else tuple(d.order)
+                costs[name][index] = ((d.cost.stage_applications + d.cost.evaluations)
+                                      / (full.stage_applications + full.evaluations))
+                entry["decisions"][name] = {"order": d.order, "reason": d.reason, "cost_fraction": costs[name][index]}
+            meta.append(entry)
+    if missing:
+        print(f"{len(missing)} studies not measured yet: {', '.join(missing[:8])}", file=sys.stderr)
+    if not cells:
+        return 2
+    return _report(plan, cells, meta, calls, costs, store_path, out, missing)
+
+
+def _subset_scores(name, cells, calls, costs, keep):
+    idx = [i for i, c in enumerate(cells) if keep(c) and i in calls[name]]
+    sub = [cells[i] for i in idx]
+    return score(name, sub, {j: calls[name][i] for j, i in enumerate(idx)},
+                 {j: costs[name][i] for j, i in enumerate(idx)}).to_dict()
+
+
+def _report(plan, cells, meta, calls, costs, store_path, out, missing) -> int:
+    commit = code_commit()
+    groups = [("pooled", lambda c: True)]
+    groups += [(m, (lambda m: lambda c: c.model == m)(m)) for m in sorted({c.model for c in cells})]
+    groups += [("two methods", lambda c: len(c.methods) == 2), ("three methods", lambda c: len(c.methods) == 3)]
+    table = {name: {g: _subset_scores(name, cells, calls, costs, keep) for g, keep in groups}
+             for name in plan["predictors"]}
+    lines = [f"# Order predictors on the pre-registered hold-out",
+             "",
+             f"Plan: `{plan['path']}` (committed at {plan.get('registered_at', '?')}, before any hold-out row was "
+             f"measured). Store: `{store_path}`. Scored at code {commit}. Rows measured at: "
+             f"{', '.join(sorted({e for e in _commits(store_path)}))}.",
+             "",
+             f"{len(cells)} cells ({sum(c.decisive for c in cells)} decisive; "
+             f"{sum(len(c.methods) == 3 for c in cells)} three-method studies), seeds {plan['seeds']}, "
+             f"predictors see seed {plan['predictor_seed']}; truth = mean over seeds, noise = spread of the "
+             "best-vs-runner-up advantage over seeds. Cost = (stage applications + evaluations) / the exhaustive "
+             "study's (replayed: what the predictor would have measured, counted, not timed)."
+             + (f" Not yet measured: {len(missing)} planned studies." if missing else ""),
+             "",
+             "| predictor | cells | hits / calls (decisive) | hit rate [95% Wilson] | hit-or-within-noise [95%] | "
+             "abstentions | mean / worst regret | cost / exhaustive |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in plan["predictors"]:
+        for g, _ in groups:
+            s = table[name][g]
+            if not s["cells"]:
+                continue
+            rate = "-" if s["hit_rate"] is None else \
+                f"{s['hit_rate']:.0%} [{s['hit_rate_95'][0]:.0%}, {s['hit_rate_95'][1]:.0%}]"
+            hn = f"{s['hit_or_within_noise']}/{s['cells']} = {s['hit_or_within_noise_rate']:.0%} " \
+                 f"[{s['hit_or_within_noise_95'][0]:.0%}, {s['hit_or_within_noise_95'][1]:.0%}]"
+            cost = "-" if s["mean_cost_fraction"] is None else f"{s['mean_cost_fraction']:.2f}"
+            lines.append(f"| {name} ({g}) | {s['cells']} | {s['hits']} / {s['calls']} | {rate} | {hn} | "
+                         f"{s['abstentions']} | {s['mean_regret']:.3g} / {s['worst_regret']:.3g} | {cost} |")
+    lines += ["", "Cannot judge: a predictor that refuses a study's methods (e.g. `zeros` on a block remover) is "
+              "not scored on it; the cells column says on how many it was.", "",
+              "## Cells", "", "| study | model | methods | best | A (best - runner-up) | noise | decisive | " +
+              " | ".join(plan["predictors"]) + " |", "|" + "---|" * (7 + len(plan["predictors"]))]
+    for e in meta:
+        picks = []
+        for name in plan["predictors"]:
+            d = e["decisions"][name]
+            picks.append("n/a" if "cannot_judge" in d else ("abstain" if d["order"] is None else
+                         ("best" if tuple(d["order"]) == tuple(e["best"]) else "other")))
+        lines.append(f"| {e['id']} | {e['model']} | {', '.join(e['methods'])} | {' > '.join(e['best'])} | "
+                     f"{e['advantage']:.4g} | {e['noise']:.3g} | {'yes' if e['decisive'] else 'no'} | "
+                     + " | ".join(picks) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out + ".md").write_text(text, encoding="utf-8")
+        Path(out + ".json").write_text(json.dumps({"plan": plan["path"], "store": store_path, "commit": commit,
+                                                   "scores": table, "cells": meta}, indent=1, default=str),
+                                       encoding="utf-8")
+    return 0
+
+
+def _commits(store_path: str) -> set[str]:
+    with ResultStore(store_path, readonly=True) as store:
+        return {str(r.environment.get("commit")) for r in store.rows()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["measure", "score"])
+    parser.add_argument("--plan", default="docs/results/chooser/holdout_plan.json")
+    parser.add_argument("--store", default="docs/results/chooser/holdout.sqlite")
+    parser.add_argument("--models", nargs="*", default=None, help="measure only these models' studies")
+    parser.add_argument("--studies", nargs="*", default=None, help="measure only these study ids")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="score: write OUT.md and OUT.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = load_plan(args.plan)
+    plan["path"] = args.plan
+    if args.action == "measure":
+        measure(plan, args.store, args.models, args.studies)
+        return 0
+    return score_plan(plan, args.store, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
