@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from crescendo.chooser import PREDICTORS, check_choice, decide, exhaustive_cost
+from crescendo.chooser import check_choice, decide, exhaustive_cost
 from crescendo.chooser.measurements import COLLAPSE_RETAINED, Measurements, retained
 from crescendo.chooser.scoring import Cell, score
 from crescendo.errors import ConfigError
