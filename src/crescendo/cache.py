@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,12 +73,15 @@ class PrefixCache:
     """Compressed prefix models on disk (see the module docstring)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
+        """Checks that `directory` is, or can become, a writable directory; it is created by the first
+        `put` (listing or checking a cache never creates anything)."""
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cache directory {self.directory} cannot be created: {e.strerror}") from None
-        if not os.access(self.directory, os.W_OK | os.X_OK):
+        existing = self.directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"cache directory {self.directory} cannot be created: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"cache directory {self.directory} is not writable")
 
     def key(self, model: str, protocol: str, seed: int, prefix: str) -> PrefixKey:
@@ -130,6 +134,10 @@ class PrefixCache:
         path = self._path(key)
         if path.exists():
             shutil.rmtree(path)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cache directory {self.directory} cannot be created: {e.strerror}") from None
         with atomic_output_dir(path) as tmp:
             inner = tmp / "model"
             save_packed(model, None, inner, {"recipe": key.prefix, **(metadata or {})})
@@ -143,7 +151,9 @@ class PrefixCache:
     def entries(self) -> list[dict[str, Any]]:
         """Every entry: its key fields, size in bytes and whether it checks out."""
         out = []
-        for path in sorted(p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not self.directory.is_dir():
+            return out
+        for path in sorted(p for p in self.directory.iterdir() if _is_entry(p)):
             try:
                 key = json.loads((path / ENTRY).read_text())["key"]
             except (OSError, ValueError, KeyError, TypeError):
@@ -154,10 +164,23 @@ class PrefixCache:
         return out
 
     def clear(self) -> int:
-        """Remove every entry (and stale temporaries); returns how many directories were removed."""
+        """Remove every entry (and stale temporaries); returns how many directories were removed.
+        Only what the cache writes is removed (directories named by a key digest, and their temporaries):
+        `--dir` pointed at a folder of other files leaves them alone."""
         removed = 0
+        if not self.directory.is_dir():
+            return removed
         for path in list(self.directory.iterdir()):
-            if path.is_dir():
+            temporary = path.name.startswith(".") and _DIGEST.fullmatch(path.name[1:].split(".tmp-")[0])
+            if _is_entry(path) or (path.is_dir() and ".tmp-" in path.name and temporary):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed
+
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_entry(path: Path) -> bool:
+    """A directory the cache wrote (named by a key digest; its entry.json may be damaged)."""
+    return path.is_dir() and not path.is_symlink() and bool(_DIGEST.fullmatch(path.name))

@@ -313,14 +313,38 @@ def check_store(path: str | PathLike[str]) -> None:
         raise StoreError(f"results store {path} is a directory")
     if not path.exists():
         return
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.Error as err:
-        raise StoreError(f"cannot open results store {path}: {err}") from err
+    conn = _probe(path)
     try:
         _check_schema(conn, path)
     except sqlite3.Error as err:
         raise StoreError(f"{path} is not a crescendo results store ({err})") from err
+    finally:
+        conn.close()
+
+
+def _probe(path: Path) -> sqlite3.Connection:
+    """A read-only connection that creates nothing beside the file: without a -wal file every committed
+    row is in the main file, which is then read as immutable (a plain read of a WAL database leaves
+    -wal and -shm files behind, even when it only finds a reason to refuse the store)."""
+    immutable = "&immutable=1" if not Path(f"{path}-wal").exists() else ""
+    try:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open results store {path}: {err}") from err
+
+
+def stored_row_count(path: str | PathLike[str]) -> int:
+    """How many rows the store at `path` holds, read without creating or changing any file."""
+    path = Path(path)
+    check_store(path)
+    if not path.exists():
+        return 0
+    conn = _probe(path)
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]) if "runs" in tables else 0
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot read results store {path}: {err}") from err
     finally:
         conn.close()
 

@@ -51,11 +51,12 @@ def ratio_label(r: float) -> str:
 
 
 def _check_templates(prune: str, quants: Sequence[str]) -> None:
-    if "{" in prune and "{r}" not in prune:
-        raise ConfigError(f"pruning template {prune!r} must contain {{r}}")
+    # a bare method name gets ":{r}" / ":w{b}" appended; anything with arguments must say where they go
+    if ("{" in prune or ":" in prune) and "{r}" not in prune:
+        raise ConfigError(f"pruning template {prune!r} must contain {{r}} (or be a bare method name)")
     for q in quants:
-        if "{" in q and "{b}" not in q:
-            raise ConfigError(f"quantizer template {q!r} must contain {{b}}")
+        if ("{" in q or ":" in q) and "{b}" not in q:
+            raise ConfigError(f"quantizer template {q!r} must contain {{b}} (or be a bare method name)")
 
 
 def _format(template: str, what: str, **values: Any) -> str:
@@ -100,6 +101,8 @@ def grid_tasks(
         check_ratio(r)
         ratio_label(r)
     steps = None
+    if multistage_total is None and (multistage_bits is not None or multistage_quant is not None):
+        raise ConfigError("--multistage-bits and --multistage-quant need --multistage TOTAL")
     if multistage_total is not None:
         steps = _multistage_steps(multistage_total, multistage_step)
     if multistage_bits is not None and not set(multistage_bits) <= set(bits):
@@ -279,12 +282,14 @@ def run_sweep(
             _release_unwritten(store, [key(t) for g in groups for t in g])
         return counts
 
+    # the model and protocol are loaded (and checked: a window longer than the model takes, a corpus too
+    # short) before anything is claimed or written, so a sweep refused there leaves no store behind
+    bench = bench_factory()
     workers = _start_lanes(lanes - 1, bench_factory, model_name, protocol_name, tasks, store.path, seed, device,
                            cache_dir)
     threads = torch.get_num_threads()
     if lanes > 1:
         torch.set_num_threads(1)  # one single-threaded process per lane
-    bench = None
     try:
         for group in groups:
             if stop is not None and stop():
@@ -295,7 +300,6 @@ def run_sweep(
             if not mine:
                 continue
             try:
-                bench = bench or bench_factory()
                 for task, metrics, timings in run_group(bench, mine, seed, cache, model_name):
                     put(task, metrics, timings)
             finally:

@@ -329,7 +329,7 @@ def resolve_protocol(
         return replace(base, name=f"{base.name}[{suffix}]", **over)
     if ":" not in spec:
         get_protocol(spec)  # raises the unknown-protocol error listing the known names
-    return custom_protocol(spec, seqlen or 512, eval_windows, 32 if nsamples is None else nsamples)
+    return custom_protocol(spec, 512 if seqlen is None else seqlen, eval_windows, 32 if nsamples is None else nsamples)
 
 
 def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Module, Any, ModelInfo]:

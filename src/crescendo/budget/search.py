@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("uniform-sum", "uniform")
 
 
+MAX_POPULATION = 1024  # every genome is a compressed model to evaluate; far above the papers' 8-64
+MAX_GENERATIONS = 1024
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings of one search; `search` validates nothing else."""
@@ -69,10 +73,14 @@ class SearchConfig:
                 raise ConfigError(f"{what} must be a number >= 1, got {value}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if isinstance(self.population, bool) or int(self.population) != self.population or self.population < 2:
-            raise ConfigError(f"population must be an integer >= 2, got {self.population}")
-        if isinstance(self.generations, bool) or int(self.generations) != self.generations or self.generations < 1:
-            raise ConfigError(f"generations must be an integer >= 1, got {self.generations}")
+        if (isinstance(self.population, bool) or int(self.population) != self.population
+                or not 2 <= self.population <= MAX_POPULATION):
+            raise ConfigError(f"population must be an integer in 2..{MAX_POPULATION}, got {self.population}")
+        if (isinstance(self.generations, bool) or int(self.generations) != self.generations
+                or not 1 <= self.generations <= MAX_GENERATIONS):
+            raise ConfigError(f"generations must be an integer in 1..{MAX_GENERATIONS}, got {self.generations}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not self.bits:
             raise ConfigError("need at least one bit-width choice")
         for b in self.bits:

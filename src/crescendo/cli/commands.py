@@ -197,7 +197,9 @@ def _cmd_verify(args) -> int:
     elif report.ok:
         print(f"OK {args.directory}: " + ", ".join(f"{k} {v}" for k, v in report.summary.items() if not isinstance(v, (dict, list))))
     else:
-        print(f"crescendo: verify failed: {report.failure}", file=sys.stderr)
+        from ..errors import one_line
+
+        print(f"crescendo: verify failed: {one_line(report.failure or 'verification failed', 1000)}", file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -20,6 +20,9 @@ def _cmd_choose(args) -> int:
     from ..errors import ConfigError
 
     check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
+    if args.store:
+        raise ConfigError("--choose records nothing; run without --store (or without --choose to record the study)")
+    _check_reference(args)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     bench = _workbench(args)
@@ -52,17 +55,10 @@ def _cmd_order(args) -> int:
     if args.choose:
         return _cmd_choose(args)
     from ..errors import ConfigError
-    from ..recipe import parse_recipe, parse_stage
-    from ..types import check_bits
+    from ..recipe import parse_stage
 
     stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
-    bits = [check_bits(b) for b in _ints(args.bits, "--bits")]
-    if len(set(bits)) < 2:
-        raise ConfigError("--bits needs at least two distinct bit-widths for the reference curve")
-    if "{b}" not in args.reference:
-        raise ConfigError(f"--reference {args.reference!r} must contain {{b}} (e.g. rtn:w{{b}})")
-    for b in bits:
-        parse_recipe(_fill(args.reference, b))
+    bits = _check_reference(args)
     if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
         raise ConfigError("--methods needs at least two distinct methods")
     if args.layerwise_samples < 1:
@@ -82,6 +78,22 @@ def _cmd_order(args) -> int:
         return 0
     _print_order(out)
     return 0
+
+
+def _check_reference(args) -> list[int]:
+    """The reference curve's bit-widths, after checking --bits and --reference (before any model loads)."""
+    from ..errors import ConfigError
+    from ..recipe import parse_recipe
+    from ..types import check_bits
+
+    bits = [check_bits(b) for b in _ints(args.bits, "--bits")]
+    if len(set(bits)) < 2:
+        raise ConfigError("--bits needs at least two distinct bit-widths for the reference curve")
+    if "{b}" not in args.reference:
+        raise ConfigError(f"--reference {args.reference!r} must contain {{b}} (e.g. rtn:w{{b}})")
+    for b in bits:
+        parse_recipe(_fill(args.reference, b))
+    return bits
 
 
 def _open_store(path: str):

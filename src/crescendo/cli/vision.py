@@ -20,6 +20,9 @@ def _cmd_train_reference(args) -> int:
         raise ConfigError(f"--data-dir only applies to fashion-mnist; {args.dataset} is embedded")
     if args.out is not None:
         check_output_dir(args.out)
+    from ..workflow import check_device
+
+    check_device(args.device)
 
     import torch
 

@@ -77,17 +77,40 @@ def linear_tensor_names(key: str, entry: dict) -> list[str]:
     return names + [f"{key}.codes"] + [f"{key}.{n}" for n in grid.param_storage()]
 
 
+def entry_shape(key: str, entry: dict) -> tuple[int, int]:
+    """The (out, in) shape of a manifest entry: two positive integers, or VerifyError."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in shape)):
+        raise VerifyError(f"manifest entry of {key} is malformed: shape {str(shape)[:60]} must be two positive "
+                          f"integers")
+    return shape[0], shape[1]
+
+
 def read_kept(key: str, entry: dict, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
-    """The (out, in) bool matrix of kept elements (all True for a layer without a mask)."""
-    try:
-        out_f, in_f = (int(x) for x in entry["shape"])
-        masked = bool(entry["masked"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise VerifyError(f"manifest entry of {key} is malformed: {e}") from None
+    """The (out, in) bool matrix of kept elements (all True for a layer without a mask).
+
+    The manifest's shape is checked against the stored tensors' lengths before anything of that shape
+    is allocated: a crafted shape (40000 x 40000 over a few bytes of data) fails here, in bounded memory."""
+    out_f, in_f = entry_shape(key, entry)
+    masked = entry.get("masked")
+    if not isinstance(masked, bool):
+        raise VerifyError(f"manifest entry of {key} is malformed: masked must be true or false, got {masked!r}")
     if not masked:
+        _check_dense_length(key, entry, get, out_f * in_f, (out_f, in_f))
         return torch.ones(out_f, in_f, dtype=torch.bool)
     packed = _checked(get, f"{key}.bitmask", torch.uint8, (packed_nbytes(out_f * in_f, 1),))
     return unpack_mask(packed, (out_f, in_f))
+
+
+def _check_dense_length(key: str, entry: dict, get: Callable[[str], torch.Tensor], n: int,
+                        shape: tuple[int, int]) -> None:
+    """An unmasked layer stores all `n` elements: its values (or codes) must be that long."""
+    grid = grid_from_dict(entry.get("grid"))
+    name, expected = (f"{key}.values", n) if grid is None else (f"{key}.codes", packed_nbytes(n, grid.code_bits))
+    t = get(name)
+    if t.dim() != 1 or t.numel() != expected:
+        raise VerifyError(f"tensor {name} holds {t.numel()} elements; the manifest's shape {shape} needs {expected}")
 
 
 def unpack_linear(

@@ -17,14 +17,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ModelError, VerifyError
+from ..errors import ModelError, VerifyError, one_line
 from ..models.adapters import set_weight_, weight_shape
 from ..models.batchnorm import restore_folded_structure_
+from ..models.loading import check_model_config
 from ..models.sharing import restore_sharing_
 from ..models.vision_io import build_from_document, is_vision_document
 from ..state import CompressionState, record_from_dict, set_state_
 from .adapters import load_adapters_
-from .layout import dtype_of, linear_tensor_names, unpack_linear
+from .layout import dtype_of, entry_shape, linear_tensor_names, unpack_linear
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
 
@@ -51,9 +52,25 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def weights_path(directory: Path, manifest: dict) -> Path:
+    """The manifest's weights file: a bare file name inside `directory`, checked before it is opened
+    (a crafted manifest must not make `verify` or `load` read a file elsewhere, e.g. another export's
+    weights or /etc/passwd; a symlink out of the directory is refused too)."""
+    name = manifest.get("weights")
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name):
+        raise ModelError(f"the manifest's weights path {str(name)[:80]!r} must be a file name inside the export "
+                         f"directory")
+    path = directory / name
+    if path.is_symlink() and path.resolve().parent != directory.resolve():
+        raise ModelError(f"the manifest's weights file {name!r} links outside the export directory; it must be a "
+                         f"file inside the export directory")
+    return path
+
+
 def read_tensors(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
     """Every tensor of the weights file (safetensors only; a damaged file raises ModelError)."""
-    path = directory / str(manifest.get("weights", ""))
+    path = weights_path(directory, manifest)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -69,6 +86,7 @@ def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
         return build_from_document(config_dict, str(directory / "config.json")).to(dtype)
     config_dict.pop("quantization_config", None)  # describes the packed tensors, not the model to build
     config_dict.pop("auto_map", None)  # never code from the directory
+    check_model_config(config_dict, str(directory / "config.json"))  # sizes bounded before anything is built
     model_type = config_dict.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ModelError(f"config.json names model type {model_type!r}, which this transformers does not know")
@@ -111,10 +129,10 @@ def _load_linears(model: nn.Module, manifest: dict, tensors: dict[str, torch.Ten
         module = modules.get(name)
         if module is None or not hasattr(module, "weight"):
             raise ModelError(f"the manifest packs {name!r}, which the model does not have")
-        weight, mask, grid, params, _ = unpack_linear(f"{name}.weight", entry, get)
         shape = weight_shape(module)
-        if shape != tuple(weight.shape):
-            raise ModelError(f"{name}: saved weight is {tuple(weight.shape)}, the module's is different")
+        if entry_shape(f"{name}.weight", entry) != shape:  # before anything of the saved shape is allocated
+            raise ModelError(f"{name}: the manifest's shape {entry['shape']} is not the module's {list(shape)}")
+        weight, mask, grid, params, _ = unpack_linear(f"{name}.weight", entry, get)
         dtype = dtype_of(entry["dtype"])
         if module.weight.dtype != dtype:
             module.weight.data = module.weight.data.to(dtype)
@@ -211,4 +229,8 @@ def _load_tokenizer(directory: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions on corrupt files
+        raise ModelError(f"the tokenizer in {directory} cannot be loaded ({one_line(exc)}); crescendo never runs "
+                         f"code from a model directory") from None

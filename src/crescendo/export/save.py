@@ -202,7 +202,9 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
             generation.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_file({**plain, **packed}, str(tmp / WEIGHTS), metadata={"format": "pt", "layout": FORMAT})
+        # one metadata key: safetensors writes its metadata map in hash order, so two keys made identical
+        # runs write different bytes (the layout is named by the manifest beside it)
+        save_file({**plain, **packed}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         (tmp / METADATA).write_text(json.dumps({**metadata, "crescendo_version": __version__, "format": "packed"},
                                                indent=2, default=str))

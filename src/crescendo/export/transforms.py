@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError, VerifyError
 from ..grids import grid_from_dict
 from ..methods.quantization import ActivationQuantizer, KVQuantizer
+from ..models.adapters import in_features
 from ..transforms import add_input_transform_, add_output_transform_, input_transforms, output_transforms
 
 
@@ -49,10 +50,13 @@ def _online_hadamard(n: int) -> nn.Module:
     return OnlineHadamard(hadamard_matrix(n))
 
 
-def build_transform(spec: dict) -> nn.Module:
-    """Inverse of `describe_transform`."""
+def build_transform(spec: dict, width: int | None = None) -> nn.Module:
+    """Inverse of `describe_transform`. `width`: the size of the last dimension the transform sees (an
+    online Hadamard larger than it is refused before its n x n matrix is built)."""
     try:
         kind = spec["type"]
+        if kind == "online_hadamard" and width is not None and not 1 <= int(spec["n"]) <= width:
+            raise VerifyError(f"online Hadamard of order {str(spec['n'])[:20]} on inputs of width {width}")
         if kind == "activation":
             return ActivationQuantizer(grid_from_dict(spec["grid"]), int(spec.get("axis", -1)))
         if kind == "kv":
@@ -70,7 +74,8 @@ def attach_transforms_(model: nn.Module, described: dict[str, dict[str, list[dic
     for name, spec in described.items():
         if name not in modules:
             raise VerifyError(f"the manifest has transforms for {name!r}, which the model does not have")
+        width = in_features(modules[name]) if hasattr(modules[name], "weight") else None
         for t in spec.get("input", []):
-            add_input_transform_(modules[name], build_transform(t))
+            add_input_transform_(modules[name], build_transform(t, width))
         for t in spec.get("output", []):
             add_output_transform_(modules[name], build_transform(t))

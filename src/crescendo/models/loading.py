@@ -26,6 +26,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+try:  # transformers' configs validate themselves through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - older huggingface_hub
+    StrictDataclassError = ValueError  # type: ignore[misc, assignment]
+
 from ..data.hub import hub_offline, probe_hub
 from ..errors import ModelError, one_line
 
@@ -245,7 +250,7 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
         except ModelError:
             raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError,
-                SafetensorError, EOFError) as exc:  # missing, truncated or corrupt files; unsupported config
+                SafetensorError, EOFError, StrictDataclassError) as exc:  # missing, truncated or corrupt files; unsupported config
             kind = "GGUF file" if resolved.gguf_file else "model"
             raise ModelError(f"cannot load {kind} from {info.path}: {one_line(exc)}") from exc
     model.to(device)

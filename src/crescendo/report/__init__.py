@@ -24,7 +24,7 @@ from .. import __version__
 from ..analysis.cer import CERSettings
 from ..errors import StoreError
 from ..outputs import atomic_output_dir, check_output_dir
-from ..store import ResultStore, code_commit
+from ..store import ResultStore, code_commit, stored_row_count
 from . import figures, tables
 from .analysis import DEFAULT_CER, Cell, Summary, cells, cer_label, reference_of, summarize
 from .data import ErrorAnalysis, Experiment, Grouping, group_rows, metric_text, value_label
@@ -49,9 +49,9 @@ class ReportIndex:
 def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Grouping, int]:
     if not store_path.is_file():
         raise StoreError(f"no results store at {store_path}")
+    if stored_row_count(store_path) == 0:  # refused before the reading connection leaves -wal/-shm files
+        raise StoreError(f"results store {store_path} is empty")
     with ResultStore(store_path, readonly=True) as store:  # a report never writes to a store
-        if len(store) == 0:
-            raise StoreError(f"results store {store_path} is empty")
         rows = store.rows(model=model, protocol=protocol)
     grouping = group_rows(rows)
     if not grouping.experiments and not grouping.errors:
