@@ -264,6 +264,18 @@ def _commits(store_path: str) -> set[str]:
         return {str(r.environment.get("commit")) for r in store.rows()}
 
 
+def _first_commit(path: str) -> str:
+    """The commit that added `path` (the registration), from git; '?' outside a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "--", path], capture_output=True,
+                             text=True, timeout=30, check=False).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out[-1] if out else "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["measure", "score"])
@@ -278,6 +290,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     plan = load_plan(args.plan)
     plan["path"] = args.plan
+    plan["registered_at"] = _first_commit(args.plan)
     if args.action == "measure":
         measure(plan, args.store, args.models, args.studies)
         return 0
