@@ -54,7 +54,8 @@ def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Pat
     return out
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a process we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ def remove_stale_temporaries(out: Path) -> None:
     """Remove temporaries of `out` left by processes that no longer run."""
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         pid_text = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

@@ -40,6 +40,7 @@ from typing import Any
 
 from . import __version__
 from .errors import StoreError
+from .outputs import pid_alive
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction to finish
@@ -363,16 +364,6 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ResultStore:
     """A SQLite results store. A new store's file is created by its first write (a row or a claim),
     so a run refused after opening it leaves no file behind.
@@ -533,7 +524,7 @@ class ResultStore:
                     found = db.execute("SELECT owner, host, pid, claimed FROM claims WHERE key = ?", (key,)).fetchone()
                     if found and found[0] != self.owner:
                         _, c_host, c_pid, claimed = found
-                        dead = (c_host == host and not _pid_alive(int(c_pid))) or now - float(claimed) > CLAIM_TIMEOUT_S
+                        dead = (c_host == host and not pid_alive(int(c_pid))) or now - float(claimed) > CLAIM_TIMEOUT_S
                         if not dead:
                             continue
                     db.execute("INSERT OR REPLACE INTO claims (key, owner, host, pid, claimed) VALUES (?, ?, ?, ?, ?)",
