@@ -49,6 +49,21 @@ def test_codes_and_params_round_trip_bit_for_bit(grid: Grid):
 
 
 @pytest.mark.parametrize("grid", GRIDS_UNDER_TEST, ids=repr)
+def test_column_projector_equals_project_bit_for_bit(grid: Grid):
+    """The GPTQ sweep projects column by column through `column_projector`; it must give exactly
+    what `project` gives on the same column (off-grid values, zeros, values beyond the range)."""
+    w = _weights(1)
+    params = grid.fit_all(w)
+    g = torch.Generator().manual_seed(2)
+    column = torch.randn(5, generator=g) * torch.logspace(-3, 1, 5) * 3  # beyond the fitted range too
+    column[2] = 0.0
+    for gi, (s, e) in enumerate(grid.groups(w.shape[1])):
+        group_params = {k: v[:, gi] for k, v in params.items()}
+        expected = grid.project(column[:, None].expand(-1, e - s).contiguous(), group_params)[:, 0]
+        assert torch.equal(grid.column_projector(group_params)(column.clone()), expected)
+
+
+@pytest.mark.parametrize("grid", GRIDS_UNDER_TEST, ids=repr)
 def test_json_description_round_trips(grid: Grid):
     assert grid_from_dict(grid.to_dict()) == grid
 

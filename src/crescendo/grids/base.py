@@ -80,6 +80,11 @@ class Grid:
         """Round w (rows, k) onto the grid defined by params ({name: (rows,)}); returns (rows, k)."""
         raise NotImplementedError
 
+    def column_projector(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`project` of one column w (rows,) with fixed params, as a function: the GPTQ sweep calls
+        it once per column, so a grid may precompute what does not change (same values as `project`)."""
+        return lambda w: self.project(w[:, None], params)[:, 0]
+
     @property
     def bits_per_element(self) -> float:
         """Storage bits of one element (not counting shared parameters)."""

@@ -75,6 +75,16 @@ class UniformGrid(Grid):
         scale, zero = params["scale"][:, None].to(w.dtype), params["zero"][:, None].to(w.dtype)
         return scale * (self.codes(w, params) - zero)
 
+    def column_projector(self, params: Params):
+        # the same operations as `project`, with the broadcasts and casts done once per group
+        lo, hi = self.levels()
+        scale, zero = params["scale"].to(F32), params["zero"].to(F32)
+
+        def project_column(w: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(torch.round(w / scale) + zero, lo, hi).sub_(zero).mul_(scale)
+
+        return project_column
+
     def integer_form(self) -> IntegerForm:
         return IntegerForm(self.bits, self.symmetric, self.group_size)
 

@@ -11,6 +11,7 @@ back onto that grid (SparseGPT after a quantizer keeps its weights on the grid).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,7 @@ def obs_sweep(
     mask = torch.zeros_like(W, dtype=torch.bool) if prior_mask is None else prior_mask.clone()
     prune = sparsity > 0 or nm is not None
     fitted: dict[int, Params] = {}
+    projectors: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # per column group
 
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -145,17 +147,16 @@ def obs_sweep(
                 mask1[i : i + nm.m] |= chosen.t()
             q = w
             if grid is not None:
-                c = col_index[j]
-                gi = c // group
-                if static_params is not None:
-                    params = {k_: v[:, gi] for k_, v in static_params.items()}
-                else:
-                    if gi not in fitted:  # first column of a group: fit on the current (updated) weights
+                gi = col_index[j] // group
+                if gi not in projectors:
+                    if static_params is not None:
+                        params = {k_: v[:, gi] for k_, v in static_params.items()}
+                    else:  # first column of a group: fit on the current (updated) weights
                         width = min(group, cols - j)
                         current = torch.cat([W1[i:].t(), W[:, i2:]], dim=1)[:, :width]
-                        fitted[gi] = grid.fit(current)
-                    params = fitted[gi]
-                q = grid.project(q[:, None], params)[:, 0]
+                        params = fitted[gi] = grid.fit(current)
+                    projectors[gi] = grid.column_projector(params)
+                q = projectors[gi](q)
             q = q.masked_fill(mask1[i], 0.0)
             Q1[i] = q
             err = (w - q).div_(d_host[i])
