@@ -30,12 +30,13 @@ from .store import RunMetrics
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunOutcome:
-    """One compressed model measured under a protocol."""
+@dataclass(kw_only=True)
+class Outcome:
+    """One compressed model measured under a protocol: what every metric's outcome records.
+
+    Subclasses add the measured figure and define `metric` (M, higher is better)."""
 
     recipe: str
-    perplexity: float
     summary: dict[str, Any]
     stages: list[dict[str, Any]] = field(default_factory=list)
     compress_seconds: float = 0.0
@@ -43,8 +44,25 @@ class RunOutcome:
 
     @property
     def metric(self) -> float:
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class RunOutcome(Outcome):
+    """A language model measured by perplexity."""
+
+    perplexity: float
+
+    @property
+    def metric(self) -> float:
         """M = -perplexity (higher is better), the metric of 003."""
         return -self.perplexity
+
+
+def stage_rows(result: CompressionResult) -> list[dict[str, Any]]:
+    """The per-stage part of an outcome: method, stage text, seconds, and any details the stage reported."""
+    return [{"method": s.method, "stage": s.stage, "seconds": s.seconds, **({"details": s.details} if s.details else {})}
+            for s in result.stages]
 
 
 class Workbench:
@@ -193,8 +211,7 @@ class Workbench:
             recipe=str(recipe),
             perplexity=ppl.perplexity,
             summary=result.summary.to_dict(),
-            stages=[{"method": s.method, "stage": s.stage, "seconds": s.seconds, **({"details": s.details} if s.details else {})}
-                    for s in result.stages],
+            stages=stage_rows(result),
             compress_seconds=seconds,
             eval_seconds=ppl.seconds,
         )

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,14 @@ from ..models.vision import VisionClassifier
 from ..recipe import Recipe, parse_recipe
 from ..state import state_of
 from ..store import RunMetrics
+from ..workflow import Outcome, stage_rows
 
 
-@dataclass
-class VisionRunOutcome:
-    """One compressed model measured under a vision protocol."""
+@dataclass(kw_only=True)
+class VisionRunOutcome(Outcome):
+    """A vision model measured by top-1 accuracy."""
 
-    recipe: str
     accuracy: float
-    summary: dict[str, Any]
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    compress_seconds: float = 0.0
-    eval_seconds: float = 0.0
 
     @property
     def metric(self) -> float:
@@ -204,9 +200,9 @@ class VisionWorkbench:
         seconds = time.perf_counter() - start
         measured = self.evaluate(model)
         summary = result.summary.to_dict()
-        return model, VisionRunOutcome(str(recipe), measured.accuracy, summary,
-                                       [{"method": s.method, "stage": s.stage, "seconds": s.seconds}
-                                        for s in result.stages], seconds, measured.seconds)
+        return model, VisionRunOutcome(recipe=str(recipe), accuracy=measured.accuracy, summary=summary,
+                                       stages=stage_rows(result), compress_seconds=seconds,
+                                       eval_seconds=measured.seconds)
 
     # -- the Evaluator protocol of analysis.order ---------------------------------------------------
     def metric(self, model: nn.Module) -> float:
