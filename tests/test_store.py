@@ -273,3 +273,24 @@ def test_claim_of_a_dead_process_is_taken_over(tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", CLAIMER, str(path)], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True"
     assert ResultStore(path).claim("orphan")  # its owner exited without releasing it
+
+
+def test_code_commit_is_read_once_per_process(monkeypatch, tmp_path):
+    """Rows name the code the process loaded: a commit made while a sweep runs must not relabel the
+    sweep's later rows, so the commit is read once (at the latest when a store is opened)."""
+    import subprocess
+
+    from crescendo.store import code_commit
+
+    code_commit.cache_clear()
+    ResultStore(tmp_path / "runs.sqlite").close()
+    first = code_commit()
+
+    def checkout_changed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, stdout="0000000\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", checkout_changed)
+    assert code_commit() == first
+    code_commit.cache_clear()
+    assert code_commit() in ("0000000+dirty", "0000000")  # what a fresh process would read
+    code_commit.cache_clear()

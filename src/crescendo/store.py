@@ -25,6 +25,7 @@ The file must live on a local disk: WAL needs shared memory, which network file 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -229,8 +230,12 @@ def environment(device: str | None = None) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def code_commit() -> str | None:
-    """The git commit of the crescendo source tree in use, or None outside a git checkout."""
+    """The git commit of the crescendo source tree in use, or None outside a git checkout.
+
+    Read once per process (opening a results store reads it): the code a process runs is the code it
+    loaded, so a commit made while a long sweep runs must not relabel that sweep's later rows."""
     import subprocess
 
     here = Path(__file__).resolve().parent  # the package; its parent is src/
@@ -383,6 +388,7 @@ class ResultStore:
         self._closed = False
         self._on_disk = False
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
+        code_commit()  # fixed now, before the rows this process will write
         if not self.path.exists():
             self._conn = self._empty()  # reads see an empty store; the first write creates the file
             return
