@@ -135,3 +135,23 @@ def test_activation_quantization_on_a_resnet_attaches_channel_quantizers(images)
     quantizer = model.blocks[0].conv1.input_transforms[0]
     assert isinstance(quantizer, ActivationQuantizer) and quantizer.axis == 1
     assert compress(model_of(VIT), "act:a4", progress=False).summary.bop_reduction == pytest.approx(4.0)
+
+
+def test_convs_of_different_geometry_on_one_input_do_not_share_a_hessian(images):
+    """A 3x3 conv and a 1x1 shortcut read the same tensor as different (rows, in) matrices: called one
+    after the other on it (here because the conv between them is not a target), each keeps its own
+    statistic; before the fix the shortcut got the 3x3 conv's Hessian and GPTQ failed on its shape."""
+    model = model_of(RESNET)
+    block = model.blocks[1]
+    assert isinstance(block.shortcut[0], nn.Conv2d)
+    h = model.blocks[0](model.stem(images[0]))
+    with InputStatistics({"conv1": block.conv1, "shortcut": block.shortcut[0]}, "hessian") as stats:
+        block.conv1(h)
+        block.shortcut[0](h)
+    assert stats.leader("shortcut") == "shortcut"
+    assert stats.result("conv1").matrix.shape == (8 * 9, 8 * 9)
+    assert stats.result("shortcut").matrix.shape == (8, 8)
+    targets = r"include=^blocks\.1\.(conv1|shortcut\.0)$"
+    compressed = copy.deepcopy(model)
+    compress(compressed, f"gptq:w4,{targets}", images, progress=False)
+    assert state_of(compressed).records["blocks.1.shortcut.0"].grid is not None

@@ -48,8 +48,14 @@ class Hessian:
         return int((torch.diagonal(self.matrix) == 0).sum())
 
 
-def _transform_signature(module: nn.Module) -> tuple[str, ...]:
-    return tuple(repr(t) for t in input_transforms(module))
+def _input_signature(module: nn.Module) -> tuple:
+    """What decides the (rows, in) matrix a layer makes of its input tensor: its input transforms
+    and, for a convolution, its patch geometry. Two layers fed the very same tensor share a
+    statistic only if these agree (a 3x3 conv and a 1x1 shortcut on the same input do not)."""
+    geometry: tuple = (in_features(module),)
+    if isinstance(module, nn.Conv2d):
+        geometry += (module.kernel_size, module.stride, module.padding, module.dilation)
+    return geometry + tuple(repr(t) for t in input_transforms(module))
 
 
 class InputStatistics:
@@ -58,7 +64,7 @@ class InputStatistics:
     kind "hessian" gives a `Hessian` (mean X^T X over tokens); "input_sq_norm" the per-feature sum of
     squares (in,). The statistic is of what the weight actually multiplies: a layer's input transforms
     (online Hadamard, activation quantizer) are applied first. Linears called one after another on the
-    very same input tensor with the same input transforms (q/k/v, gate/up) share one accumulation:
+    very same input tensor with the same input transforms and geometry (q/k/v, gate/up) share one accumulation:
     the first of them leads, the others alias it (`leader`).
     """
 
@@ -87,7 +93,7 @@ class InputStatistics:
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             raw = args[0]
-            signature = _transform_signature(module)
+            signature = _input_signature(module)
             same = self._last is not None and self._last[0] is raw and self._last[1] == signature
             leader = self._last[2] if same else name
             known = self._leader.setdefault(name, leader)
