@@ -24,7 +24,7 @@ import crescendo
 from crescendo.errors import ConfigError
 from crescendo.eval.perplexity import perplexity
 from crescendo.export import save_compressed_tensors, save_gguf, save_packed, verify
-from crescendo.export.fit import check_recipe_fits
+from crescendo.export.fit import check_model_fits, check_recipe_fits
 from crescendo.recipe import parse_recipe
 from crescendo.workflow import Workbench
 
@@ -90,9 +90,10 @@ def main() -> None:
             if fmt != "packed":
                 try:
                     check_recipe_fits(parse_recipe(recipe), fmt)
+                    check_model_fits(bench.model, parse_recipe(recipe), fmt)
                 except ConfigError as e:
-                    nearest = str(e).rsplit("nearest recipe that fits is ", 1)[-1]
-                    print(f"| {recipe} | {fmt} | - | - | refused: nearest {nearest} | - |", flush=True)
+                    reason = str(e).rsplit("; ", 1)[-1].replace("the nearest recipe that fits is ", "nearest ")
+                    print(f"| {recipe} | {fmt} | - | - | refused: {reason} | - |", flush=True)
                     continue
             if model is None:
                 model, _ = bench.compress(recipe)

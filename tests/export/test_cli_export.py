@@ -121,3 +121,22 @@ def test_runtime_formats_refuse_factored_and_unmerged_stages(fmt, recipe, neares
     with pytest.raises(ConfigError, match="nearest recipe") as info:
         check_recipe_fits(parse_recipe(recipe), fmt)
     assert nearest.split(":")[0] in str(info.value).split("nearest recipe")[1]
+
+
+@pytest.mark.parametrize("fmt, recipe, hint", [
+    ("compressed-tensors", "rtn:w4,g128,sym", "rtn:w4,g64,sym"),  # hidden 64: groups of 128 do not split it
+    ("gguf", "rtn:w4,g32,sym,fmt=q4_0", "cannot hold"),  # hidden 48: not a multiple of llama.cpp's 32
+])
+def test_group_width_that_does_not_split_a_layer_is_refused_before_compressing(fmt, recipe, hint, tmp_path):
+    from crescendo.errors import ConfigError
+    from crescendo.export.fit import check_model_fits
+    from crescendo.recipe import parse_recipe
+    from crescendo.state import state_of
+
+    torch.manual_seed(0)
+    model = tiny_llama(hidden_size=48, intermediate_size=96) if fmt == "gguf" else tiny_llama()
+    with pytest.raises(ConfigError, match="not a multiple of its groups") as info:
+        check_model_fits(model, parse_recipe(recipe), fmt)
+    assert hint in str(info.value)
+    assert not state_of(model).records  # nothing was compressed
+    check_model_fits(tiny_llama(), parse_recipe("rtn:w4,g64,sym"), "compressed-tensors")  # fits: no error

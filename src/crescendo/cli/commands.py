@@ -75,6 +75,10 @@ def _cmd_compress(args) -> int:
 
         raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
     bench = _workbench(args)
+    if fmt in ("gguf", "compressed-tensors"):
+        from ..export.fit import check_model_fits
+
+        check_model_fits(bench.model, recipe, fmt)  # group widths against the layers, before compressing
     if fmt == "gguf":
         from ..export.gguf import check_gguf_model
 

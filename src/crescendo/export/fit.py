@@ -107,6 +107,35 @@ def require_reader(fmt: str) -> None:
         raise ConfigError(f"--format {fmt} needs the {module.replace('_', '-')} package: pip install 'crescendo[export]'")
 
 
+def check_model_fits(model, recipe, fmt: str) -> None:
+    """Before compressing: every layer a stage quantizes in groups has an input width that splits into
+    them (compressed-tensors stores whole groups; GGUF's blocks are 32 wide). ConfigError naming the
+    first layer that does not and, when one exists, the nearest group size that fits every layer."""
+    from ..models.adapters import get_adapter, in_features, select_targets
+
+    adapter = get_adapter(model)
+    for stage in recipe.stages:
+        config, spec = stage.config, stage.spec
+        grid = config.weight_grid if spec.compress_linear is not None else None
+        if grid is None or grid.group_size is None:
+            continue
+        group = grid.group_size
+        widths = {n: in_features(m) for n, m in select_targets(model, adapter, config.targets).items()}
+        bad = [(n, w) for n, w in widths.items() if w % group]
+        if not bad:
+            continue
+        name, width = bad[0]
+        smaller = [group >> k for k in range(1, 8) if group >> k >= 8]
+        fits = next((g for g in smaller if all(w % g == 0 for w in widths.values())), None)
+        if fmt == GGUF or fits is None or not isinstance(config, QuantConfig):
+            hint = f"{fmt} cannot hold this layer quantized in groups (use --format packed)"
+        else:
+            hint = f"the nearest recipe stage that fits is {replace(config, group_size=fits).text()!r}"
+        raise ConfigError(f"recipe stage {stage} does not fit --format {fmt}: {name} has {width} input features, "
+                          f"not a multiple of its groups of {group}"
+                          + (f" ({len(bad) - 1} more layers alike)" if len(bad) > 1 else "") + f"; {hint}")
+
+
 def check_recipe_fits(recipe, fmt: str) -> None:
     """ConfigError naming what does not fit and the nearest recipe that does, or None when it fits."""
     if fmt not in FORMATS:
