@@ -286,11 +286,38 @@ def test_code_commit_is_read_once_per_process(monkeypatch, tmp_path):
     ResultStore(tmp_path / "runs.sqlite").close()
     first = code_commit()
 
-    def checkout_changed(*args, **kwargs):
-        return subprocess.CompletedProcess(args, 0, stdout="0000000\n", stderr="")
+    def checkout_changed(argv, **kwargs):  # a clean checkout at another commit
+        return subprocess.CompletedProcess(argv, 0, stdout=b"0000000\n" if "rev-parse" in argv else b"", stderr=b"")
 
     monkeypatch.setattr(subprocess, "run", checkout_changed)
     assert code_commit() == first
     code_commit.cache_clear()
-    assert code_commit() in ("0000000+dirty", "0000000")  # what a fresh process would read
+    assert code_commit() == "0000000"  # what a fresh process would read
     code_commit.cache_clear()
+
+
+def test_tree_version_tells_uncommitted_states_apart(tmp_path):
+    """A dirty tree is named by its commit plus a digest of what differs, so two different sets of
+    uncommitted edits never share a version (rows and cached prefixes are keyed by it)."""
+    from crescendo.store import tree_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    clean = tree_version(tmp_path)
+    assert clean and "+dirty" not in clean
+    (tmp_path / "a.py").write_text("x = 2\n")
+    first = tree_version(tmp_path)
+    (tmp_path / "a.py").write_text("x = 3\n")
+    second = tree_version(tmp_path)
+    assert first.startswith(clean + "+dirty.") and second.startswith(clean + "+dirty.") and first != second
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "new.py").write_text("y = 1\n")  # an untracked file counts too
+    third = tree_version(tmp_path)
+    assert third.startswith(clean + "+dirty.") and third not in (first, second)
+    (tmp_path / "new.py").write_text("y = 2\n")
+    assert tree_version(tmp_path) != third

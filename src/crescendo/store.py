@@ -236,19 +236,37 @@ def code_commit() -> str | None:
 
     Read once per process (opening a results store reads it): the code a process runs is the code it
     loaded, so a commit made while a long sweep runs must not relabel that sweep's later rows."""
+    return tree_version(Path(__file__).resolve().parent.parent)  # src/
+
+
+def tree_version(directory: Path) -> str | None:
+    """`<short commit>` of the checkout holding `directory`, or `<commit>+dirty.<digest>` when files
+    under it differ from that commit: the digest (of the diff and of untracked files) tells two
+    different uncommitted states apart, so neither rows nor cached prefixes confuse them."""
     import subprocess
 
-    here = Path(__file__).resolve().parent  # the package; its parent is src/
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=10, check=False)
+
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "-C", str(here.parent), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, timeout=5, check=False)
+        head = git("rev-parse", "--short", "HEAD")
+        status = git("status", "--porcelain", "--", ".")
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        commit = head.stdout.decode().strip()
+        if not status.stdout.strip():
+            return commit
+        digest = hashlib.sha256(git("diff", "HEAD", "--binary", "--", ".").stdout)
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", ".").stdout.split(b"\0")
+        for name in sorted(n for n in untracked if n):
+            digest.update(name)
+            try:
+                digest.update((directory / name.decode()).read_bytes())
+            except OSError:
+                pass
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0 or not out.stdout.strip():
-        return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return f"{commit}+dirty.{digest.hexdigest()[:8]}"
 
 
 def record_run(store: ResultStore | None, *, model: str, protocol: str, recipe: str, seed: int, kind: str,

@@ -132,7 +132,8 @@ def source_commit() -> str | None:
     commit = code_commit()
     if commit is None:
         return None
-    return commit.replace("+dirty", " (with uncommitted changes to the package)")
+    base, _, digest = commit.partition("+dirty")
+    return base + (f" (with uncommitted changes to the package, digest {digest.lstrip('.')})" if _ else "")
 
 
 def _interference_section(errors: list[ErrorAnalysis]) -> Section:
