@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.crescendo-installed
 
-.PHONY: demo test install bench clean
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install bench clean fashion-mnist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +23,20 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The vision reference models read Fashion-MNIST from Debian's package; install it when missing and
+# possible (root with apt-get), otherwise say how to point the vision commands at the files.
+fashion-mnist:
+	@if [ ! -d $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	     DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; then \
+	    echo "installed dataset-fashion-mnist ($(FMNIST))"; \
+	  else \
+	    echo "note: Fashion-MNIST is not installed (Debian package dataset-fashion-mnist); the vision" \
+	         "commands take --data-dir DIR, a directory holding its four idx.gz files"; \
+	  fi; \
+	fi
+
+demo: $(STAMP) fashion-mnist
 	$(BIN)/crescendo demo
 
 test: $(STAMP)
