@@ -7,7 +7,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +22,13 @@ from .engine.interleaved import check_mode
 from .errors import ConfigError
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
+from .outcome import Outcome, stage_rows
 from .outputs import atomic_output_dir
 from .recipe import Recipe, parse_recipe
 from .state import CompressionState, state_of
 from .store import RunMetrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class Outcome:
-    """One compressed model measured under a protocol: what every metric's outcome records.
-
-    Subclasses add the measured figure and define `metric` (M, higher is better)."""
-
-    recipe: str
-    summary: dict[str, Any]
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    compress_seconds: float = 0.0
-    eval_seconds: float = 0.0
-
-    @property
-    def metric(self) -> float:
-        raise NotImplementedError
 
 
 @dataclass(kw_only=True)
@@ -57,12 +41,6 @@ class RunOutcome(Outcome):
     def metric(self) -> float:
         """M = -perplexity (higher is better), the metric of 003."""
         return -self.perplexity
-
-
-def stage_rows(result: CompressionResult) -> list[dict[str, Any]]:
-    """The per-stage part of an outcome: method, stage text, seconds, and any details the stage reported."""
-    return [{"method": s.method, "stage": s.stage, "seconds": s.seconds, **({"details": s.details} if s.details else {})}
-            for s in result.stages]
 
 
 class Workbench:

@@ -30,10 +30,10 @@ from ..data.vision_protocols import VisionProtocol, VisionProtocolData, get_visi
 from ..errors import ConfigError, DataError, ModelError
 from ..eval.accuracy import AccuracyResult, accuracy
 from ..models.vision import VisionClassifier
+from ..outcome import Outcome, stage_rows
 from ..recipe import Recipe, parse_recipe
 from ..state import state_of
 from ..store import RunMetrics
-from ..workflow import Outcome, stage_rows
 
 
 @dataclass(kw_only=True)
