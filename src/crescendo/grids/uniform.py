@@ -11,6 +11,11 @@ from ..types import check_bits
 from .base import F32, Grid, IntegerForm, Params, ParamStorage, check_group_size, device_constant, register_grid
 
 
+def _integer_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """q = clamp(round(w / scale) + zero, lo, hi): the one rounding rule of the uniform grids."""
+    return torch.clamp(torch.round(w / scale) + zero, lo, hi)
+
+
 @register_grid
 @dataclass(frozen=True)
 class UniformGrid(Grid):
@@ -67,9 +72,8 @@ class UniformGrid(Grid):
 
     def codes(self, w: torch.Tensor, params: Params) -> torch.Tensor:
         """Integer values q (as float) of w (rows, k) on the grid, in `levels()`."""
-        lo, hi = self.levels()
         scale, zero = params["scale"][:, None].to(w.dtype), params["zero"][:, None].to(w.dtype)
-        return torch.clamp(torch.round(w / scale) + zero, lo, hi)
+        return _integer_codes(w, scale, zero, *self.levels())
 
     def project(self, w: torch.Tensor, params: Params) -> torch.Tensor:
         scale, zero = params["scale"][:, None].to(w.dtype), params["zero"][:, None].to(w.dtype)
@@ -81,7 +85,7 @@ class UniformGrid(Grid):
         scale, zero = params["scale"].to(F32), params["zero"].to(F32)
 
         def project_column(w: torch.Tensor) -> torch.Tensor:
-            return torch.clamp(torch.round(w / scale) + zero, lo, hi).sub_(zero).mul_(scale)
+            return scale * (_integer_codes(w, scale, zero, lo, hi) - zero)
 
         return project_column
 

@@ -132,8 +132,8 @@ def source_commit() -> str | None:
     commit = code_commit()
     if commit is None:
         return None
-    base, _, digest = commit.partition("+dirty")
-    return base + (f" (with uncommitted changes to the package, digest {digest.lstrip('.')})" if _ else "")
+    base, dirty, digest = commit.partition("+dirty")
+    return base + (f" (with uncommitted changes to the package, digest {digest.lstrip('.')})" if dirty else "")
 
 
 def _interference_section(errors: list[ErrorAnalysis]) -> Section:
