@@ -296,6 +296,24 @@ def test_code_commit_is_read_once_per_process(monkeypatch, tmp_path):
     code_commit.cache_clear()
 
 
+def test_readonly_store_does_not_ask_git(monkeypatch, tmp_path):
+    """A report opens stores read-only and writes no row: it needs no commit, so it runs no git."""
+    import subprocess
+
+    from crescendo.store import code_commit
+
+    path = tmp_path / "runs.sqlite"
+    ResultStore(path).put(make_row())
+    code_commit.cache_clear()
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv))
+    store = ResultStore(path, readonly=True)
+    assert len(store.rows()) == 1
+    store.close()
+    assert calls == []
+    code_commit.cache_clear()
+
+
 def test_tree_version_tells_uncommitted_states_apart(tmp_path):
     """A dirty tree is named by its commit plus a digest of what differs, so two different sets of
     uncommitted edits never share a version (rows and cached prefixes are keyed by it)."""

@@ -406,7 +406,8 @@ class ResultStore:
         self._closed = False
         self._on_disk = False
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
-        code_commit()  # fixed now, before the rows this process will write
+        if not readonly:
+            code_commit()  # fixed now, before the rows this process will write (reports never write)
         if not self.path.exists():
             self._conn = self._empty()  # reads see an empty store; the first write creates the file
             return
