@@ -1,7 +1,9 @@
 """The order predictors judged on a pre-registered hold-out (issue 15).
 
 The plan (docs/results/chooser/holdout_plan.json) was committed after the predictors and before any
-of its cells was measured; every row this script stores records the commit that measured it.
+of its cells was measured; every row this script stores records the commit that measured it and the
+plan it belongs to. An extension (holdout_plan_2.json: more studies, the same rules and predictors) is
+registered the same way and pooled with the first: pass both to --plan.
 
     measure  every study of the plan, every calibration seed: the dense model, each method alone and
              every order (prefixes shared), plus each order's last-block calibration error; rows go
@@ -14,7 +16,7 @@ of its cells was measured; every row this script stores records the commit that 
 
     python benchmarks/chooser_holdout.py measure --plan docs/results/chooser/holdout_plan.json \\
         --store docs/results/chooser/holdout.sqlite [--models resnet-mini vit-mini] [--threads 1]
-    python benchmarks/chooser_holdout.py score --plan ... --store ... --out docs/results/chooser/holdout
+    python benchmarks/chooser_holdout.py score --plan PLAN [EXTENSION ...] --store ... --out docs/results/chooser/holdout
 """
 
 from __future__ import annotations
@@ -42,7 +44,26 @@ def load_plan(path: str) -> dict:
     plan = json.loads(Path(path).read_text(encoding="utf-8"))
     for study in plan["studies"]:
         study["methods"] = [parse_stage(m).text for m in study["methods"]]  # canonical texts
+        study["plan"] = path
+    plan["path"] = path
+    plan["registered_at"] = _first_commit(path)
     return plan
+
+
+def load_plans(paths: list[str]) -> dict:
+    """One plan, or a first plan and its registered extensions pooled: their studies in order, under the
+    first plan's seeds and predictors (an extension that changes them is refused)."""
+    plans = [load_plan(p) for p in paths]
+    first = plans[0]
+    for extra in plans[1:]:
+        for key in ("seeds", "predictor_seed", "predictors"):
+            if extra[key] != first[key]:
+                raise ConfigError(f"plan {extra['path']}: {key} {extra[key]} differs from {first['path']}'s {first[key]}")
+    ids = [s["id"] for p in plans for s in p["studies"]]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"plans {', '.join(paths)} repeat a study id")
+    return {**first, "studies": [s for p in plans for s in p["studies"]],
+            "registered": [(p["path"], p["registered_at"]) for p in plans]}
 
 
 def _protocol(study: dict):
@@ -116,7 +137,7 @@ def measure(plan: dict, store_path: str, models: list[str] | None, only: list[st
                     kind = "dense" if recipe == "dense" else ("single" if ">" not in recipe else "order")
                     metrics = (RunMetrics.from_accuracy(metric) if bench.metric_name == "accuracy"
                                else RunMetrics.from_perplexity(-metric))
-                    extra = {"study": "chooser-holdout", "study_id": study["id"], "commit": commit}
+                    extra = {"study": "chooser-holdout", "study_id": study["id"], "plan": study["plan"], "commit": commit}
                     if recipe in errors:
                         extra["last_block_error"] = errors[recipe]
                     if recipe in have and recipe not in errors and have[recipe].extra.get("study") == extra["study"]:
@@ -210,8 +231,8 @@ def _report(plan, cells, meta, calls, costs, store_path, out, missing) -> int:
              for name in plan["predictors"]}
     lines = [f"# Order predictors on the pre-registered hold-out",
              "",
-             f"Plan: `{plan['path']}` (committed at {plan.get('registered_at', '?')}, before any hold-out row was "
-             f"measured). Store: `{store_path}`. Scored at code {commit}. Rows measured at: "
+             "Plans: " + "; ".join(f"`{p}` (committed at {c})" for p, c in plan["registered"]) + ", each before "
+             f"any of its rows was measured. Store: `{store_path}`. Scored at code {commit}. Rows measured at: "
              f"{', '.join(sorted({e for e in _commits(store_path)}))}.",
              "",
              f"{len(cells)} cells ({sum(c.decisive for c in cells)} decisive; "
@@ -253,7 +274,7 @@ def _report(plan, cells, meta, calls, costs, store_path, out, missing) -> int:
     print(text)
     if out:
         Path(out + ".md").write_text(text, encoding="utf-8")
-        Path(out + ".json").write_text(json.dumps({"plan": plan["path"], "store": store_path, "commit": commit,
+        Path(out + ".json").write_text(json.dumps({"plans": [p for p, _ in plan["registered"]], "store": store_path, "commit": commit,
                                                    "scores": table, "cells": meta}, indent=1, default=str),
                                        encoding="utf-8")
     return 0
@@ -279,7 +300,8 @@ def _first_commit(path: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["measure", "score"])
-    parser.add_argument("--plan", default="docs/results/chooser/holdout_plan.json")
+    parser.add_argument("--plan", nargs="+", default=["docs/results/chooser/holdout_plan.json"],
+                        help="the plan, then any registered extensions of it (pooled)")
     parser.add_argument("--store", default="docs/results/chooser/holdout.sqlite")
     parser.add_argument("--models", nargs="*", default=None, help="measure only these models' studies")
     parser.add_argument("--studies", nargs="*", default=None, help="measure only these study ids")
@@ -288,9 +310,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = load_plan(args.plan)
-    plan["path"] = args.plan
-    plan["registered_at"] = _first_commit(args.plan)
+    plan = load_plans(args.plan)
     if args.action == "measure":
         measure(plan, args.store, args.models, args.studies)
         return 0
