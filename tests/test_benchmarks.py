@@ -104,3 +104,13 @@ def test_budgets_compound_with_hawq(saved_tiny, tmp_path):
     compound = json.loads((out / "compound_hawq.json").read_text())
     assert compound["sensitivity"] == "hawq" and len(compound["rows"]) == 3
     assert "HAWQ-V2" in (out / "compound_hawq.md").read_text() and not (out / "compound.json").exists()
+
+
+def test_sweep_cell_script(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "cell.txt"
+    printed = _script("sweep_cell.py", model_dir, protocol, "--pruner", "magnitude:0.5", "--out", str(out))
+    text = out.read_text()
+    for label in ("magnitude:0.5 ", "rtn:w4 ", "magnitude:0.5 > rtn:w4", "rtn:w4 > magnitude:0.5"):
+        assert label in text
+    assert "cell magnitude:0.5 x rtn:w4:" in printed and "load average before" in text
