@@ -2,7 +2,9 @@
 
 Rows: dense; magnitude, Wanda and SparseGPT at 50% and 2:4; RTN and GPTQ at 8, 4 and 3 bits per
 channel and 4 bits group 64; SparseGPT 50% then GPTQ 4 bits and the reverse. Prints perplexity and
-compression seconds per row, then checks the orderings the reference implementations imply.
+compression seconds per row, then checks the orderings the reference implementations imply. A composed
+row starts from its first stage's row when that is a row too (the same computation, done once); its
+seconds are the sum of its stages'. The header and the JSON name the commit of the code that ran.
 
     python benchmarks/quality.py [--model smollm2-135m] [--protocol sotu-v1-quick] [--json out.json]
 """
@@ -10,6 +12,7 @@ compression seconds per row, then checks the orderings the reference implementat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -17,6 +20,8 @@ import time
 
 import torch
 
+from crescendo.recipe import Recipe, parse_recipe
+from crescendo.store import code_commit
 from crescendo.workflow import add_bench_options, bench_from_options
 
 ROWS = [
@@ -44,20 +49,37 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
 
+    commit = code_commit()
     bench = bench_from_options(args)
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"# quality: {bench.model_name}, protocol {bench.protocol.name}, float32, device {device}")
+    print(f"# quality: {bench.model_name}, protocol {bench.protocol.name}, float32, device {device}, "
+          f"torch threads {torch.get_num_threads()}, code {commit}")
+    recipes = [parse_recipe(r) for r in args.rows]
+    starts = {str(Recipe(r.stages[:1])) for r in recipes if len(r.stages) > 1}  # first stages worth keeping
+    kept: dict[str, tuple] = {}
     dense = bench.dense()
     rows = [{"recipe": "dense", "perplexity": dense.perplexity, "compress_seconds": 0.0}]
     print(f"| {'recipe':<28} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'compress s':>10} |")
     print(f"|{'-' * 30}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|")
     print(f"| {'dense':<28} | {dense.perplexity:>10.3f} | {0:>8.3f} | {16:>6.2f} | {0:>10.1f} |", flush=True)
-    for recipe in args.rows:
-        _, out = bench.run(recipe)
-        rows.append({"recipe": out.recipe, "perplexity": out.perplexity, "compress_seconds": out.compress_seconds,
-                     **out.summary})
-        print(f"| {out.recipe:<28} | {out.perplexity:>10.3f} | {out.summary['sparsity']:>8.3f} | "
-              f"{out.summary['avg_weight_bits']:>6.2f} | {out.compress_seconds:>10.1f} |", flush=True)
+    for recipe in recipes:
+        first = str(Recipe(recipe.stages[:1]))
+        if len(recipe.stages) > 1 and first in kept:
+            base, seconds = kept[first]
+            model = copy.deepcopy(base)
+            start = time.perf_counter()
+            result = bench.compress_inplace(model, Recipe(recipe.stages[1:]))
+            out_row = {"recipe": str(recipe), "perplexity": bench.evaluate(model).perplexity,
+                       "compress_seconds": seconds + time.perf_counter() - start, **result.summary.to_dict()}
+        else:
+            model, out = bench.run(recipe)
+            out_row = {"recipe": out.recipe, "perplexity": out.perplexity, "compress_seconds": out.compress_seconds,
+                       **out.summary}
+            if str(recipe) in starts:
+                kept[str(recipe)] = (model, out.compress_seconds)
+        rows.append(out_row)
+        print(f"| {out_row['recipe']:<28} | {out_row['perplexity']:>10.3f} | {out_row['sparsity']:>8.3f} | "
+              f"{out_row['avg_weight_bits']:>6.2f} | {out_row['compress_seconds']:>10.1f} |", flush=True)
     ppl = {r["recipe"]: r["perplexity"] for r in rows}
     failures = 0
     print()
@@ -69,6 +91,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": bench.model_name, "protocol": bench.protocol.name, "device": device,
+                       "threads": torch.get_num_threads(), "commit": commit,
                        "time": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}, f, indent=2)
     return 1 if failures else 0
 

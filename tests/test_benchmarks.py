@@ -114,3 +114,16 @@ def test_sweep_cell_script(saved_tiny, tmp_path):
     for label in ("magnitude:0.5 ", "rtn:w4 ", "magnitude:0.5 > rtn:w4", "rtn:w4 > magnitude:0.5"):
         assert label in text
     assert "cell magnitude:0.5 x rtn:w4:" in printed and "load average before" in text
+
+
+def test_quality_script_reuses_the_first_stage_and_names_the_commit(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    out = tmp_path / "q.json"
+    _script("quality.py", model_dir, protocol, "--rows", "magnitude:0.5", "rtn:w4", "magnitude:0.5 > rtn:w4",
+            "--json", str(out))
+    data = json.loads(out.read_text())
+    assert data["commit"] and data["threads"] >= 1
+    rows = {r["recipe"]: r for r in data["rows"]}
+    composed = rows["magnitude:0.5 > rtn:w4"]
+    assert composed["sparsity"] == rows["magnitude:0.5"]["sparsity"] > 0.4  # the prefix's mask is in the summary
+    assert composed["avg_weight_bits"] < 5 and composed["compress_seconds"] >= rows["magnitude:0.5"]["compress_seconds"]
