@@ -40,6 +40,16 @@ def test_finetune_keeps_every_mask_and_grid_and_moves_weights(calibration):
     assert moved > 100, "fine-tuning changed (almost) no quantized weight"
     details = result.stages[0].details
     assert details["trained_linears"] == len(after) and details["first_loss"] > 0
+    unpruned = sum(int((~records[n].mask).sum()) for n in after)
+    assert details["changed_fraction"] == pytest.approx(moved / unpruned)
+
+
+def test_finetune_reports_when_no_quantized_weight_moved(calibration):
+    """A tiny lr from on-grid masters moves nothing: the stage must say so rather than look trained."""
+    model = tiny_model("llama")
+    compress(model, "rtn:w4", calibration, progress=False)
+    result = compress(model, "finetune:steps=2,lr=1e-7", calibration, progress=False)
+    assert result.stages[0].details["changed_fraction"] == 0.0
 
 
 def test_finetune_moves_uncompressed_weights_freely(calibration):
