@@ -12,65 +12,39 @@ protocol and the commit that produced them. Recipes that share a prefix share it
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from crescendo.analysis.cer import CERSettings, compare_intensity, pih_first, reference_curve
 from crescendo.api import summarize
-from crescendo.recipe import Recipe, parse_recipe
+from crescendo.recipe import parse_recipe
+from crescendo.store import tree_version
 from crescendo.workflow import add_bench_options, bench_from_options
 
 BITS = (8, 7, 6, 5, 4, 3)  # the reference quantizer's curve (RTN, per channel)
 NAME_SUFFIX = ""  # --name: one experiment split over several runs writes one file per run
 
 
-def commit() -> str:
-    """The commit of the code that runs: $CRESCENDO_COMMIT (set when running an exported copy of a
-    commit), else the checkout's HEAD, marked when src/ or benchmarks/ have uncommitted changes."""
-    if os.environ.get("CRESCENDO_COMMIT"):
-        return os.environ["CRESCENDO_COMMIT"]
-    root = Path(__file__).resolve().parent.parent
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=root,
-                           capture_output=True, text=True).stdout.strip()
-    return sha + ("+uncommitted" if dirty else "")
-
-
-COMMIT = commit()  # taken when the run starts: the code that ran, whatever the checkout holds later
+# The code that runs, taken when the run starts (whatever the checkout holds later): $CRESCENDO_COMMIT
+# when running an exported copy of a commit, else the checkout's commit, marked dirty when src/ or
+# benchmarks/ differ from it.
+COMMIT = os.environ.get("CRESCENDO_COMMIT") or tree_version(Path(__file__).resolve().parent.parent, ("src", "benchmarks"))
 
 
 def run_tree(bench, recipes: list[str]) -> dict[str, dict]:
     """Perplexity and summary of every recipe; a prefix shared by several recipes is computed once."""
-    parsed = {r: parse_recipe(r) for r in recipes}
-    texts = {r: [s.text for s in parsed[r].stages] for r in recipes}
-    needed = {tuple(t[:k]) for t in texts.values() for k in range(1, len(t))}  # prefixes worth keeping
-    cache: dict[tuple, tuple] = {(): (bench.model, [])}
     rows = {}
-    for r in sorted(recipes, key=lambda r: texts[r]):
-        key = tuple(texts[r])
-        k = max(i for i in range(len(key) + 1) if key[:i] in cache)
-        model, stages = cache[key[:k]]
-        model = copy.deepcopy(model)
-        stages = list(stages)
-        for i in range(k, len(key)):
-            start = time.perf_counter()
-            result = bench.compress_inplace(model, Recipe((parsed[r].stages[i],)))  # one stage at a time
-            stages.append({"stage": key[i], "seconds": time.perf_counter() - start, **result.stages[0].details})
-            print(f"  {' > '.join(key[:i + 1])}: {stages[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
-            if key[:i + 1] in needed:
-                cache[key[:i + 1]] = (copy.deepcopy(model), list(stages))
-        ppl = bench.evaluate(model).perplexity
-        summary = summarize(model).to_dict()
-        rows[r] = {"recipe": str(parsed[r]), "perplexity": ppl, "stages": stages, **summary}
-        print(f"{str(parsed[r]):<60} ppl {ppl:10.3f}  C {summary['compression_ratio']:.2f}", file=sys.stderr, flush=True)
-        remaining = {tuple(texts[x][:j]) for x in recipes if x not in rows for j in range(len(texts[x]))}
-        for p in [p for p in cache if p and p not in remaining]:
-            del cache[p]
+    order = sorted(recipes, key=lambda r: [s.text for s in parse_recipe(r).stages])  # siblings adjacent
+    for recipe, run in zip(order, bench.compress_tree(order)):
+        for stage in run.stages[-1:]:
+            print(f"  {stage['stage']}: {stage['seconds']:.0f} s", file=sys.stderr, flush=True)
+        ppl = bench.evaluate(run.model).perplexity
+        summary = summarize(run.model).to_dict()
+        rows[recipe] = {"recipe": str(run.recipe), "perplexity": ppl, "stages": run.stages, **summary}
+        print(f"{str(run.recipe):<60} ppl {ppl:10.3f}  C {summary['compression_ratio']:.2f}", file=sys.stderr,
+              flush=True)
     return rows
 
 

@@ -12,7 +12,6 @@ seconds are the sum of its stages'. The header and the JSON name the commit of t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -20,7 +19,7 @@ import time
 
 import torch
 
-from crescendo.recipe import Recipe, parse_recipe
+from crescendo.api import summarize
 from crescendo.store import code_commit
 from crescendo.workflow import add_bench_options, bench_from_options
 
@@ -54,29 +53,14 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"# quality: {bench.model_name}, protocol {bench.protocol.name}, float32, device {device}, "
           f"torch threads {torch.get_num_threads()}, code {commit}")
-    recipes = [parse_recipe(r) for r in args.rows]
-    starts = {str(Recipe(r.stages[:1])) for r in recipes if len(r.stages) > 1}  # first stages worth keeping
-    kept: dict[str, tuple] = {}
     dense = bench.dense()
     rows = [{"recipe": "dense", "perplexity": dense.perplexity, "compress_seconds": 0.0}]
     print(f"| {'recipe':<28} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'compress s':>10} |")
     print(f"|{'-' * 30}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|")
     print(f"| {'dense':<28} | {dense.perplexity:>10.3f} | {0:>8.3f} | {16:>6.2f} | {0:>10.1f} |", flush=True)
-    for recipe in recipes:
-        first = str(Recipe(recipe.stages[:1]))
-        if len(recipe.stages) > 1 and first in kept:
-            base, seconds = kept[first]
-            model = copy.deepcopy(base)
-            start = time.perf_counter()
-            result = bench.compress_inplace(model, Recipe(recipe.stages[1:]))
-            out_row = {"recipe": str(recipe), "perplexity": bench.evaluate(model).perplexity,
-                       "compress_seconds": seconds + time.perf_counter() - start, **result.summary.to_dict()}
-        else:
-            model, out = bench.run(recipe)
-            out_row = {"recipe": out.recipe, "perplexity": out.perplexity, "compress_seconds": out.compress_seconds,
-                       **out.summary}
-            if str(recipe) in starts:
-                kept[str(recipe)] = (model, out.compress_seconds)
+    for run in bench.compress_tree(args.rows):  # a composed row starts from its first stage's row
+        out_row = {"recipe": str(run.recipe), "perplexity": bench.evaluate(run.model).perplexity,
+                   "compress_seconds": run.compress_seconds, **summarize(run.model).to_dict()}
         rows.append(out_row)
         print(f"| {out_row['recipe']:<28} | {out_row['perplexity']:>10.3f} | {out_row['sparsity']:>8.3f} | "
               f"{out_row['avg_weight_bits']:>6.2f} | {out_row['compress_seconds']:>10.1f} |", flush=True)

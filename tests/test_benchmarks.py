@@ -127,3 +127,16 @@ def test_quality_script_reuses_the_first_stage_and_names_the_commit(saved_tiny, 
     composed = rows["magnitude:0.5 > rtn:w4"]
     assert composed["sparsity"] == rows["magnitude:0.5"]["sparsity"] > 0.4  # the prefix's mask is in the summary
     assert composed["avg_weight_bits"] < 5 and composed["compress_seconds"] >= rows["magnitude:0.5"]["compress_seconds"]
+
+
+def test_beyond_finetune_script_writes_both_orders_and_its_commit(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    _script("beyond.py", model_dir, protocol, "finetune", "--steps", "2", "--lr", "1e-3", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "finetune.json").read_text())
+    assert data["commit"] and data["protocol"]
+    rows = data["rows"]
+    composed = rows["sparsegpt:0.5 > rtn:w4 > finetune:steps=2,lr=0.001"]
+    assert [s["stage"] for s in composed["stages"]] == ["sparsegpt:0.5", "rtn:w4", "finetune:steps=2,lr=0.001"]
+    assert data["advantage_before"] == rows["rtn:w4 > sparsegpt:0.5"]["perplexity"] - rows["sparsegpt:0.5 > rtn:w4"][
+        "perplexity"]
+    assert "A(P -> Q)" in (tmp_path / "finetune.md").read_text()

@@ -339,3 +339,24 @@ def test_tree_version_tells_uncommitted_states_apart(tmp_path):
     assert third.startswith(clean + "+dirty.") and third not in (first, second)
     (tmp_path / "new.py").write_text("y = 2\n")
     assert tree_version(tmp_path) != third
+
+
+def test_tree_version_looks_only_at_the_paths_it_is_given(tmp_path):
+    """benchmarks/beyond.py names src/ and benchmarks/: an edit elsewhere (docs, results) is not code."""
+    from crescendo.store import tree_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for d in ("src", "docs"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "a.txt").write_text("1\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    clean = tree_version(tmp_path, ("src",))
+    (tmp_path / "docs" / "a.txt").write_text("2\n")
+    assert tree_version(tmp_path, ("src",)) == clean
+    assert "+dirty." in tree_version(tmp_path)
+    (tmp_path / "src" / "b.txt").write_text("new\n")
+    assert tree_version(tmp_path, ("src",)).startswith(clean + "+dirty.")

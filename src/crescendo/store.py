@@ -239,10 +239,11 @@ def code_commit() -> str | None:
     return tree_version(Path(__file__).resolve().parent.parent)  # src/
 
 
-def tree_version(directory: Path) -> str | None:
+def tree_version(directory: Path, paths: tuple[str, ...] = (".",)) -> str | None:
     """`<short commit>` of the checkout holding `directory`, or `<commit>+dirty.<digest>` when files
-    under it differ from that commit: the digest (of the diff and of untracked files) tells two
-    different uncommitted states apart, so neither rows nor cached prefixes confuse them."""
+    under `paths` (relative to `directory`; default: all of it) differ from that commit: the digest (of
+    the diff and of untracked files) tells two different uncommitted states apart, so neither rows nor
+    cached prefixes confuse them."""
     import subprocess
 
     def git(*args: str) -> subprocess.CompletedProcess:
@@ -250,14 +251,14 @@ def tree_version(directory: Path) -> str | None:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        status = git("status", "--porcelain", "--", ".")
+        status = git("status", "--porcelain", "--", *paths)
         if head.returncode != 0 or not head.stdout.strip():
             return None
         commit = head.stdout.decode().strip()
         if not status.stdout.strip():
             return commit
-        digest = hashlib.sha256(git("diff", "HEAD", "--binary", "--", ".").stdout)
-        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", ".").stdout.split(b"\0")
+        digest = hashlib.sha256(git("diff", "HEAD", "--binary", "--", *paths).stdout)
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", *paths).stdout.split(b"\0")
         for name in sorted(n for n in untracked if n):
             digest.update(name)
             try:

@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,19 @@ class RunOutcome(Outcome):
     def metric(self) -> float:
         """M = -perplexity (higher is better), the metric of 003."""
         return -self.perplexity
+
+
+@dataclass
+class TreeRun:
+    """One recipe of `Workbench.compress_tree`: the compressed model and every stage that built it."""
+
+    recipe: Recipe
+    model: nn.Module
+    stages: list[dict[str, Any]]
+
+    @property
+    def compress_seconds(self) -> float:
+        return sum(s["seconds"] for s in self.stages)
 
 
 class Workbench:
@@ -194,6 +208,36 @@ class Workbench:
             eval_seconds=ppl.seconds,
         )
         return model, outcome
+
+    def compress_tree(self, recipes: Sequence[str | Recipe]) -> Iterator[TreeRun]:
+        """Compress every recipe, in the order given, computing a prefix that several recipes share once.
+
+        Stages run one at a time on a copy of the dense model; after each, the prefix is kept (a copy)
+        if a later recipe starts with it, and dropped after its last use. Yields one `TreeRun` per
+        recipe: the model is the caller's (evaluate it, change it), the stages are `stage_rows`
+        entries (method, stage, seconds, details), prefix stages included. Interleaved mode composes
+        a whole recipe block by block, which a prefix applied stage by stage would not be, so there
+        every recipe is compressed whole and nothing is shared.
+        """
+        parsed = [parse_recipe(r) for r in recipes]
+        texts = [tuple(s.text for s in r.stages) for r in parsed]
+        share = self.mode == "stagewise"
+        cache: dict[tuple[str, ...], tuple[nn.Module, list[dict[str, Any]]]] = {(): (self.model, [])}
+        for n, (recipe, key) in enumerate(zip(parsed, texts)):
+            later = {t[:k] for t in texts[n + 1:] for k in range(1, len(t) + 1)} if share else set()
+            k = max(i for i in range(len(key) + 1) if key[:i] in cache)
+            base, stages = cache[key[:k]]
+            model, stages = copy.deepcopy(base), list(stages)
+            if share:
+                for i in range(k, len(key)):
+                    stages += stage_rows(self.compress_inplace(model, Recipe(recipe.stages[i:i + 1])))
+                    if key[:i + 1] in later:
+                        cache[key[:i + 1]] = (copy.deepcopy(model), list(stages))
+            else:
+                stages += stage_rows(self.compress_inplace(model, recipe))
+            for prefix in [p for p in cache if p and p not in later]:
+                del cache[prefix]
+            yield TreeRun(recipe, model, stages)
 
     # -- the Evaluator protocol of analysis.order: M = -perplexity -----------------------------
     metric_name = "-perplexity"
