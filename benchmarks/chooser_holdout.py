@@ -189,8 +189,10 @@ def score_plan(plan: dict, store_path: str, out: str | None) -> int:
             cells.append(cell)
             rows = by_seed[predictor_seed]
             known = {r: rows[r].metrics.metric for r in needed}
+            # a stored None means "undefined here" (blocks were removed): the replay must see it as the
+            # live predictor would, not as a measurement that is missing
             known_errors = {r: rows[r].extra["last_block_error"] for r, _ in finals
-                            if rows[r].extra.get("last_block_error") is not None}
+                            if "last_block_error" in rows[r].extra}
             entry = {"id": study["id"], "model": _model_key(study), "methods": methods, "best": list(cell.best),
                      "advantage": cell.advantage(), "noise": cell.noise, "decisive": cell.decisive,
                      "collapsed": [list(o) for o in collapsed],

@@ -50,6 +50,33 @@ def test_compensation_is_structural_and_abstains_when_it_does_not_apply():
     assert decide("compensation", bench, ["sparsegpt:0.5", "gptq:w4"]).abstained
 
 
+def test_a_replayed_undefined_calibration_error_abstains_as_the_live_predictor_does():
+    """After a block remover the last-block error is undefined; a store keeps it as None. Replayed
+    from known values (an evaluator without layer-wise errors), calib-error abstains with the reason
+    it gives live, instead of refusing the study."""
+
+    class WeightsOnly:
+        metric_name = "-perplexity"
+
+        def __init__(self):
+            self.bench = tiny_bench()
+
+        def fresh(self):
+            return self.bench.fresh()
+
+        def apply(self, model, stage):
+            self.bench.apply(model, stage)
+
+    methods = ["sleb:0.5,samples=1", "rtn:w4"]
+    known = {"dense": -10.0, "sleb:0.5,samples=1": -20.0, "rtn:w4": -11.0,
+             "sleb:0.5,samples=1 > rtn:w4": -21.0, "rtn:w4 > sleb:0.5,samples=1": -22.0}
+    undefined = {"sleb:0.5,samples=1 > rtn:w4": None, "rtn:w4 > sleb:0.5,samples=1": None}
+    decision = decide("calib-error", WeightsOnly(), methods, known=known, known_errors=undefined)
+    assert decision.abstained and "undefined" in decision.reason
+    with pytest.raises(ConfigError, match="layer-wise errors"):  # nothing known, nothing to measure with
+        decide("calib-error", WeightsOnly(), methods, known=known)
+
+
 def test_auto_goes_q_first_when_q_is_near_lossless():
     bench = tiny_bench()
     decision = decide("auto", bench, ["magnitude:0.5", "rtn:w8"])

@@ -60,7 +60,7 @@ class Measurements:
     `fresh()`, `apply(model, stage)`, `metric(model)`, `metric_name`)."""
 
     def __init__(self, evaluator: Any, stages: Sequence[Stage], known: Mapping[str, float] | None = None,
-                 known_errors: Mapping[str, float] | None = None) -> None:
+                 known_errors: Mapping[str, float | None] | None = None) -> None:
         """known / known_errors: metrics (recipe or "dense" -> M) and last-block calibration errors
         already measured (e.g. rows of a results store, to replay a predictor on stored cells).
         They are served without computing but counted in the cost as if measured."""
