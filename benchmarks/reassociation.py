@@ -16,7 +16,9 @@ import time
 import torch
 
 from crescendo.api import compress
+from crescendo.errors import CrescendoError
 from crescendo.eval.perplexity import perplexity
+from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
 from crescendo.workflow import Workbench, resolve_protocol
 
@@ -24,6 +26,12 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--recipe", default="gptq:w4")
 parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="calibration windows per block call")
 args = parser.parse_args()
+try:  # checked before the model loads: a bad recipe costs nothing
+    recipe = parse_recipe(args.recipe)
+except CrescendoError as exc:
+    parser.error(str(exc))
+if len(args.batches) < 2 or min(args.batches) < 1:
+    parser.error(f"--batches takes at least two batch sizes >= 1, got {args.batches}")
 
 torch.set_num_threads(1)
 protocol = resolve_protocol("sotu-v1-quick", None, None, None)
@@ -33,7 +41,7 @@ print(f"# {args.recipe} under float reassociation, code {code_commit()}, one tor
 weights = {}
 for bs in args.batches:
     m = copy.deepcopy(bench.model)
-    compress(m, args.recipe, bench.calibration, progress=False, calibration_batch_size=bs)
+    compress(m, recipe, bench.calibration, progress=False, calibration_batch_size=bs)
     weights[bs] = {n: p.detach().clone() for n, p in m.named_parameters() if "proj" in n}
     ppl = perplexity(m, bench.data.eval_windows, progress=False).perplexity
     print(f"batch {bs}: {args.recipe} perplexity {ppl:.3f} (sotu-v1-quick, 64 windows, float32)", flush=True)

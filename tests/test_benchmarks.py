@@ -140,3 +140,12 @@ def test_beyond_finetune_script_writes_both_orders_and_its_commit(saved_tiny, tm
     assert data["advantage_before"] == rows["rtn:w4 > sparsegpt:0.5"]["perplexity"] - rows["sparsegpt:0.5 > rtn:w4"][
         "perplexity"]
     assert "A(P -> Q)" in (tmp_path / "finetune.md").read_text()
+
+
+def test_reassociation_rejects_a_bad_recipe_or_batch_list_before_loading():
+    for args, message in ((["--recipe", "sparsegpt:1.5"], "must be in [0, 1)"),
+                          (["--batches", "0", "32"], "at least two batch sizes >= 1")):
+        argv = [sys.executable, str(ROOT / "benchmarks" / "reassociation.py"), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr.splitlines()[-1]
+        assert "Loading" not in done.stderr  # refused before the model was read
