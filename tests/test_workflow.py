@@ -56,3 +56,11 @@ def test_interleaved_mode_compresses_every_recipe_whole():
     runs = list(bench.compress_tree(["magnitude:0.5", "magnitude:0.5 > rtn:w4"]))
     assert bench.applied == ["magnitude:0.5", "magnitude:0.5", "rtn:w4"]  # no prefix reused
     assert [s["stage"] for s in runs[1].stages] == ["magnitude:0.5", "rtn:w4"]
+
+
+def test_a_prefix_is_kept_across_recipes_that_do_not_use_it():
+    bench = tiny_bench(CountingBench)
+    runs = list(bench.compress_tree(["magnitude:0.5", "rtn:w4", "rtn:w8", "magnitude:0.5 > rtn:w8"]))
+    assert sorted(bench.applied) == sorted(["magnitude:0.5", "rtn:w4", "rtn:w8", "rtn:w8"])  # magnitude once
+    alone, _ = tiny_bench().compress("magnitude:0.5 > rtn:w8")
+    assert all(torch.equal(a, b) for a, b in zip(weights(runs[3].model).values(), weights(alone).values()))

@@ -223,19 +223,20 @@ class Workbench:
         texts = [tuple(s.text for s in r.stages) for r in parsed]
         share = self.mode == "stagewise"
         cache: dict[tuple[str, ...], tuple[nn.Module, list[dict[str, Any]]]] = {(): (self.model, [])}
+        # the last recipe each prefix starts (later entries overwrite earlier ones): kept while a later one needs it
+        last_use = {t[:k]: n for n, t in enumerate(texts) for k in range(1, len(t) + 1)} if share else {}
         for n, (recipe, key) in enumerate(zip(parsed, texts)):
-            later = {t[:k] for t in texts[n + 1:] for k in range(1, len(t) + 1)} if share else set()
             k = max(i for i in range(len(key) + 1) if key[:i] in cache)
             base, stages = cache[key[:k]]
             model, stages = copy.deepcopy(base), list(stages)
             if share:
                 for i in range(k, len(key)):
                     stages += stage_rows(self.compress_inplace(model, Recipe(recipe.stages[i:i + 1])))
-                    if key[:i + 1] in later:
+                    if last_use.get(key[:i + 1], -1) > n:
                         cache[key[:i + 1]] = (copy.deepcopy(model), list(stages))
             else:
                 stages += stage_rows(self.compress_inplace(model, recipe))
-            for prefix in [p for p in cache if p and p not in later]:
+            for prefix in [p for p in cache if p and last_use.get(p, -1) <= n]:
                 del cache[prefix]
             yield TreeRun(recipe, model, stages)
 
