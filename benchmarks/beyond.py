@@ -19,6 +19,7 @@ from pathlib import Path
 
 from crescendo.analysis.cer import CERSettings, compare_intensity, pih_first, reference_curve
 from crescendo.api import summarize
+from crescendo.errors import CrescendoError
 from crescendo.recipe import parse_recipe
 from crescendo.store import tree_version
 from crescendo.workflow import add_bench_options, bench_from_options
@@ -82,8 +83,12 @@ def table(rows: dict[str, dict], recipes: list[str], curve=None) -> list[str]:
     return out
 
 
-def exp_lora(bench, args) -> None:
-    L = f"lora:steps={args.steps}" + (f",lr={args.lora_lr:g}" if args.lora_lr else "")
+def lora_stage(args) -> str:
+    return f"lora:steps={args.steps}" + (f",lr={args.lora_lr:g}" if args.lora_lr else "")
+
+
+def lora_recipes(args) -> list[str]:
+    L = lora_stage(args)
     cells = [(p, b) for p in args.ratios for b in args.bits]
     singles = sorted({f"sparsegpt:{p:g}" for p, _ in cells} | {f"rtn:w{b}" for _, b in cells})
     recipes = list(singles) + [f"{s} > {L}" for s in singles]
@@ -91,6 +96,13 @@ def exp_lora(bench, args) -> None:
         P, Q = f"sparsegpt:{p:g}", f"rtn:w{b}"
         recipes += [f"{P} > {Q}", f"{Q} > {P}", f"{P} > {Q} > {L}", f"{Q} > {P} > {L}", f"{P} > {L} > {Q}",
                     f"{Q} > {L} > {P}"]
+    return recipes
+
+
+def exp_lora(bench, args) -> None:
+    L = lora_stage(args)
+    cells = [(p, b) for p in args.ratios for b in args.bits]
+    recipes = lora_recipes(args)
     rows = run_tree(bench, recipes)
     curve, refs = reference(bench, rows)
     md = ["Order advantage A(P -> Q) = M(P then Q) - M(Q then P), M = -perplexity: positive means prune first "
@@ -115,10 +127,18 @@ def exp_lora(bench, args) -> None:
                                           "advantages": advantages}, md)
 
 
+def finetune_stage(args) -> str:
+    return f"finetune:steps={args.steps}" + (f",lr={args.lr:g}" if args.lr else "")
+
+
+def finetune_recipes(args) -> list[str]:
+    F, P, Q = finetune_stage(args), "sparsegpt:0.5", "rtn:w4"
+    return [P, Q, f"{P} > {Q}", f"{Q} > {P}", f"{P} > {Q} > {F}", f"{Q} > {P} > {F}"]
+
+
 def exp_finetune(bench, args) -> None:
-    F = f"finetune:steps={args.steps}" + (f",lr={args.lr:g}" if args.lr else "")
-    P, Q = "sparsegpt:0.5", "rtn:w4"
-    recipes = [P, Q, f"{P} > {Q}", f"{Q} > {P}", f"{P} > {Q} > {F}", f"{Q} > {P} > {F}"]
+    F, P, Q = finetune_stage(args), "sparsegpt:0.5", "rtn:w4"
+    recipes = finetune_recipes(args)
     rows = run_tree(bench, recipes)
     ppl = {r: rows[r]["perplexity"] for r in rows}
     before, after = ppl[f"{Q} > {P}"] - ppl[f"{P} > {Q}"], ppl[f"{Q} > {P} > {F}"] - ppl[f"{P} > {Q} > {F}"]
@@ -129,13 +149,19 @@ def exp_finetune(bench, args) -> None:
                                               "advantage_before": before, "advantage_after": after}, md)
 
 
+def share_recipes(args) -> list[str]:
+    S = {s: f"share:group={args.group},ratio={s:g}" for s in args.share}
+    recipes = sorted({f"magnitude:{p:g}" for p in args.ratios} | set(S.values()))
+    for p in args.ratios:
+        for s in args.share:
+            recipes += [f"{S[s]} > magnitude:{p:g}", f"magnitude:{p:g} > {S[s]},absorb"]
+    return recipes
+
+
 def exp_share(bench, args) -> None:
     cells = [(p, s) for p in args.ratios for s in args.share]
     S = {s: f"share:group={args.group},ratio={s:g}" for s in args.share}
-    recipes = sorted({f"magnitude:{p:g}" for p, _ in cells} | set(S.values()))
-    for p, s in cells:
-        M = f"magnitude:{p:g}"
-        recipes += [f"{S[s]} > {M}", f"{M} > {S[s]},absorb"]
+    recipes = share_recipes(args)
     rows = run_tree(bench, recipes)
     curve, refs = reference(bench, rows)
     md = ["Magnitude pruning (P) and Basis Sharing (S) in both orders. S then P prunes the shared factors; P then S "
@@ -181,6 +207,13 @@ def main() -> int:
     NAME_SUFFIX = args.name
     if args.ratios is None:
         args.ratios = [0.3, 0.5] if args.experiment == "lora" else [0.2, 0.4]
+    recipes = {"lora": lora_recipes, "finetune": finetune_recipes, "share": share_recipes}[args.experiment](args)
+    try:  # checked before the model loads: a bad ratio, bit-width or step count costs nothing
+        for recipe in recipes:
+            parse_recipe(recipe)
+    except CrescendoError as exc:
+        print(f"beyond.py: {exc}", file=sys.stderr)
+        return 2
     bench = bench_from_options(args)
     print(f"# {args.experiment}: {bench.model_name} {bench.protocol_id}, dense {bench.dense().perplexity:.3f}",
           file=sys.stderr, flush=True)

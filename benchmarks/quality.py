@@ -20,6 +20,8 @@ import time
 import torch
 
 from crescendo.api import summarize
+from crescendo.errors import CrescendoError
+from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
 from crescendo.workflow import add_bench_options, bench_from_options
 
@@ -47,6 +49,12 @@ def main() -> int:
     parser.add_argument("--rows", nargs="*", default=ROWS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
+    try:  # checked before the model loads: a bad row costs nothing
+        for recipe in args.rows:
+            parse_recipe(recipe)
+    except CrescendoError as exc:
+        print(f"quality.py: {exc}", file=sys.stderr)
+        return 2
 
     commit = code_commit()
     bench = bench_from_options(args)

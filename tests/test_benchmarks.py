@@ -149,3 +149,16 @@ def test_reassociation_rejects_a_bad_recipe_or_batch_list_before_loading():
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr.splitlines()[-1]
         assert "Loading" not in done.stderr  # refused before the model was read
+
+
+def test_quality_and_beyond_reject_a_bad_recipe_before_loading(tmp_path):
+    # the model path does not exist: reaching the load would fail with another message
+    for script, args, message in (("quality.py", ["--rows", "sparsegpt:1.5"], "must be in [0, 1)"),
+                                  ("beyond.py", ["share", "--share", "1.2"], "share ratio must be in [0, 1)"),
+                                  ("beyond.py", ["finetune", "--steps", "0"], "steps must be >= 1"),
+                                  ("beyond.py", ["lora", "--bits", "1"], "weight bits must be in 2..8")):
+        argv = [sys.executable, str(ROOT / "benchmarks" / script), "--model", str(tmp_path / "none"), *args,
+                "--out" if script == "beyond.py" else "--json", str(tmp_path / "out")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr.splitlines()[-1], (script, done.stderr[-500:])
+        assert not (tmp_path / "out").exists()
