@@ -142,6 +142,35 @@ def test_beyond_finetune_script_writes_both_orders_and_its_commit(saved_tiny, tm
     assert "A(P -> Q)" in (tmp_path / "finetune.md").read_text()
 
 
+def test_beyond_share_measures_both_orders_and_renders_again_from_its_json(saved_tiny, tmp_path):
+    model_dir, protocol = saved_tiny
+    opts = ["share", "--ratios", "0.2", "--share", "0.3"]
+    _script("beyond.py", model_dir, protocol, *opts, "--out", str(tmp_path / "run"))
+    data = json.loads((tmp_path / "run" / "share.json").read_text())
+    assert data["commit"] == data["rendered_by"]
+    S, P = "share:group=2,ratio=0.3", "magnitude:0.2"
+    assert set(data["rows"]) == {P, S, f"{S} > {P}", f"{P} > {S},absorb"}
+    assert set(data["reference"]) == {f"rtn:w{b}" for b in range(3, 9)}
+    (a,) = data["advantages"]
+    assert a["advantage_prune_first"] == data["rows"][f"{S} > {P}"]["perplexity"] - data["rows"][f"{P} > {S},absorb"][
+        "perplexity"]
+    assert "not anchored" in (tmp_path / "run" / "share.md").read_text()  # 003's CER reading by default
+    # the same rows read with other CER options: nothing measured, the same perplexities, the new reading named
+    argv = [sys.executable, str(ROOT / "benchmarks" / "beyond.py"), *opts, "--cer-anchor", "dense", "--cer-envelope",
+            "--render", str(tmp_path / "run" / "share.json"), "--out", str(tmp_path / "again"), "--model", "nowhere"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "share.json").read_text())
+    assert again["rows"] == data["rows"] and again["commit"] == data["commit"]
+    assert "anchored at dense" in (tmp_path / "again" / "share.md").read_text()
+    # rows the options ask for but the run did not measure: one line, exit 2, nothing written
+    argv[argv.index("0.2")] = "0.4"
+    argv[argv.index("--out") + 1] = str(tmp_path / "missing")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no row for 'magnitude:0.4'" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "missing").exists()
+
+
 def test_reassociation_rejects_a_bad_recipe_or_batch_list_before_loading():
     for args, message in ((["--recipe", "sparsegpt:1.5"], "must be in [0, 1)"),
                           (["--batches", "0", "32"], "at least two batch sizes >= 1")):

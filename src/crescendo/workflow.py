@@ -313,6 +313,26 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
 
+def add_cer_options(parser) -> None:
+    """How CERs read the reference quantizer curve (argparse): 003's reading unless asked otherwise."""
+    parser.add_argument("--cer-anchor", default="none", choices=["none", "dense"],
+                        help="none (default, 003): the quantizer's measured points only; dense: add the dense "
+                             "model at C = 1, so a method better than the highest bit-width gets a value, not a bound")
+    parser.add_argument("--cer-scale", default="linear", choices=["linear", "log"],
+                        help="interpolate the reference curve linearly in perplexity (default, 003) or in "
+                             "log-perplexity")
+    parser.add_argument("--cer-envelope", action="store_true",
+                        help="read a reference curve that is not monotone off its monotone envelope (running "
+                             "minimum of M); without it such a curve is flagged and gives no CER")
+
+
+def cer_settings(args):
+    """The CERSettings of `add_cer_options`' options."""
+    from .analysis.cer import CERSettings
+
+    return CERSettings(anchor=args.cer_anchor, scale=args.cer_scale, envelope=args.cer_envelope)
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 

@@ -15,6 +15,7 @@ from ..errors import CrescendoError, one_line
 log = logging.getLogger("crescendo")
 
 
+from ..workflow import add_cer_options
 from .commands import (
     _cmd_compress,
     _cmd_demo,
@@ -25,17 +26,6 @@ from .commands import (
 from .common import _common, _Parser
 from .studies import _cmd_cache, _cmd_order, _cmd_search, _cmd_sweep
 from .vision import _cmd_train_reference
-
-
-def _cer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cer-anchor", default="none", choices=["none", "dense"],
-                   help="none (default, 003): the quantizer's measured points only; dense: add the dense model "
-                        "at C = 1, so a method better than the highest bit-width gets a value, not a bound")
-    p.add_argument("--cer-scale", default="linear", choices=["linear", "log"],
-                   help="interpolate the reference curve linearly in perplexity (default, 003) or in log-perplexity")
-    p.add_argument("--cer-envelope", action="store_true",
-                   help="read a reference curve that is not monotone off its monotone envelope (running minimum "
-                        "of M); without it such a curve is flagged and gives no CER")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only what an order predictor needs and print its choice (or abstention) and cost")
     p.add_argument("--predictor", default="auto",
                    help="with --choose: auto (default), pih, zeros, compensation or calib-error")
-    _cer_options(p)
+    add_cer_options(p)
     p.set_defaults(func=_cmd_order)
 
     p = sub.add_parser("sweep", help="resumable (ratio x bits x order) grid into a results store")
@@ -143,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new or empty output directory")
     p.add_argument("--model", default=None, help="only rows of this model")
     p.add_argument("--protocol", default=None, help="only rows of this protocol")
-    _cer_options(p)
+    add_cer_options(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("verify", help="check an export (packed or compressed-tensors directory, .gguf file) against "

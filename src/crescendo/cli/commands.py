@@ -175,7 +175,7 @@ def _source_gguf(bench) -> str | None:
 
 def _cmd_report(args) -> int:
     from ..report import build_report
-    from .studies import cer_settings
+    from ..workflow import cer_settings
 
     index = build_report(args.store, args.out, model=args.model, protocol=args.protocol,
                          cer=cer_settings(args))

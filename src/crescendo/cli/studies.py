@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..workflow import BenchFactory
+from ..workflow import BenchFactory, cer_settings
 from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _protocol, _vision_options, _workbench
-
-
-def cer_settings(args):
-    """The CER options shared by `order` and `report` (--cer-anchor, --cer-scale, --cer-envelope)."""
-    from ..analysis.cer import CERSettings
-
-    return CERSettings(anchor=args.cer_anchor, scale=args.cer_scale, envelope=args.cer_envelope)
 
 
 def _cmd_choose(args) -> int:
