@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import CrescendoError, one_line
+from ..workflow import add_cer_options
 
 log = logging.getLogger("crescendo")
 
 
-from ..workflow import add_cer_options
 from .commands import (
     _cmd_compress,
     _cmd_demo,
