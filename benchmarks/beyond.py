@@ -25,7 +25,13 @@ from crescendo.api import summarize
 from crescendo.errors import CrescendoError
 from crescendo.recipe import parse_recipe
 from crescendo.store import tree_version
-from crescendo.workflow import add_bench_options, add_cer_options, bench_from_options, cer_settings
+from crescendo.workflow import (
+    add_bench_options,
+    add_cer_options,
+    bench_from_options,
+    cer_settings,
+    refused_in_one_line,
+)
 
 BITS = (8, 7, 6, 5, 4, 3)  # the reference quantizer's curve (RTN, per channel)
 REFERENCE = [f"rtn:w{b}" for b in BITS]
@@ -271,15 +277,12 @@ def main() -> int:
         args.ratios = [0.3, 0.5] if args.experiment == "lora" else [0.2, 0.4]
     recipes_of, report, reference = EXPERIMENTS[args.experiment]
     name = f"{args.experiment}-{args.name}" if args.name else args.experiment
-    try:  # checked before the model loads: a bad ratio, bit-width or step count costs nothing
+    with refused_in_one_line(parser):  # checked before the model loads: a bad ratio, bit-width or step count costs nothing
         recipes = recipes_of(args)
         for recipe in recipes:
             parse_recipe(recipe)
         cer_settings(args)
         measured = load_measured(args.render, recipes, reference) if args.render else None
-    except CrescendoError as exc:
-        print(f"beyond.py: {exc}", file=sys.stderr)
-        return 2
     measured = measured or measure(args, recipes, reference)
     payload, md = report(measured, args)
     write(Path(args.out), name, measured, payload, md)

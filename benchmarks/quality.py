@@ -20,10 +20,9 @@ import time
 import torch
 
 from crescendo.api import summarize
-from crescendo.errors import CrescendoError
 from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import add_bench_options, bench_from_options, refused_in_one_line
 
 ROWS = [
     "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
@@ -49,12 +48,9 @@ def main() -> int:
     parser.add_argument("--rows", nargs="*", default=ROWS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    try:  # checked before the model loads: a bad row costs nothing
+    with refused_in_one_line(parser):  # checked before the model loads: a bad row costs nothing
         for recipe in args.rows:
             parse_recipe(recipe)
-    except CrescendoError as exc:
-        print(f"quality.py: {exc}", file=sys.stderr)
-        return 2
 
     commit = code_commit()
     bench = bench_from_options(args)

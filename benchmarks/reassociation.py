@@ -16,20 +16,17 @@ import time
 import torch
 
 from crescendo.api import compress
-from crescendo.errors import CrescendoError
 from crescendo.eval.perplexity import perplexity
 from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
-from crescendo.workflow import Workbench, resolve_protocol
+from crescendo.workflow import Workbench, refused_in_one_line, resolve_protocol
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--recipe", default="gptq:w4")
 parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="calibration windows per block call")
 args = parser.parse_args()
-try:  # checked before the model loads: a bad recipe costs nothing
+with refused_in_one_line(parser):  # checked before the model loads: a bad recipe costs nothing
     recipe = parse_recipe(args.recipe)
-except CrescendoError as exc:
-    parser.error(str(exc))
 if len(args.batches) < 2 or min(args.batches) < 1:
     parser.error(f"--batches takes at least two batch sizes >= 1, got {args.batches}")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from crescendo.errors import ConfigError, CrescendoError
+from crescendo.errors import ConfigError
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
 from crescendo.sweep import measure
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import add_bench_options, bench_from_options, refused_in_one_line
 
 RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
@@ -38,13 +38,11 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/table4.md")
     parser.add_argument("--store", default=None, help="results store to reuse and extend")
     args = parser.parse_args()
-    try:  # every recipe is checked before the model loads: a bad one costs nothing and writes nothing
+    with refused_in_one_line(parser):  # every recipe is checked before the model loads: a bad one costs nothing
         plan = [_method_ratios(m, args.ratios) for m in args.methods]
         for method, method_ratios in plan:
             for r in method_ratios:
                 parse_recipe(f"rotate > {_stage(method, r)}")
-    except CrescendoError as exc:
-        parser.error(str(exc))
     bench = bench_from_options(args)
     store = ResultStore(args.store) if args.store else None
     device = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else platform.processor() or "cpu"

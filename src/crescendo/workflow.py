@@ -20,7 +20,7 @@ from .api import CompressionResult, compress, summarize
 from .data import Protocol, ProtocolData, get_protocol, prepare
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .engine.interleaved import check_mode
-from .errors import ConfigError
+from .errors import ConfigError, CrescendoError, one_line
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .outcome import Outcome, stage_rows
@@ -312,6 +312,16 @@ def bench_from_options(args, **kwargs: Any) -> Workbench:
     kwargs.setdefault("mode", args.mode)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
 
+
+@contextlib.contextmanager
+def refused_in_one_line(parser) -> Iterator[None]:
+    """A benchmark script's input check: a CrescendoError raised inside the block (a bad recipe, ratio
+    or file) is `PROG: error: <one line>` on stderr and exit 2. Scripts check their recipes inside it
+    before the model loads, so bad input costs nothing and writes nothing."""
+    try:
+        yield
+    except CrescendoError as exc:
+        parser.exit(2, f"{parser.prog}: error: {one_line(exc)}\n")
 
 def add_cer_options(parser) -> None:
     """How CERs read the reference quantizer curve (argparse): 003's reading unless asked otherwise."""
