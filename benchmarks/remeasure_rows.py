@@ -67,12 +67,13 @@ def main() -> int:
             start = time.perf_counter()
             model, result = bench.compress(row.recipe)
             compress_seconds = time.perf_counter() - start
-            metrics, eval_seconds = bench.measure(model, layerwise=layerwise)
+            found = bench.measure(model, layerwise=layerwise)
+            metrics, eval_seconds = found.metrics, found.seconds
             dead = sum(s.dead_inputs for s in result.stages)
             del model
             record_run(store, model=row.model, protocol=row.protocol, recipe=row.recipe, seed=row.seed, kind=row.kind,
                        metrics=metrics, timings={"compress_seconds": compress_seconds, "eval_seconds": eval_seconds},
-                       extra=row.extra, device="cpu")
+                       extra=row.extra, device="cpu", units=found.units)
             entry = {"recipe": row.recipe, "seed": row.seed, "protocol": row.protocol, "before": row.metrics.metric,
                      "after": metrics.metric, "metric_name": metrics.metric_name, "dead_inputs": dead,
                      "commit": code_commit()}

@@ -100,9 +100,9 @@ def allocation(bench, args, out: Path, command: str) -> dict:
                             if tune:
                                 losses.append(finetune_(m, data, ft, seed=k)["loss"])
                         m.eval()
-                        metrics, eval_seconds = bench.measure(m)
+                        measured = bench.measure(m)
                         found = record_run(store, model=bench.model_name, protocol=protocol, recipe=recipe, seed=0,
-                                           kind="run", metrics=metrics,
+                                           kind="run", metrics=measured.metrics, units=measured.units,
                                            timings={"seconds": time.perf_counter() - began},
                                            extra={"part": "allocation", "avg_bits": avg, "order": order, "method": method,
                                                   "finetune_epochs": args.finetune_epochs if tune else 0,

@@ -25,7 +25,7 @@ def run_groups_on_ray(
     bench_factory: Callable[[], Any], groups: Sequence[Sequence[Any]], seed: int,
     run_group: Callable[[Any, Sequence[Any], int], Any],
 ) -> Iterator[tuple[Any, Any, dict]]:
-    """Yield (task, metrics, timings) as Ray tasks finish; each task runs `run_group(bench, tasks,
+    """Yield (task, measurement, timings) as Ray tasks finish; each task runs `run_group(bench, tasks,
     seed)` on a bench built by `bench_factory()` in its own process. Starts a local Ray if none is
     connected."""
     ray = _require_ray()

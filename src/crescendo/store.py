@@ -2,7 +2,8 @@
 
 key = sha256 of (model identity, protocol, recipe, seed, package version); value = typed metrics
 (`RunMetrics`), timings, environment (versions, device, thread count, code commit) and extras as
-JSON. This module owns the row schema and its one writer, `record_run`, which sweeps, order studies
+JSON, and the evaluation's per-unit results (`crescendo.units.Units`: one loss per window, one
+correctness bit per test image) in a table beside the rows, so that any two rows compare pairwise. This module owns the row schema and its one writer, `record_run`, which sweeps, order studies
 and searches all call. Sweeps resume by skipping keys the store `has`, and share work with
 concurrent sweeps by `claim`ing a row before computing it. Each write is one short transaction, so
 several processes may write one after another (a busy timeout makes them wait their turn) and a
@@ -42,6 +43,7 @@ from typing import Any
 from . import __version__
 from .errors import StoreError
 from .outputs import pid_alive
+from .units import Units, UnitsError
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction to finish
@@ -74,6 +76,12 @@ CREATE INDEX IF NOT EXISTS runs_by_model ON runs (model, protocol, kind);
 # the first time a writer opens it, which changes no row.
 _CLAIMS = "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, " \
           "pid INTEGER NOT NULL, claimed REAL NOT NULL)"
+# Per-unit results (crescendo.units), one entry per row that has them, written in the row's transaction.
+# Like claims, the table is added to an older store the first time a writer opens it; a row without an
+# entry was measured before units were kept. `ids` is NULL when the units are the protocol's first n.
+_UNITS = "CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, kind TEXT NOT NULL, total INTEGER NOT NULL, " \
+         "n INTEGER NOT NULL, ids BLOB, vals BLOB NOT NULL)"
+_PUT_UNITS = "INSERT OR REPLACE INTO units (key, kind, total, n, ids, vals) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = ("key", "model", "protocol", "recipe", "seed", "version", "kind",
             "metrics", "timings", "environment", "extra", "created")
 _JSON_COLUMNS = ("metrics", "timings", "environment", "extra")
@@ -180,6 +188,7 @@ class Row:
     environment: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0  # unix time the row was made
+    units: Units | None = None  # per-unit results; None for rows measured before they were kept
 
     @classmethod
     def create(
@@ -194,18 +203,21 @@ class Row:
         timings: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        units: Units | None = None,
     ) -> Row:
         """A row whose key is `run_key` of its fields and whose creation time is now."""
         if kind not in KINDS:
             raise StoreError(f"unknown row kind {kind!r} (one of {', '.join(KINDS)})")
         if not isinstance(metrics, RunMetrics):
             raise StoreError(f"row metrics must be RunMetrics, got {type(metrics).__name__}")
+        if units is not None and not isinstance(units, Units):
+            raise StoreError(f"row units must be Units, got {type(units).__name__}")
         return cls(
             key=run_key(model, protocol, recipe, seed, version),
             model=model, protocol=protocol, recipe=recipe, seed=seed, version=version, kind=kind,
             metrics=metrics, timings=dict(timings or {}),
             environment=dict(environment or {}), extra=dict(extra or {}),
-            created=time.time(),
+            created=time.time(), units=units,
         )
 
 
@@ -272,11 +284,11 @@ def tree_version(directory: Path, paths: tuple[str, ...] = (".",)) -> str | None
 
 def record_run(store: ResultStore | None, *, model: str, protocol: str, recipe: str, seed: int, kind: str,
                metrics: RunMetrics, timings: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-               device: str | None = None, version: str = __version__) -> Row:
-    """The one writer of result rows: builds the typed row (key, environment) and stores it (if a
-    store is given; releasing this process's claim on it). Returns the row."""
+               device: str | None = None, version: str = __version__, units: Units | None = None) -> Row:
+    """The one writer of result rows: builds the typed row (key, environment, per-unit results) and
+    stores it (if a store is given; releasing this process's claim on it). Returns the row."""
     row = Row.create(model, protocol, recipe, seed, version, kind, metrics, timings=timings,
-                     environment=environment(device), extra=extra)
+                     environment=environment(device), extra=extra, units=units)
     if store is not None:
         store.put(row)
     return row
@@ -319,11 +331,23 @@ def _encode(row: Row) -> tuple[Any, ...]:
     return tuple(values)
 
 
+def _encode_units(units: Units) -> tuple[Any, ...]:
+    kind, total, ids, vals = units.encode()
+    return kind, total, len(units), ids, vals
+
+
 def _decode(values: tuple[Any, ...]) -> Row:
-    data = dict(zip(_COLUMNS, values))
+    data = dict(zip(_COLUMNS, values[: len(_COLUMNS)]))
     for column in _JSON_COLUMNS:
         data[column] = json.loads(data[column])
     data["metrics"] = RunMetrics.from_dict(data["metrics"])
+    unit_fields = values[len(_COLUMNS):]
+    if unit_fields and unit_fields[0] is not None:
+        kind, total, n, ids, vals = unit_fields
+        try:
+            data["units"] = Units.decode(kind, total, ids, vals, n=n)
+        except UnitsError as err:
+            raise StoreError(f"row {data['key'][:12]}: stored units are damaged ({err})") from err
     return Row(**data)
 
 
@@ -406,6 +430,7 @@ class ResultStore:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._on_disk = False
+        self._has_units: bool | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
         if not readonly:
             code_commit()  # fixed now, before the rows this process will write (reports never write)
@@ -417,7 +442,7 @@ class ResultStore:
     @staticmethod
     def _empty() -> sqlite3.Connection:
         conn = sqlite3.connect(":memory:", isolation_level=None)
-        conn.executescript(_SCHEMA + ";" + _CLAIMS)
+        conn.executescript(_SCHEMA + ";" + _CLAIMS + ";" + _UNITS)
         return conn
 
     def _connect(self) -> None:
@@ -469,6 +494,7 @@ class ResultStore:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
             conn.execute(_CLAIMS)
+            conn.execute(_UNITS)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -486,9 +512,21 @@ class ResultStore:
             raise StoreError(f"results store {self.path} is closed")
         return self._conn
 
+    def _select(self) -> str:
+        """SELECT of every row column, plus its units where this store has a units table (a read-only
+        open of a store no writer of this version has opened yet has none)."""
+        columns = ", ".join(f"runs.{c}" for c in _COLUMNS)
+        if self._has_units is None:
+            found = self._fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'units'")
+            self._has_units = bool(found)
+        if not self._has_units:
+            return f"SELECT {columns} FROM runs"
+        return (f"SELECT {columns}, units.kind, units.total, units.n, units.ids, units.vals FROM runs "
+                "LEFT JOIN units ON units.key = runs.key")
+
     def get(self, key: str) -> Row | None:
         """The row stored under `key`, or None."""
-        found = self._fetch(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE key = ?", (key,))
+        found = self._fetch(f"{self._select()} WHERE runs.key = ?", (key,))
         return _decode(found[0]) if found else None
 
     def has(self, key: str) -> bool:
@@ -506,6 +544,7 @@ class ResultStore:
             check_store(self.path)  # the path may have changed since opening
             self._conn.close()
             self._connect()
+            self._has_units = None
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -520,10 +559,16 @@ class ResultStore:
         return counts
 
     def put(self, row: Row) -> None:
-        """Insert or replace one row, in its own transaction: it is stored whole or not at all.
-        Any claim on its key is released in the same transaction."""
+        """Insert or replace one row with its units, in its own transaction: it is stored whole or not
+        at all (a replaced row never keeps the units of the row it replaces). Any claim on its key is
+        released in the same transaction."""
         values = _encode(row)  # serialise before the transaction, so a bad row never opens one
-        self._write([(_INSERT, values), ("DELETE FROM claims WHERE key = ?", (row.key,))], "write to")
+        if row.units is not None and not isinstance(row.units, Units):
+            raise StoreError(f"row {row.key[:12]}: units must be Units, got {type(row.units).__name__}")
+        units = ((_PUT_UNITS, (row.key, *_encode_units(row.units))) if row.units is not None
+                 else ("DELETE FROM units WHERE key = ?", (row.key,)))
+        self._write([(_INSERT, values), units, ("DELETE FROM claims WHERE key = ?", (row.key,))], "write to")
+        self._has_units = True
 
     def claim(self, key: str) -> bool:
         """Claim `key` for this process before computing it; False when the row exists or a live
@@ -582,8 +627,8 @@ class ResultStore:
         filters = {"model": model, "protocol": protocol, "kind": kind, "recipe": recipe,
                    "seed": seed, "version": version}
         given = {column: value for column, value in filters.items() if value is not None}
-        where = " AND ".join(f"{column} = ?" for column in given) or "1"
-        query = f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE {where} ORDER BY created, key"
+        where = " AND ".join(f"runs.{column} = ?" for column in given) or "1"
+        query = f"{self._select()} WHERE {where} ORDER BY runs.created, runs.key"
         return [_decode(values) for values in self._fetch(query, tuple(given.values()))]
 
     def __len__(self) -> int:

@@ -25,8 +25,9 @@ import torch
 from . import __version__
 from .cache import PrefixCache
 from .errors import ConfigError
+from .outcome import Measured
 from .recipe import Recipe, parse_recipe
-from .store import ResultStore, Row, RunMetrics, record_run, run_key
+from .store import ResultStore, Row, record_run, run_key
 from .types import check_ratio
 
 log = logging.getLogger(__name__)
@@ -186,15 +187,15 @@ def _groups(tasks: Iterable[SweepTask]) -> dict[str, list[SweepTask]]:
 
 
 def run_group(bench, tasks: Sequence[SweepTask], seed: int, cache: PrefixCache | None = None,
-              model_name: str | None = None) -> Iterable[tuple[SweepTask, RunMetrics, dict]]:
-    """Run tasks sharing a first stage; yields (task, metrics, timings) as each finishes.
+              model_name: str | None = None) -> Iterable[tuple[SweepTask, Measured, dict]]:
+    """Run tasks sharing a first stage; yields (task, measurement, timings) as each finishes.
 
     With a `cache`, a shared prefix that has a calibrated stage is read from it when present
     (timings say so) and written to it after it is computed."""
     torch.manual_seed(seed)
     if tasks[0].recipe == "dense":
-        metrics, seconds = bench.measure(bench.model)
-        yield tasks[0], metrics, {"eval_seconds": seconds}
+        found = bench.measure(bench.model)
+        yield tasks[0], found, {"eval_seconds": found.seconds}
         return
     depth = _shared_depth(tasks[0])
     prefix = Recipe(parse_recipe(tasks[0].recipe).stages[:depth])
@@ -218,10 +219,10 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int, cache: PrefixCache |
         model = copy.deepcopy(base)
         result = bench.compress_inplace(model, rest) if len(rest) else None
         seconds = first_seconds + time.perf_counter() - start
-        metrics, eval_seconds = bench.measure(model, layerwise=getattr(bench, "store_layerwise", False))
+        found = bench.measure(model, layerwise=getattr(bench, "store_layerwise", False))
         stage_seconds = [first_seconds] + ([s.seconds for s in result.stages] if result else [])
-        yield task, metrics, {"compress_seconds": seconds, "eval_seconds": eval_seconds, "stages": stage_seconds,
-                              "prefix_from_cache": cached}
+        yield task, found, {"compress_seconds": seconds, "eval_seconds": found.seconds, "stages": stage_seconds,
+                            "prefix_from_cache": cached}
         del model
 
 
@@ -261,9 +262,10 @@ def run_sweep(
     if not todo:
         return counts
 
-    def put(task: SweepTask, metrics: RunMetrics, timings: dict) -> None:
+    def put(task: SweepTask, found: Measured, timings: dict) -> None:
         row = record_run(store, model=model_name, protocol=protocol_name, recipe=task.recipe, seed=seed,
-                         kind=task.kind, metrics=metrics, timings=timings, extra=task.extra, device=device)
+                         kind=task.kind, metrics=found.metrics, timings=timings, extra=task.extra, device=device,
+                         units=found.units)
         counts["computed"] += 1
         if on_row:
             on_row(row)
@@ -276,8 +278,8 @@ def run_sweep(
         from .distributed import run_groups_on_ray
 
         try:
-            for task, metrics, timings in run_groups_on_ray(bench_factory, groups, seed, run_group):
-                put(task, metrics, timings)
+            for task, found, timings in run_groups_on_ray(bench_factory, groups, seed, run_group):
+                put(task, found, timings)
         finally:
             _release_unwritten(store, [key(t) for g in groups for t in g])
         return counts
@@ -300,8 +302,8 @@ def run_sweep(
             if not mine:
                 continue
             try:
-                for task, metrics, timings in run_group(bench, mine, seed, cache, model_name):
-                    put(task, metrics, timings)
+                for task, found, timings in run_group(bench, mine, seed, cache, model_name):
+                    put(task, found, timings)
             finally:
                 _release_unwritten(store, [key(t) for t in mine])
     finally:
@@ -357,14 +359,15 @@ def measure(bench, recipe: str, store: ResultStore | None = None, *, kind: str =
         return found
     torch.manual_seed(seed)
     if text == "dense":
-        metrics, seconds = bench.measure(bench.model)
-        timings = {"eval_seconds": seconds}
+        found = bench.measure(bench.model)
+        timings = {"eval_seconds": found.seconds}
     else:
         start = time.perf_counter()
         model, _ = bench.compress(text)
         compress_seconds = time.perf_counter() - start
-        metrics, seconds = bench.measure(model)
+        found = bench.measure(model)
         del model
-        timings = {"compress_seconds": compress_seconds, "eval_seconds": seconds}
+        timings = {"compress_seconds": compress_seconds, "eval_seconds": found.seconds}
     return record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=text, seed=seed, kind=kind,
-                      metrics=metrics, timings=timings, extra=extra or {}, device=getattr(bench, "device", None))
+                      metrics=found.metrics, timings=timings, extra=extra or {}, device=getattr(bench, "device", None),
+                      units=found.units)

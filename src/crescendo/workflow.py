@@ -23,11 +23,12 @@ from .engine.interleaved import check_mode
 from .errors import ConfigError, CrescendoError, one_line
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
-from .outcome import Outcome, stage_rows
+from .outcome import Measured, Outcome, stage_rows
 from .outputs import atomic_output_dir
 from .recipe import Recipe, parse_recipe
 from .state import CompressionState, state_of
 from .store import RunMetrics
+from .units import Evaluation, Units
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +155,55 @@ class Workbench:
         return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.dtype),
                               cache_enabled=False)
 
-    def evaluate(self, model: nn.Module) -> PerplexityResult:
-        """Perplexity under the protocol. With bfloat16 evaluation weights a bfloat16 copy of the model
-        runs (plain bfloat16 matmuls, several times faster on CPUs with AMX than float32 or autocast);
-        the float32 master the compression works on is never cast."""
+    def evaluate(self, model: nn.Module, windows: Sequence[int] | None = None) -> PerplexityResult:
+        """Perplexity under the protocol (every evaluation window, or the windows `windows`, in that
+        order). With bfloat16 evaluation weights a bfloat16 copy of the model runs (plain bfloat16
+        matmuls, several times faster on CPUs with AMX than float32 or autocast); the float32 master
+        the compression works on is never cast."""
+        data = self.data.eval_windows if windows is None else [self.data.eval_windows[int(i)] for i in windows]
         if self.eval_weights == "bfloat16":
             fast = copy.deepcopy(model).to(torch.bfloat16)
-            return perplexity(fast, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
+            return perplexity(fast, data, batch_size=self.eval_batch_size, progress=self.progress)
         with self.compute():
-            return perplexity(model, self.data.eval_windows, batch_size=self.eval_batch_size, progress=self.progress)
+            return perplexity(model, data, batch_size=self.eval_batch_size, progress=self.progress)
 
     def dense(self) -> PerplexityResult:
         if self._dense is None:
             self._dense = self.evaluate(self.model)
         return self._dense
 
-    def measure(self, model: nn.Module, layerwise: bool = False) -> tuple[RunMetrics, float]:
+    unit_kind = "window-loss"  # what `evaluation` keeps per unit (crescendo.units.KINDS)
+
+    @property
+    def n_units(self) -> int:
+        """The protocol's evaluation units: its windows."""
+        return len(self.data.eval_windows)
+
+    @property
+    def margin(self):
+        """The protocol's equivalence margin (a fraction of perplexity)."""
+        from .analysis.uncertainty import Margin
+
+        return Margin(self.protocol.margin, relative=True)
+
+    def evaluation(self, model: nn.Module, units: Sequence[int] | None = None) -> Evaluation:
+        """M = -perplexity with the loss of every window (or of the windows `units`, in that order)."""
+        result = self.dense() if units is None and model is self.model else self.evaluate(model, units)
+        per_unit = Units("window-loss", result.window_losses, total=self.n_units, index=units)
+        return Evaluation(-result.perplexity, per_unit, result.seconds)
+
+    def measure(self, model: nn.Module, layerwise: bool = False) -> Measured:
         """The typed metrics of `model` (perplexity and compression summary; with `layerwise`, the
-        relative output error by depth) and the evaluation seconds. The dense model is evaluated once."""
-        ppl = self.dense() if model is self.model else self.evaluate(model)
+        relative output error by depth), the evaluation seconds and the per-window losses. The dense
+        model is evaluated once."""
+        found = self.evaluation(model)
         more: dict[str, Any] = {}
         if layerwise:
             errors = self.layer_errors(model, per_linear=False)  # error through depth, per block
             if errors is not None:
                 more["per_block_error"] = errors["per_block"]
-        return RunMetrics.from_perplexity(ppl.perplexity, summarize(model).to_dict(), **more), ppl.seconds
+        return Measured(RunMetrics.from_perplexity(-found.metric, summarize(model).to_dict(), **more), found.seconds,
+                        found.units)
 
     def fresh(self) -> nn.Module:
         return copy.deepcopy(self.model)
@@ -198,14 +223,15 @@ class Workbench:
         start = time.perf_counter()
         model, result = self.compress(recipe)
         seconds = time.perf_counter() - start
-        ppl = self.evaluate(model)
+        found = self.evaluation(model)
         outcome = RunOutcome(
             recipe=str(recipe),
-            perplexity=ppl.perplexity,
+            perplexity=-found.metric,
             summary=result.summary.to_dict(),
             stages=stage_rows(result),
             compress_seconds=seconds,
-            eval_seconds=ppl.seconds,
+            eval_seconds=found.seconds,
+            units=found.units,
         )
         return model, outcome
 
@@ -244,7 +270,7 @@ class Workbench:
     metric_name = "-perplexity"
 
     def metric(self, model: nn.Module) -> float:
-        return -self.evaluate(model).perplexity
+        return self.evaluation(model).metric
 
     def apply(self, model: nn.Module, stage) -> None:
         self.compress_inplace(model, Recipe((stage,)))
@@ -334,6 +360,57 @@ def add_cer_options(parser) -> None:
     parser.add_argument("--cer-envelope", action="store_true",
                         help="read a reference curve that is not monotone off its monotone envelope (running "
                              "minimum of M); without it such a curve is flagged and gives no CER")
+
+
+def add_race_options(parser, race: bool = True) -> None:
+    """The comparison options (argparse): the equivalence margin, and racing evaluation (`race=False`:
+    the margin only)."""
+    parser.add_argument("--margin", type=float, default=None, metavar="DELTA",
+                        help="equivalence margin of verdicts: a fraction of perplexity (protocol default 0.005) or "
+                             "accuracy points (default 0.1); differences whose interval lies inside +-DELTA are "
+                             "'equivalent'")
+    if not race:
+        return
+    parser.add_argument("--race", action="store_true",
+                        help="racing evaluation: evaluate the candidates in rounds of units in one seeded order and "
+                             "stop when an anytime-valid confidence sequence settles the verdict (raced rows are "
+                             "stored under the protocol id + '+race' with the units they used)")
+    parser.add_argument("--race-confidence", type=float, default=0.95, metavar="C",
+                        help="confidence of a race's verdict, in (0.5, 1) (default 0.95)")
+    parser.add_argument("--race-round", type=int, default=None, metavar="N",
+                        help="units per racing round (default: a sixteenth of the protocol's units, at least 2)")
+    parser.add_argument("--race-seed", type=int, default=0, help="seed of the racing unit order (default 0)")
+
+
+def margin_setting(args, relative: bool):
+    """`--margin` as a Margin (relative: a fraction of perplexity), or None for the protocol's; checked now."""
+    from .analysis.uncertainty import Margin
+
+    return None if args.margin is None else Margin(args.margin, relative=relative)
+
+
+def race_settings(args, relative: bool):
+    """RaceSettings of `add_race_options`' options, or None without --race; checked before any model loads.
+    Racing options given without --race are refused rather than ignored."""
+    from .analysis.sequential import RaceSettings
+
+    margin = margin_setting(args, relative)
+    if not args.race:
+        given = [f"--{o.replace('_', '-')}" for o, default in (("race_confidence", 0.95), ("race_round", None),
+                                                                ("race_seed", 0)) if getattr(args, o) != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --race")
+        return None
+    return RaceSettings(confidence=args.race_confidence, round_size=args.race_round, seed=args.race_seed,
+                        margin=margin)
+
+
+def with_margin(bench, margin) -> None:
+    """Give `bench` the margin `--margin` asked for (its protocol's otherwise)."""
+    from dataclasses import replace
+
+    if margin is not None:
+        bench.protocol = replace(bench.protocol, margin=margin.value)
 
 
 def cer_settings(args):

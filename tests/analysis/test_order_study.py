@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_bench
 
 from crescendo.analysis.order import run_order_study, study_to_dict
+from crescendo.analysis.sequential import RaceSettings
+from crescendo.analysis.uncertainty import Margin
+from crescendo.units import Evaluation, Units
 from crescendo.workflow import Workbench
 
 
@@ -70,8 +74,8 @@ def test_study_rejects_duplicates_and_single_method(bench):
 
 def test_memo_shares_dense_and_singles_between_studies(bench):
     evaluated = []
-    original = bench.metric
-    bench.metric = lambda model: evaluated.append(1) or original(model)
+    original = bench.evaluation
+    bench.evaluation = lambda model, units=None: evaluated.append(1) or original(model, units)
     memo = {}
     first = run_order_study(bench, ["magnitude:0.5", "rtn:w4"], bits=(8,), layerwise=True, memo=memo)
     assert len(evaluated) == 1 + 1 + 2 + 2  # dense, curve, two singles, two orders
@@ -117,8 +121,8 @@ class LinearBench:
         e = float((model.weight.data - reference).pow(2).sum())
         return {"per_linear": {"layer": e}, "per_block": [e], "total": e}
 
-    def metric(self, model):
-        return -(1.0 + self._errors(self.W, model)["total"])
+    def evaluation(self, model, units=None):
+        return Evaluation(-(1.0 + self._errors(self.W, model)["total"]))  # no per-unit results
 
     def layer_errors(self, model):
         return self._errors(self.W, model)
@@ -194,3 +198,60 @@ def test_cer_settings_and_a_non_monotone_curve_are_reported():
     out = study_to_dict(study)
     assert out["curve_monotone"] is False and "monotone envelope" in out["curve_warning"]
     assert out["cer"]["rtn:w3"] == "<= 2.00"
+
+
+def test_every_advantage_and_gap_has_an_interval_and_a_verdict(bench):
+    study = run_order_study(bench, ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False)
+    out = study_to_dict(study)
+    (pair, a), = out["advantage"].items()
+    c = out["advantage_comparison"][pair]
+    assert c["difference"] == pytest.approx(a, rel=1e-9) and c["interval"][0] <= a <= c["interval"][1]
+    assert c["verdict"] in ("first better", "second better", "equivalent", "undetermined")
+    assert c["n_units"] == 4 and c["total_units"] == 4  # the tiny bench's four windows, paired
+    assert set(out["gap_comparison"]) == set(out["gap"])
+    best = out["best_order_verdict"]
+    assert " > ".join(out["best_order"]) == best["first"] and best["difference"] >= 0
+    assert all(u == {"used": 4, "total": 4} for u in out["units"].values())
+
+
+class UnitBench(LinearBench):
+    """LinearBench with 64 evaluation windows: window i's loss is base_i + 0.1 (1 + jitter_i) x the total
+    weight error, so a worse model is worse on every window, by a little more or less."""
+
+    unit_kind, n_units = "window-loss", 64
+    margin = Margin(0.005, relative=True)
+    rng = np.random.default_rng(0)
+    base, jitter = rng.normal(3.0, 0.3, 64), rng.normal(0, 0.1, 64)
+
+    def evaluation(self, model, units=None):
+        ids = np.arange(64) if units is None else np.asarray(units)
+        error = self._errors(self.W, model)["total"]
+        found = Units("window-loss", self.base[ids] + 0.1 * error * (1 + self.jitter[ids]), 64,
+                      None if units is None else ids)
+        return Evaluation(found.metric, found)
+
+
+def test_a_raced_study_stores_partial_units_and_says_so():
+    rows = []
+    study = run_order_study(UnitBench(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False,
+                            race=RaceSettings(round_size=4), on_result=lambda k, r, f: rows.append((k, r, f)))
+    assert set(study.races) == {"singles", "orders"}
+    singles = study.races["singles"]
+    assert singles.winner == "rtn:w3" and singles.units_used("magnitude:0.5") < 64
+    stored = {r: f for k, r, f in rows if k == "single"}
+    assert len(stored["magnitude:0.5"].units) == singles.units_used("magnitude:0.5")
+    assert stored["magnitude:0.5"].units.index.tolist() == singles.ids("magnitude:0.5").tolist()
+    c = study.gap_comparisons["rtn:w3 | magnitude:0.5"]
+    assert c.verdict == "first better" and "raced" in c.notes[0]
+    assert {k for k, *_ in rows} == {"dense", "curve", "single", "order"}
+    full = {k: len(f.units) for k, r, f in rows if k in ("dense", "curve")}
+    assert set(full.values()) == {64}  # the dense model and the curve are never raced
+
+
+def test_an_unraced_study_of_the_same_bench_agrees_with_the_race():
+    full = run_order_study(UnitBench(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False)
+    raced = run_order_study(UnitBench(), ["magnitude:0.5", "rtn:w3"], bits=(8, 3), layerwise=False,
+                            race=RaceSettings(round_size=4))
+    assert full.gap_comparisons["rtn:w3 | magnitude:0.5"].verdict == "first better"
+    assert raced.gap_comparisons["rtn:w3 | magnitude:0.5"].verdict == "first better"
+    assert raced.best_comparison.verdict == full.best_comparison.verdict, (raced.best_comparison, full.best_comparison)

@@ -33,13 +33,16 @@ def test_measure_and_compress_leave_the_dense_model_alone(tmp_path, digits):
     bench = VisionWorkbench(VisionWorkbench.load(directory, "digits-v1").model, "r", digits.protocol, digits,
                             progress=False)
     before = {k: v.clone() for k, v in bench.model.state_dict().items()}
-    metrics, _ = bench.measure(bench.model)
+    found = bench.measure(bench.model)
+    metrics = found.metrics
     assert metrics.metric_name == "accuracy" and metrics.metric == metrics.accuracy == bench.dense().accuracy
     assert bench.dense().total == 360
+    # one correctness bit per test image, averaging to the accuracy
+    assert found.units.kind == "correct" and found.units.full and found.units.metric == metrics.accuracy
     model, result = bench.compress("foldbn > sparsegpt:0.5 > rtn:w4")
     assert result.summary.sparsity == pytest.approx(0.5) and result.summary.batchnorm == "folded"
     assert all(torch.equal(before[k], v) for k, v in bench.model.state_dict().items())
-    compressed, _ = bench.measure(model, layerwise=True)
+    compressed = bench.measure(model, layerwise=True).metrics
     assert compressed.per_block_error is not None and len(compressed.per_block_error) == 2
     assert compressed.sparsity == pytest.approx(0.5) and compressed.bop_reduction == pytest.approx(4.0)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import CrescendoError, one_line
-from ..workflow import add_cer_options
+from ..workflow import add_cer_options, add_race_options
 
 log = logging.getLogger("crescendo")
 
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose", action="store_true",
                    help="run only what an order predictor needs and print its choice (or abstention) and cost")
     p.add_argument("--predictor", default="auto",
-                   help="with --choose: auto (default), pih, zeros, compensation or calib-error")
+                   help="with --choose: auto (default), pih, zeros, compensation, calib-error or race")
     add_cer_options(p)
+    add_race_options(p)
     p.set_defaults(func=_cmd_order)
 
     p = sub.add_parser("sweep", help="resumable (ratio x bits x order) grid into a results store")

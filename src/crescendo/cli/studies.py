@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..workflow import BenchFactory, cer_settings
+from ..workflow import BenchFactory, cer_settings, margin_setting, race_settings, with_margin
 from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _protocol, _vision_options, _workbench
 
 
@@ -57,15 +57,21 @@ def _cmd_order(args) -> int:
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     settings = cer_settings(args)
+    vision = _is_vision(args)
+    race = race_settings(args, relative=not vision)
+    margin = margin_setting(args, relative=not vision)
     store = _open_store(args.store) if args.store else None
     bench = _workbench(args)
+    with_margin(bench, margin)
+    if race is not None:
+        race.check(bench.n_units)  # a round larger than the protocol's units: refused before any stage runs
     bench.layerwise_samples = args.layerwise_samples
-    recorder = _recorder(store, bench) if store is not None else None  # an empty store is falsy
+    recorder = _recorder(store, bench, race) if store is not None else None  # an empty store is falsy
     study = run_order_study(bench, [s.text for s in stages], reference=args.reference, bits=bits,
-                            layerwise=not args.no_layerwise, on_result=recorder, cer_settings=settings)
+                            layerwise=not args.no_layerwise, on_result=recorder, cer_settings=settings, race=race)
     out = {**bench.describe(), **study_to_dict(study)}
     if store is not None:
-        _record_error_analysis(store, bench, out)
+        _record_error_analysis(store, bench, out, study, race)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -117,18 +123,24 @@ def _metrics(bench, metric: float, **more):
     return RunMetrics.from_perplexity(-metric, **more)
 
 
-def _recorder(store, bench):
+def _row_protocol(bench, kind: str, race) -> str:
+    """Raced measurements (singles and orders under --race) are stored under their own protocol id."""
+    return bench.protocol_id + (race.label() if race is not None and kind in ("single", "order") else "")
+
+
+def _recorder(store, bench, race=None):
     from ..store import record_run
 
-    def record(kind: str, recipe: str, metric: float) -> None:
+    def record(kind: str, recipe: str, found) -> None:
         extra = {} if kind == "dense" else _STUDY
-        record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=recipe, seed=0, kind=kind,
-                   metrics=_metrics(bench, metric), extra=extra, device=bench.device)
+        record_run(store, model=bench.model_name, protocol=_row_protocol(bench, kind, race), recipe=recipe, seed=0,
+                   kind=kind, metrics=_metrics(bench, found.metric), extra=extra, device=bench.device,
+                   units=found.units)
 
     return record
 
 
-def _record_error_analysis(store, bench, out: dict) -> None:
+def _record_error_analysis(store, bench, out: dict, study, race) -> None:
     """Rewrite each composed order's row with its interference and orthogonality excess."""
     from ..store import record_run
 
@@ -141,8 +153,9 @@ def _record_error_analysis(store, bench, out: dict) -> None:
         metrics = _metrics(
             bench, metric, interference=out["interference"].get(key), orthogonality_excess=verdict["excess"],
             composed_error=verdict["composed_error"], sum_single_errors=verdict["sum_single_errors"])
-        record_run(store, model=bench.model_name, protocol=bench.protocol_id, recipe=key, seed=0, kind="order",
-                   metrics=metrics, extra={**_STUDY, "methods": entry["order"]}, device=bench.device)
+        record_run(store, model=bench.model_name, protocol=_row_protocol(bench, "order", race), recipe=key, seed=0,
+                   kind="order", metrics=metrics, extra={**_STUDY, "methods": entry["order"]}, device=bench.device,
+                   units=study.units.get(key))
 
 
 def _print_order(out: dict) -> None:
@@ -154,22 +167,30 @@ def _print_order(out: dict) -> None:
     print(f"  {out['cer_method']}")
     if out["curve_warning"]:
         print(f"  WARNING: {out['curve_warning']}")
+    units = out["units"]
     for m, v in out["singles"].items():
         cer = out["cer"][m]
         text = "undefined" if cer is None else f"{cer:.2f}" if isinstance(cer, float) else cer
-        print(f"  alone  {m:<28} {shown} {v:9.3f}   CER {text}")
+        print(f"  alone  {m:<28} {shown} {v:9.3f}   CER {text}{_used(units.get(m))}")
     for key, g in out["gap"].items():
-        print(f"  gap G({key}) = {g:+.3f}")
+        print(f"  gap G({key}) = {g:+.3f}{_interval(out['gap_comparison'].get(key))}")
     for o in out["orders"]:
-        print(f"  order  {' > '.join(o['order']):<44} {shown} {o[value]:9.3f}")
+        key = " > ".join(o["order"])
+        print(f"  order  {key:<44} {shown} {o[value]:9.3f}{_used(units.get(key))}")
     for key, a in out["advantage"].items():
-        print(f"  advantage A({key}) = {a:+.3f}")
+        print(f"  advantage A({key}) = {a:+.3f}{_interval(out['advantage_comparison'].get(key))}")
+    for group, r in out["races"].items():
+        used = ", ".join(f"{n} {u}" for n, u in r["units_used"].items())
+        print(f"  race of the {group}: stopped ({r['stop']}) after {r['rounds']} round(s); units used: {used} "
+              f"of {r['total_units']}")
     agree = {True: "agrees with the measurement", False: "DISAGREES with the measurement",
              None: "undecided"}[out["prediction_agrees"]]
     if out["prediction_open"]:
         agree += "; the CERs cannot order " + ", ".join(out["prediction_open"])
     predicted = " > ".join(out["predicted_order"]) or "none (no CER)"
-    print(f"  best measured order : {' > '.join(out['best_order'])}")
+    best = out["best_order_verdict"]
+    against = "" if best is None else f"  ({best['verdict']} than {best['second']}: A {_interval(best).strip()})"
+    print(f"  best measured order : {' > '.join(out['best_order'])}{against}")
     print(f"  PIH prediction      : {predicted}  ({agree})")
     for o in out["orders"]:
         key = " > ".join(o["order"])
@@ -188,6 +209,19 @@ def _print_order(out: dict) -> None:
     for key, v in out["layer_errors"].items():
         print(f"  layer-wise error {key:<44} total {v['total']:.4g}  last block {v['per_block'][-1]:.4g}")
     print(f"  stage applications: {out['stage_applications']} (naive n*n! = {out['naive_stage_applications']})")
+
+
+def _interval(c: dict | None) -> str:
+    """`  [lo, hi] 95%, verdict` of a comparison dict, or a note that there are no per-unit results."""
+    if c is None:
+        return "  (no per-unit results: no interval)"
+    lo, hi = c["interval"]
+    notes = f"; {'; '.join(c['notes'])}" if c["notes"] else ""
+    return f"  [{lo:+.3f}, {hi:+.3f}] {c['confidence']:.0%}, {c['verdict']}{notes}"
+
+
+def _used(u: dict | None) -> str:
+    return "" if u is None or u["used"] == u["total"] else f"   ({u['used']} of {u['total']} units)"
 
 
 def _with_acts(quant: str, acts: bool) -> str:

@@ -38,6 +38,7 @@ class Protocol:
     n_calibration: int  # calibration windows; 0 for an eval-only protocol
     seed: int = 0  # seeds the calibration sampler
     dtype: str = "float32"  # the model dtype the protocol's reference figures were measured in
+    margin: float = 0.005  # equivalence margin delta: two runs closer than 0.5% of perplexity are "equivalent"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -54,6 +55,10 @@ class Protocol:
                 or self.n_calibration < 0:
             raise DataError(f"protocol {self.name!r}: n_calibration must be an integer >= 0, "
                             f"got {self.n_calibration!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or \
+                not 0 <= self.margin < 1:
+            raise DataError(f"protocol {self.name!r}: margin must be a fraction of perplexity in [0, 1), "
+                            f"got {self.margin!r}")
         if self.dtype not in DTYPES:
             raise DataError(f"protocol {self.name!r}: dtype must be one of {', '.join(DTYPES)}, "
                             f"got {self.dtype!r}")

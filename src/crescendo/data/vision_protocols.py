@@ -40,12 +40,16 @@ class VisionProtocol:
     n_calibration: int  # calibration images, drawn without replacement from the training split
     calibration_batch_size: int = 32  # images per calibration batch (the last batch may be smaller)
     seed: int = 0  # seeds random.Random for the calibration draw
+    margin: float = 0.1  # equivalence margin delta: two runs closer than 0.1 accuracy points are "equivalent"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise DataError("a protocol needs a name")
         if self.dataset not in IMAGE_DATASETS:
             raise DataError(f"protocol {self.name!r}: unknown dataset {self.dataset!r}; known: {', '.join(IMAGE_DATASETS)}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or \
+                not 0 <= self.margin <= 100:
+            raise DataError(f"protocol {self.name!r}: margin must be accuracy points in [0, 100], got {self.margin!r}")
         for field, low in (("n_calibration", 0), ("calibration_batch_size", 1), ("seed", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class AccuracyResult:
     correct: int
     total: int
     seconds: float
+    per_image: torch.Tensor | None = field(default=None, compare=False)  # (N,) bool: image i classified right
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> AccuracyResult:
@@ -43,14 +44,15 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     dtype = param.dtype if param is not None and param.is_floating_point() else images.dtype
     was_training = model.training
     model.eval()
-    correct = 0
+    hits = []
     start = time.perf_counter()
     try:
         with torch.no_grad():
             for i in range(0, images.shape[0], batch_size):
                 logits = model(images[i:i + batch_size].to(device, dtype))  # (B, classes)
-                correct += int((logits.argmax(dim=-1).cpu() == labels[i:i + batch_size]).sum())
+                hits.append(logits.argmax(dim=-1).cpu() == labels[i:i + batch_size])
     finally:
         model.train(was_training)
-    total = int(images.shape[0])
-    return AccuracyResult(100.0 * correct / total, correct, total, time.perf_counter() - start)
+    per_image = torch.cat(hits)
+    correct, total = int(per_image.sum()), int(images.shape[0])
+    return AccuracyResult(100.0 * correct / total, correct, total, time.perf_counter() - start, per_image)

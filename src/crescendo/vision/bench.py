@@ -18,6 +18,7 @@ import contextlib
 import copy
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ from ..data.vision_protocols import VisionProtocol, VisionProtocolData, get_visi
 from ..errors import ConfigError, DataError, ModelError
 from ..eval.accuracy import AccuracyResult, accuracy
 from ..models.vision import VisionClassifier
-from ..outcome import Outcome, stage_rows
+from ..outcome import Measured, Outcome, stage_rows
 from ..recipe import Recipe, parse_recipe
 from ..state import state_of
 from ..store import RunMetrics
+from ..units import Evaluation, Units
 
 
 @dataclass(kw_only=True)
@@ -159,19 +161,44 @@ class VisionWorkbench:
                 "eval_weights": self.eval_weights, "device": self.device, "metric": self.metric_name}
 
     # -- measuring ----------------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module) -> AccuracyResult:
-        """Top-1 accuracy on the protocol's whole test split."""
-        return accuracy(model, self.data.test_images, self.data.test_labels, batch_size=self.eval_batch_size)
+    def evaluate(self, model: nn.Module, images: Sequence[int] | None = None) -> AccuracyResult:
+        """Top-1 accuracy on the protocol's whole test split (or on the test images `images`, in that order)."""
+        if images is None:
+            return accuracy(model, self.data.test_images, self.data.test_labels, batch_size=self.eval_batch_size)
+        index = torch.as_tensor(list(images) if not isinstance(images, torch.Tensor) else images, dtype=torch.long)
+        return accuracy(model, self.data.test_images[index], self.data.test_labels[index],
+                        batch_size=self.eval_batch_size)
 
     def dense(self) -> AccuracyResult:
         if self._dense is None:
             self._dense = self.evaluate(self.model)
         return self._dense
 
-    def measure(self, model: nn.Module, layerwise: bool = False) -> tuple[RunMetrics, float]:
-        """Typed metrics (accuracy and compression summary; with `layerwise`, the per-block error) and
-        the evaluation seconds."""
-        result = self.dense() if model is self.model else self.evaluate(model)
+    unit_kind = "correct"  # what `evaluation` keeps per unit (crescendo.units.KINDS)
+
+    @property
+    def n_units(self) -> int:
+        """The protocol's evaluation units: its test images."""
+        return int(self.data.test_images.shape[0])
+
+    @property
+    def margin(self):
+        """The protocol's equivalence margin (accuracy points)."""
+        from ..analysis.uncertainty import Margin
+
+        return Margin(self.protocol.margin, relative=False)
+
+    def evaluation(self, model: nn.Module, units: Sequence[int] | None = None) -> Evaluation:
+        """M = top-1 accuracy with the correctness of every test image (or of the images `units`)."""
+        result = self.dense() if units is None and model is self.model else self.evaluate(model, units)
+        per_unit = Units("correct", result.per_image.numpy(), total=self.n_units,
+                         index=None if units is None else [int(i) for i in units])
+        return Evaluation(result.accuracy, per_unit, result.seconds)
+
+    def measure(self, model: nn.Module, layerwise: bool = False) -> Measured:
+        """Typed metrics (accuracy and compression summary; with `layerwise`, the per-block error), the
+        evaluation seconds and the per-image correctness."""
+        found = self.evaluation(model)
         summary = summarize(model).to_dict()
         summary.pop("batchnorm", None)  # the recipe names it (foldbn); rows hold numbers only
         more: dict[str, Any] = {}
@@ -179,7 +206,7 @@ class VisionWorkbench:
             errors = self.layer_errors(model, per_linear=False)
             if errors is not None:
                 more["per_block_error"] = errors["per_block"]
-        return RunMetrics.from_accuracy(result.accuracy, summary, **more), result.seconds
+        return Measured(RunMetrics.from_accuracy(found.metric, summary, **more), found.seconds, found.units)
 
     # -- compressing --------------------------------------------------------------------------------
     def fresh(self) -> nn.Module:
@@ -198,15 +225,15 @@ class VisionWorkbench:
         start = time.perf_counter()
         model, result = self.compress(recipe)
         seconds = time.perf_counter() - start
-        measured = self.evaluate(model)
+        found = self.evaluation(model)
         summary = result.summary.to_dict()
-        return model, VisionRunOutcome(recipe=str(recipe), accuracy=measured.accuracy, summary=summary,
+        return model, VisionRunOutcome(recipe=str(recipe), accuracy=found.metric, summary=summary,
                                        stages=stage_rows(result), compress_seconds=seconds,
-                                       eval_seconds=measured.seconds)
+                                       eval_seconds=found.seconds, units=found.units)
 
     # -- the Evaluator protocol of analysis.order ---------------------------------------------------
     def metric(self, model: nn.Module) -> float:
-        return self.evaluate(model).accuracy
+        return self.evaluation(model).metric
 
     def apply(self, model: nn.Module, stage) -> None:
         self.compress_inplace(model, Recipe((stage,)))
