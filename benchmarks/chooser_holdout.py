@@ -101,18 +101,29 @@ def _rows(store: ResultStore, model: str, protocol: str, seed: int) -> dict[str,
     return {r.recipe: r for r in store.rows(model=model, protocol=protocol) if r.seed == seed}
 
 
-def measure(plan: dict, store_path: str, models: list[str] | None, only: list[str] | None = None) -> None:
+def calibrated(methods: list[str]) -> bool:
+    """Whether any method of a study draws on calibration data (its cell has seed-to-seed spread)."""
+    return any(parse_stage(m).spec.calibrated for m in methods)
+
+
+def measure(plan: dict, store_path: str, models: list[str] | None, only: list[str] | None = None,
+            extra_seeds: list[int] | None = None) -> None:
+    """Measure every study-seed whose rows (with per-unit results) are not all stored. `extra_seeds`:
+    further calibration seeds, for the studies with a calibrated method only (data-free studies have
+    no seed spread to sample)."""
     commit = code_commit()
     cache: dict = {}
     with ResultStore(store_path) as store:
         for study in plan["studies"]:
             if (models and _model_key(study) not in models) or (only and study["id"] not in only):
                 continue
-            for seed in plan["seeds"]:
+            seeds = list(plan["seeds"]) + (list(extra_seeds or []) if calibrated(study["methods"]) else [])
+            for seed in seeds:
                 bench = None
                 methods = study["methods"]
                 protocol_id = study["protocol_id"]
-                have = _rows(store, _model_key(study), protocol_id, seed)
+                have = {r: row for r, row in _rows(store, _model_key(study), protocol_id, seed).items()
+                        if row.units is not None}  # rows measured before units were kept are measured again
                 needed = ["dense"] + [r for r, _ in _recipes(methods)]
                 errors_needed = [r for r, p in _recipes(methods) if len(p) == len(methods)]
                 if all(r in have for r in needed) and all(
@@ -132,18 +143,20 @@ def measure(plan: dict, store_path: str, models: list[str] | None, only: list[st
                     if len(path) == len(methods):
                         errors[recipe] = m.calibration_error(path)
                 m.release()
-                measured = {"dense": m.measured["dense"], **{r: m.measured[r] for r, _ in _recipes(methods)}}
-                for recipe, metric in measured.items():
+                for recipe in ["dense"] + [r for r, _ in _recipes(methods)]:
+                    found = m.evaluations.get(recipe)
+                    if found is None and recipe not in errors:
+                        continue  # stored with its units already (a shared single, the dense model)
+                    metric = found.metric if found is not None else have[recipe].metrics.metric
+                    units = found.units if found is not None else have[recipe].units
                     kind = "dense" if recipe == "dense" else ("single" if ">" not in recipe else "order")
                     metrics = (RunMetrics.from_accuracy(metric) if bench.metric_name == "accuracy"
                                else RunMetrics.from_perplexity(-metric))
                     extra = {"study": "chooser-holdout", "study_id": study["id"], "plan": study["plan"], "commit": commit}
                     if recipe in errors:
                         extra["last_block_error"] = errors[recipe]
-                    if recipe in have and recipe not in errors and have[recipe].extra.get("study") == extra["study"]:
-                        continue  # already stored by this study (a shared single or the dense model)
                     record_run(store, model=_model_key(study), protocol=protocol_id, recipe=recipe, seed=seed, kind=kind,
-                               metrics=metrics, extra=extra, device="cpu")
+                               metrics=metrics, extra=extra, device="cpu", units=units)
                 print(f"[{study['id']} seed {seed}] {len(methods)} methods measured in "
                       f"{time.perf_counter() - start:.0f} s", flush=True)
 
@@ -308,13 +321,17 @@ def main() -> int:
     parser.add_argument("--models", nargs="*", default=None, help="measure only these models' studies")
     parser.add_argument("--studies", nargs="*", default=None, help="measure only these study ids")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--extra-seeds", default=None,
+                        help="measure: comma-separated calibration seeds beyond the plan's, for the studies with a "
+                             "calibrated method (a third seed where the cost allows)")
     parser.add_argument("--out", default=None, help="score: write OUT.md and OUT.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = load_plans(args.plan)
     if args.action == "measure":
-        measure(plan, args.store, args.models, args.studies)
+        extra = [int(x) for x in args.extra_seeds.split(",")] if args.extra_seeds else None
+        measure(plan, args.store, args.models, args.studies, extra)
         return 0
     return score_plan(plan, args.store, args.out)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..recipe import Stage
+from ..units import Evaluation
 
 COLLAPSE_RETAINED = 0.25  # a model keeping less than this share of dense quality is collapsed
 
@@ -57,7 +58,8 @@ def retained(dense: float, metric: float, metric_name: str, chance: float | None
 
 class Measurements:
     """Lazy, memoized measurements of `stages` on `evaluator` (the order-study Evaluator protocol:
-    `fresh()`, `apply(model, stage)`, `metric(model)`, `metric_name`)."""
+    `fresh()`, `apply(model, stage)`, `evaluation(model)`, `metric_name`). Each measurement keeps its
+    Evaluation (M and the per-unit results) in `evaluations`."""
 
     def __init__(self, evaluator: Any, stages: Sequence[Stage], known: Mapping[str, float] | None = None,
                  known_errors: Mapping[str, float | None] | None = None) -> None:
@@ -69,6 +71,7 @@ class Measurements:
         self.names = [s.text for s in self.stages]
         self.cost = Cost()
         self.measured: dict[str, float] = {}  # recipe -> M
+        self.evaluations: dict[str, Evaluation] = {}  # recipe -> M with its per-unit results (measured here)
         self.known = dict(known or {})
         self.known_errors = dict(known_errors or {})
         self._models: dict[tuple[int, ...], nn.Module] = {}  # composed prefixes kept for reuse
@@ -92,7 +95,8 @@ class Measurements:
             if "dense" in self.known:
                 self.measured["dense"] = self.known["dense"]
             else:
-                self.measured["dense"] = self._timed(lambda: self.evaluator.metric(self.evaluator.fresh()))
+                self.evaluations["dense"] = self._timed(lambda: self.evaluator.evaluation(self.evaluator.fresh()))
+                self.measured["dense"] = self.evaluations["dense"].metric
             self.cost.evaluations += 1
         return self.measured["dense"]
 
@@ -128,7 +132,8 @@ class Measurements:
                 self.measured[key] = self.known[key]
             else:
                 model = self.model(path)
-                self.measured[key] = self._timed(lambda: self.evaluator.metric(model))
+                self.evaluations[key] = self._timed(lambda: self.evaluator.evaluation(model))
+                self.measured[key] = self.evaluations[key].metric
             self.cost.evaluations += 1
         return self.measured[key]
 
