@@ -570,6 +570,18 @@ class ResultStore:
         self._write([(_INSERT, values), units, ("DELETE FROM claims WHERE key = ?", (row.key,))], "write to")
         self._has_units = True
 
+    def mark_superseded(self, key: str, reason: str) -> Row:
+        """Mark a stored row superseded (a defect voided it): it stays, with `reason` in its extras, and
+        reports leave it out. Returns the marked row; StoreError when no row has that key."""
+        row = self.get(key)
+        if row is None:
+            raise StoreError(f"results store {self.path} has no row {key[:12]}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise StoreError("a superseded row needs a reason")
+        row.extra = {**row.extra, "superseded": reason}
+        self.put(row)
+        return row
+
     def claim(self, key: str) -> bool:
         """Claim `key` for this process before computing it; False when the row exists or a live
         claim by another process holds it. A claim whose owner died (same host, dead pid) or that

@@ -389,13 +389,14 @@ def margin_setting(args, relative: bool):
     return None if args.margin is None else Margin(args.margin, relative=relative)
 
 
-def race_settings(args, relative: bool):
-    """RaceSettings of `add_race_options`' options, or None without --race; checked before any model loads.
-    Racing options given without --race are refused rather than ignored."""
+def race_settings(args, relative: bool, implied: bool = False):
+    """RaceSettings of `add_race_options`' options, or None without --race (`implied`: as if --race were
+    given); checked before any model loads. Racing options given without --race are refused rather than
+    ignored."""
     from .analysis.sequential import RaceSettings
 
     margin = margin_setting(args, relative)
-    if not args.race:
+    if not (args.race or implied):
         given = [f"--{o.replace('_', '-')}" for o, default in (("race_confidence", 0.95), ("race_round", None),
                                                                 ("race_seed", 0)) if getattr(args, o) != default]
         if given:

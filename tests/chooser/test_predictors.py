@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_bench
@@ -10,6 +11,7 @@ from crescendo.chooser import PREDICTORS, absorbed_fraction, check_choice, decid
 from crescendo.chooser.scoring import Cell, score, wilson_interval
 from crescendo.errors import ConfigError, RecipeError
 from crescendo.recipe import parse_stage
+from crescendo.units import Units
 
 
 def test_absorbed_fraction_is_counted_at_the_pruners_granularity():
@@ -105,7 +107,7 @@ def test_every_predictor_documents_its_rule_and_cost():
 
 
 def _cell(a: dict[int, float], b: dict[int, float], collapsed=()) -> Cell:
-    return Cell("m", "p", ("P", "Q"), {("P", "Q"): a, ("Q", "P"): b}, set(collapsed))
+    return Cell("m", "p", ("P", "Q"), {("P", "Q"): a, ("Q", "P"): b}, set(collapsed), rule="spread")
 
 
 def test_scoring_counts_hits_noise_abstentions_and_regret():
@@ -121,3 +123,29 @@ def test_scoring_counts_hits_noise_abstentions_and_regret():
     assert s["hit_or_within_noise"] == 3  # cell 0 hit, cell 1 noise, cell 3 collapsed abstention
     assert s["worst_regret"] == pytest.approx(4.95)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _unit_cell(gap: float, seeds=(0, 1), spread: float = 0.0, data_free=False) -> Cell:
+    """Two orders of 2000 test images: Q first wrong on `gap` more of them (accuracy points / 100)."""
+    rng = np.random.default_rng(7)
+    base = (rng.random(2000) < 0.9).astype(float)
+    units, orders = {("P", "Q"): {}, ("Q", "P"): {}}, {("P", "Q"): {}, ("Q", "P"): {}}
+    right = np.flatnonzero(base)
+    for s in seeds:
+        worse = base.copy()
+        worse[right[: round((gap + spread * s) * 2000)]] = 0.0  # the same images on every seed: no seed spread
+        units[("P", "Q")][s] = Units("correct", base, 2000)
+        units[("Q", "P")][s] = Units("correct", worse, 2000)
+        orders[("P", "Q")][s], orders[("Q", "P")][s] = 100 * base.mean(), 100 * worse.mean()
+    return Cell("m", "p", ("P", "Q"), orders, units=units, data_free=data_free)
+
+
+def test_the_interval_rule_needs_a_real_difference_and_units():
+    big, tiny = _unit_cell(0.05), _unit_cell(0.0005, data_free=True)
+    assert big.decisive is True and big.comparison.verdict == "first better"
+    # a data-free cell 0.05 points apart: the old rule calls it decisive (no seed spread), the interval does not
+    assert tiny.decisive_spread is True and tiny.decisive is False
+    no_units = Cell("m", "p", ("P", "Q"), {("P", "Q"): {0: 90.0}, ("Q", "P"): {0: 80.0}})
+    assert no_units.decisive is None and no_units.decisive_spread is True
+    s = score("x", [big, tiny, no_units], {0: ("P", "Q"), 1: ("Q", "P"), 2: ("P", "Q")}).to_dict()
+    assert (s["cells"], s["unjudged"], s["decisive"], s["hits"]) == (2, 1, 1, 1)

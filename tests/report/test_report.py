@@ -125,14 +125,16 @@ def test_report_writes_figures_markdown_and_self_contained_html(store_path: Path
 def test_markdown_grids_hold_hand_computed_values(store_path: Path, tmp_path: Path):
     md = build_report(store_path, tmp_path / "r").markdown.read_text()
     grid = markdown_table(md, "A(Q->P) = M(Q first)")  # the first experiment: sleb sorts first
-    assert grid["0.1 (1.11)"]["B=8 (C_Q 2.00)"] == "0" and grid["0.1 (1.11)"]["B=4 (C_Q 4.00)"] == "-9.379"
+    # rows measured before per-unit results were kept: A without an interval, and the table says so
+    assert grid["0.1 (1.11)"]["B=8 (C_Q 2.00)"] == "0 (no units)"
+    assert grid["0.1 (1.11)"]["B=4 (C_Q 4.00)"] == "-9.379 (no units)"
     sgpt = md[md.index("## sparsegpt:{r} ×"):]
     grid = markdown_table(sgpt, "A(Q->P) = M(Q first)")
     # p=0.3, B=8: ppl(P > Q) = 11.2 + 10.1 - 10 + 0.1 = 11.4, ppl(Q > P) = 11.35 -> A = 0.05
-    assert grid["0.3 (1.43)"]["B=8 (C_Q 2.00)"] == "0.050"
+    assert grid["0.3 (1.43)"]["B=8 (C_Q 2.00)"] == "0.050 (no units)"
     # p=0.3, B=4: ppl(P > Q) = 17.3, ppl(Q > P) = 17.8 -> A = -0.5
-    assert grid["0.3 (1.43)"]["B=4 (C_Q 4.00)"] == "-0.500"
-    assert grid["0.5 (2.00)"]["B=4 (C_Q 4.00)"] == "-inf"  # Q-first collapsed
+    assert grid["0.3 (1.43)"]["B=4 (C_Q 4.00)"] == "-0.500 (no units)"
+    assert grid["0.5 (2.00)"]["B=4 (C_Q 4.00)"] == "-inf (no units)"  # Q-first collapsed
     cer = markdown_table(sgpt, "CER of sparsegpt")
     assert cer["0.1 (1.11)"]["C*_P"] == "<= 2.00"  # beats 8 bits: only a bound
     assert cer["0.3 (1.43)"]["C*_P"] == "2.93"  # 2.67 + (11.2 - 10.6) / (11.8 - 10.6) * 0.53
@@ -147,10 +149,10 @@ def test_markdown_grids_hold_hand_computed_values(store_path: Path, tmp_path: Pa
     assert summary["p = 0.5"]["n"] == "3"  # the -inf cell is left out
     assert summary["p = 0.5"]["p-value"] == "0.333"  # 2 of 3! = 6
     order = markdown_table(sgpt, "Predicted / measured first method")
-    assert order["0.1 (1.11)"]["B=8 (C_Q 2.00)"] == "P/Q MISS"  # the bound decides (was "?/Q")
+    assert order["0.1 (1.11)"]["B=8 (C_Q 2.00)"] == "P/Q MISS (no units)"  # the bound decides (was "?/Q")
     assert "Verdict: supported" in sgpt
     table1 = markdown_table(md, "Table 1: A(Q->P) by C_Q, rtn, p = 0.1")
-    assert table1["2.00 (8)"] == {"C_Q (B_Q)": "2.00 (8)", "sleb": "0", "sparsegpt": "0.020"}
+    assert table1["2.00 (8)"] == {"C_Q (B_Q)": "2.00 (8)", "sleb": "0 (no units)", "sparsegpt": "0.020 (no units)"}
     multi = markdown_table(sgpt, "Multi-stage")
     assert list(multi["B=8"])[1:] == ["p2=0", "p2=0.1", "p2=0.2", "p2=0.3"]  # ends from order rows
 
@@ -243,7 +245,7 @@ def test_without_single_runs_figure_3_is_explained_not_drawn(tmp_path: Path):
     md = index.markdown.read_text()
     assert "Not drawn: C\\*_P needs rtn:w{b}a{b} alone" in md
     grid = markdown_table(md[md.index("## sparsegpt:{r} ×"):], "A(Q->P) = M(Q first)")
-    assert grid["0.3 (1.43)"]["B=8 (C_Q 2.00)"] == "0.050"  # A needs no CER
+    assert grid["0.3 (1.43)"]["B=8 (C_Q 2.00)"] == "0.050 (no units)"  # A needs no CER
 
 
 def test_exact_zero_fractions_are_tabulated_per_order(tmp_path: Path):
@@ -344,4 +346,4 @@ def test_advantage_shows_its_spread_over_calibration_seeds(tmp_path: Path):
         for row in rows:
             store.put(row)
     md = build_report(tmp_path / "seeds.sqlite", tmp_path / "rep").markdown.read_text()
-    assert "| 1.200 (spread 0.4) |" in md
+    assert "| 1.200 (no units) (seed spread 0.4) |" in md

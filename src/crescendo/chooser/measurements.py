@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.sequential import RaceResult, RaceSettings, race, race_models
+from ..errors import ConfigError
 from ..recipe import Stage
-from ..units import Evaluation
+from ..units import Evaluation, Units
 
 COLLAPSE_RETAINED = 0.25  # a model keeping less than this share of dense quality is collapsed
 
@@ -34,10 +36,17 @@ class Cost:
     evaluations: int = 0  # full evaluations under the protocol (perplexity or accuracy)
     weight_passes: int = 0  # data-free passes over the weights (no forward pass)
     seconds: float = 0.0
+    partial_evaluations: float = 0.0  # raced evaluations, in full evaluations (units used / the protocol's)
+
+    @property
+    def counted(self) -> float:
+        """Stage applications plus evaluations (raced ones by the share of units they used)."""
+        return self.stage_applications + self.evaluations + self.partial_evaluations
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage_applications": self.stage_applications, "evaluations": self.evaluations,
-                "weight_passes": self.weight_passes, "seconds": self.seconds}
+                "partial_evaluations": self.partial_evaluations, "weight_passes": self.weight_passes,
+                "seconds": self.seconds}
 
 
 def exhaustive_cost(n: int) -> Cost:
@@ -62,10 +71,13 @@ class Measurements:
     Evaluation (M and the per-unit results) in `evaluations`."""
 
     def __init__(self, evaluator: Any, stages: Sequence[Stage], known: Mapping[str, float] | None = None,
-                 known_errors: Mapping[str, float | None] | None = None) -> None:
-        """known / known_errors: metrics (recipe or "dense" -> M) and last-block calibration errors
-        already measured (e.g. rows of a results store, to replay a predictor on stored cells).
-        They are served without computing but counted in the cost as if measured."""
+                 known_errors: Mapping[str, float | None] | None = None,
+                 known_units: Mapping[str, Units] | None = None, race: RaceSettings | None = None) -> None:
+        """known / known_errors / known_units: metrics (recipe or "dense" -> M), last-block calibration
+        errors and full per-unit results already measured (e.g. rows of a results store, to replay a
+        predictor on stored cells). They are served without computing but counted in the cost as if
+        measured. race: race the candidates a predictor compares (the settings of `race`; None: evaluate
+        them in full, except for a predictor that only races, which then uses RaceSettings())."""
         self.evaluator = evaluator
         self.stages = list(stages)
         self.names = [s.text for s in self.stages]
@@ -74,6 +86,8 @@ class Measurements:
         self.evaluations: dict[str, Evaluation] = {}  # recipe -> M with its per-unit results (measured here)
         self.known = dict(known or {})
         self.known_errors = dict(known_errors or {})
+        self.known_units = dict(known_units or {})
+        self.race_settings = race
         self._models: dict[tuple[int, ...], nn.Module] = {}  # composed prefixes kept for reuse
         self._applied: set[tuple[int, ...]] = set()  # prefixes whose stage application was counted
         self._dense_weights: dict[str, torch.Tensor] | None = None
@@ -147,6 +161,34 @@ class Measurements:
         model = self.model(path)
         errors = self._timed(lambda: self.evaluator.layer_errors(model, per_linear=False))
         return None if errors is None else errors["per_block"][-1]
+
+    def race(self, paths: Sequence[tuple[int, ...]]) -> RaceResult:
+        """Race the models after `paths` (prefixes shared) on the protocol's units. Replayed from
+        `known_units` when every candidate's full per-unit results are known (the race reads the units it
+        would have evaluated), else the models are built and raced. Evaluations are counted by the share
+        of the units they used."""
+        keys = [self.key(p) for p in paths]
+        if all(k in self.known_units for k in keys):
+            stored = {k: self.known_units[k] for k in keys}
+            if any(not u.full for u in stored.values()):
+                raise ConfigError("a race replays full evaluations only; some stored units are raced themselves")
+            for p in paths:
+                self._count_applications(p)
+            kind, total = next(iter(stored.values())).kind, next(iter(stored.values())).total
+            s = self.race_settings or RaceSettings()
+            s.check(total)
+            result = race(lambda name, ids: stored[name].values[ids], keys, total, kind=kind,
+                          margin=s.margin or self.evaluator.margin,
+                          confidence=s.confidence, round_size=s.rounds_of(total), seed=s.seed)
+        else:
+            models = {k: self.model(p) for k, p in zip(keys, paths)}
+            result, found = self._timed(lambda: race_models(self.evaluator, models, self.race_settings or RaceSettings()))
+            for k, value in found.items():
+                self.evaluations[k] = value
+        for k in keys:
+            self.measured.setdefault(k, Units(result.kind, result.values[k], result.total, result.ids(k)).metric)
+            self.cost.partial_evaluations += result.units_used(k) / result.total
+        return result
 
     def single(self, i: int) -> float:
         return self.metric((i,))

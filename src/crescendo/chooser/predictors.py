@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..analysis.sequential import RaceSettings
 from ..errors import ConfigError
 from ..recipe import Stage, parse_stage
 from ..registry import Registry
+from ..units import Units
 from .measurements import COLLAPSE_RETAINED, Cost, Measurements, exhaustive_cost, retained
 
 COMPENSATING = ("sparsegpt", "gptq")  # methods that update the weights they keep from calibration data
@@ -53,7 +55,9 @@ class Decision:
 
 
 class Predictor:
-    """Base of every order predictor."""
+    """Base of every order predictor. `races`: whether racing evaluation (--race) applies to it."""
+
+    races: ClassVar[bool] = False
 
     name: ClassVar[str]
     summary: ClassVar[str]  # the rule, in one sentence
@@ -89,7 +93,10 @@ def _prune_and_quant(stages: Sequence[Stage], who: str) -> tuple[int, int]:
 
 
 def _weaker_first(m: Measurements, indices: Sequence[int]) -> tuple[list[int] | None, str, dict[str, Any]]:
-    """Progressive intensity: every method alone, the one keeping more quality first."""
+    """Progressive intensity: every method alone, the one keeping more quality first. With racing asked
+    for, the singles are raced against each other and compared on the units they used."""
+    if m.race_settings is not None:
+        return _race_order(m, [(i,) for i in indices], lambda path: path[0], "weaker first, raced")
     singles = {i: m.single(i) for i in indices}
     evidence = {"singles": {m.names[i]: v for i, v in singles.items()}}
     values = sorted(singles.values())
@@ -97,6 +104,27 @@ def _weaker_first(m: Measurements, indices: Sequence[int]) -> tuple[list[int] | 
         return None, "two methods alone measure the same: the weaker-first rule cannot order them", evidence
     order = sorted(indices, key=lambda i: -singles[i])
     return order, "weaker first: " + " > ".join(f"{m.names[i]} (M {singles[i]:.4g})" for i in order), evidence
+
+
+def _race_order(m: Measurements, paths, index_of, what: str) -> tuple[list | None, str, dict[str, Any]]:
+    """Race the models after `paths` and rank them: the winner first, then by M over the units every
+    candidate evaluated (metrics over different units are never compared). Returns the ranked
+    `index_of(path)` values, a reason and the race as evidence."""
+    result = m.race(paths)
+    n = min(result.units_used(k) for k in result.names)
+    common = {k: Units(result.kind, result.values[k][:n], result.total, result.order[:n]).metric for k in result.names}
+    ranked = sorted(paths, key=lambda p: (m.key(p) != result.winner, -common[m.key(p)]))
+    used = {k: result.units_used(k) for k in result.names}
+    evidence = {"stop": result.stop, "units_used": used, "total_units": result.total, "remaining": result.remaining,
+                "confidence": result.confidence, "metric_on_common_units": common}
+    most = max(used.values())
+    if result.winner is not None:
+        reason = f"{what}: {result.winner} won at {result.confidence:.0%} after {most} of {result.total} units"
+    elif result.stop == "equivalent":
+        reason = f"{what}: equivalent within {result.margin.name} after {most} of {result.total} units; leader named"
+    else:
+        reason = f"{what}: nothing separated before the units ran out; the full evaluation's leader"
+    return [index_of(p) for p in ranked], reason, evidence
 
 
 @register_predictor
@@ -109,6 +137,7 @@ class ProgressiveIntensity(Predictor):
     """
 
     name = "pih"
+    races = True  # with --race, the singles are raced against each other
     summary = "measure every method alone and apply the weaker (higher M) first"
     cost_model = "n stage applications and n evaluations (the singles); no reference curve needed"
     judges = "any n >= 2 methods"
@@ -294,6 +323,68 @@ class CalibrationError(Predictor):
         return list(ranked[0]), f"lowest last-block calibration error ({errors[ranked[0]]:.4g})", evidence
 
 
+def _kind_first(stages: Sequence[Stage], kind: str, who: str) -> list[int]:
+    """The methods of `kind` first, the others after, each group in the order given (a stable sort)."""
+    kinds = [s.kind for s in stages]
+    if any(k not in ("prune", "quantize") for k in kinds) or len(set(kinds)) != 2:
+        raise ConfigError(f"predictor {who} judges pruners with quantizers, got {' and '.join(s.text for s in stages)}")
+    return sorted(range(len(stages)), key=lambda i: kinds[i] != kind)
+
+
+@register_predictor
+class PruneFirst(Predictor):
+    """Harma et al.'s rule as a free baseline: prune before quantizing, whatever the methods and ratios
+    (their theorem covers magnitude pruning with max-scaled block formats). Methods of one kind keep the
+    order they were given in. A predictor earns its cost only by beating this rule."""
+
+    name = "prune-first"
+    summary = "free baseline: every pruner before every quantizer, nothing measured"
+    cost_model = "nothing measured"
+    judges = "pruners with quantizers (at least one of each)"
+
+    def check(self, stages):
+        _kind_first(stages, "prune", self.name)
+
+    def choose(self, m: Measurements):
+        return _kind_first(m.stages, "prune", self.name), "always prune first (Harma et al.)", {}
+
+
+@register_predictor
+class QuantFirst(Predictor):
+    """The opposite free baseline: quantize before pruning. Methods of one kind keep their given order."""
+
+    name = "quant-first"
+    summary = "free baseline: every quantizer before every pruner, nothing measured"
+    cost_model = "nothing measured"
+    judges = "pruners with quantizers (at least one of each)"
+
+    def check(self, stages):
+        _kind_first(stages, "quantize", self.name)
+
+    def choose(self, m: Measurements):
+        return _kind_first(m.stages, "quantize", self.name), "always quantize first", {}
+
+
+@register_predictor
+class Race(Predictor):
+    """Build every order (prefixes shared; no singles, no reference curve) and race them on the
+    protocol's units (`analysis.sequential`): evaluation stops as soon as an anytime-valid confidence
+    sequence leaves one order, or the remaining orders are equivalent within the protocol's margin, or
+    the units run out (a full evaluation). It always names the leader: the winner, else the order with
+    the best metric over the units evaluated, and says how sure the race was."""
+
+    name = "race"
+    races = True
+    summary = "build every order, race them on the protocol's units until the verdict is known"
+    cost_model = "every stage application of the exhaustive study; evaluations only until the race stops " \
+                 "(counted by the share of units used)"
+    judges = "any n >= 2 methods"
+
+    def choose(self, m: Measurements):
+        ranked, reason, evidence = _race_order(m, m.orders(), lambda path: path, "raced orders")
+        return list(ranked[0]), reason, evidence
+
+
 def check_choice(predictor: str, methods: Sequence[str]) -> tuple[Predictor, list[Stage]]:
     """The predictor and parsed methods, or ConfigError/RecipeError before anything is measured."""
     rule = PREDICTORS.get(predictor)
@@ -305,15 +396,17 @@ def check_choice(predictor: str, methods: Sequence[str]) -> tuple[Predictor, lis
 
 
 def decide(predictor: str, evaluator: Any, methods: Sequence[str], *, known: dict[str, float] | None = None,
-           known_errors: dict[str, float] | None = None) -> Decision:
+           known_errors: dict[str, float] | None = None, known_units: dict[str, Units] | None = None,
+           race: RaceSettings | None = None) -> Decision:
     """Run the predictor `predictor` on `methods` (stage strings) with `evaluator`; `known` /
-    `known_errors` replay stored measurements (see `Measurements`).
+    `known_errors` / `known_units` replay stored measurements (see `Measurements`); `race`: the settings
+    of the racing predictor.
 
     Raises ConfigError (before measuring anything) for an unknown predictor, fewer than two or
     repeated methods, or methods the predictor cannot judge.
     """
     rule, stages = check_choice(predictor, methods)
-    m = Measurements(evaluator, stages, known, known_errors)
+    m = Measurements(evaluator, stages, known, known_errors, known_units, race)
     try:
         order, reason, evidence = rule.choose(m)
     finally:

@@ -12,15 +12,23 @@ def _cmd_choose(args) -> int:
     from ..chooser import check_choice, decide
     from ..errors import ConfigError
 
-    check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
+    rule, _ = check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge
     if args.store:
         raise ConfigError("--choose records nothing; run without --store (or without --choose to record the study)")
     _check_reference(args)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
+    if args.race and not rule.races:
+        raise ConfigError(f"--race does not apply to predictor {rule.name}: it races no candidates (pih and race do)")
+    vision = _is_vision(args)
+    race = race_settings(args, relative=not vision, implied=rule.name == "race")
+    margin = margin_setting(args, relative=not vision)
     bench = _workbench(args)
+    with_margin(bench, margin)
+    if race is not None:
+        race.check(bench.n_units)
     bench.layerwise_samples = args.layerwise_samples
-    decision = decide(args.predictor, bench, args.methods)
+    decision = decide(args.predictor, bench, args.methods, race=race)
     out = {**bench.describe(), **decision.to_dict()}
     if args.json:
         print(json.dumps(out))
@@ -35,8 +43,13 @@ def _cmd_choose(args) -> int:
         shown = -value if bench.metric_name == "-perplexity" else value
         print(f"  measured     : {recipe:<40} {'ppl' if bench.metric_name == '-perplexity' else 'M'} {shown:.4g}")
     c, e = decision.cost, decision.exhaustive
-    print(f"  cost         : {c.stage_applications} stage applications, {c.evaluations} evaluations, "
+    raced = f" + {c.partial_evaluations:.2f} in raced units" if c.partial_evaluations else ""
+    print(f"  cost         : {c.stage_applications} stage applications, {c.evaluations} evaluations{raced}, "
           f"{c.weight_passes} weight passes, {c.seconds:.1f} s")
+    if "units_used" in decision.evidence:
+        used = ", ".join(f"{k} {v}" for k, v in decision.evidence["units_used"].items())
+        print(f"  race         : stopped ({decision.evidence['stop']}); units used of "
+              f"{decision.evidence['total_units']}: {used}")
     print(f"  exhaustive   : {e.stage_applications} stage applications, {e.evaluations} evaluations "
           f"(plus the reference curve for CERs)")
     return 0

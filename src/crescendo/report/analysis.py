@@ -24,7 +24,9 @@ import numpy as np
 from ..analysis.cer import CER, CERSettings, ReferenceCurve, pih_first, reference_curve
 from ..analysis.metrics import ExpFit, fit_exponential, order_advantage
 from ..analysis.ranks import spearman_test
-from .data import PERPLEXITY, Experiment, value_label
+from ..analysis.uncertainty import Comparison, compare
+from ..units import UnitsError
+from .data import PERPLEXITY, Experiment, Measurement, value_label
 
 DEFAULT_CER = CERSettings()
 
@@ -71,6 +73,7 @@ class Cell:
     m_prune_first: float  # M of "P > Q" (-perplexity, or accuracy)
     m_quant_first: float  # M of "Q > P"
     advantage_spread: float | None = None  # max - min of A over calibration seeds (None: one seed)
+    comparison: Comparison | None = None  # "Q > P" against "P > Q" over units and seeds (None: no units)
 
     @property
     def c_q(self) -> float:
@@ -93,6 +96,11 @@ class Cell:
         return abs(self.advantage) <= self.advantage_spread
 
     @property
+    def verdict(self) -> str | None:
+        """The paired comparison's verdict on Q first against P first; None for rows without units."""
+        return None if self.comparison is None else self.comparison.verdict
+
+    @property
     def cer_difference(self) -> float | None:
         """x = C*_P - C_Q; when C*_P is a bound, x is the same kind of bound."""
         return None if self.cer is None else self.cer.value - self.c_q
@@ -107,7 +115,11 @@ class Cell:
 
     @property
     def measured_first(self) -> str | None:
-        """The order that measured better; None on a tie or when both orders collapsed."""
+        """The order that measured better: the comparison's decisive verdict ("first better" = Q first);
+        None when the comparison calls the orders equivalent or undetermined, or both collapsed. Rows
+        without per-unit results fall back to the sign of A (no uncertainty; tables say so)."""
+        if self.comparison is not None:
+            return {"first better": "quant", "second better": "prune"}.get(self.comparison.verdict)
         a = self.advantage
         return None if math.isnan(a) else _side(a)
 
@@ -126,8 +138,22 @@ def cells(exp: Experiment, settings: CERSettings = DEFAULT_CER) -> list[Cell]:
     for r, b in sorted(found, key=lambda rb: (rb[0], -rb[1])):
         pf, qf = exp.orders.get((r, b, "prune")), exp.orders.get((r, b, "quant"))
         if pf is not None and qf is not None:
-            out.append(Cell(r, b, cers.get(r), pf.metric, qf.metric, seed_spread(pf, qf)))
+            out.append(Cell(r, b, cers.get(r), pf.metric, qf.metric, seed_spread(pf, qf),
+                            paired(qf, pf, "Q > P", "P > Q")))
     return out
+
+
+def paired(first: Measurement, second: Measurement, a: str = "first", b: str = "second") -> Comparison | None:
+    """M(first) - M(second) over the seeds both measured, with its interval and verdict; None when a seed
+    lacks per-unit results or the units cannot be paired."""
+    seeds = sorted(set(first.seeds) & set(second.seeds))
+    ua, ub = first.units_of(seeds), second.units_of(seeds)
+    if not seeds or ua is None or ub is None:
+        return None
+    try:
+        return compare(ua, ub, labels=(a, b))
+    except UnitsError:
+        return None
 
 
 def seed_spread(prune_first, quant_first) -> float | None:
@@ -235,13 +261,21 @@ def multistage_series(exp: Experiment, total: float) -> dict[int, list[tuple[flo
     A is relative to p2 = 0 (all pruning before the quantizer): M(p2) - M(0), so A > 0 says that
     moving pruning after the quantizer helped. NaN where p2 = 0 was not measured.
     """
-    out: dict[int, list[tuple[float, float, float]]] = {}
+    return {bits: [(p2, value, a) for p2, value, a, _ in points]
+            for bits, points in multistage_comparisons(exp, total).items()}
+
+
+def multistage_comparisons(exp: Experiment, total: float) -> dict[int, list[tuple[float, float, float,
+                                                                                     Comparison | None]]]:
+    """As `multistage_series`, each point with the comparison of M(p2) against M(p2 = 0) (None: no units)."""
+    out: dict[int, list[tuple[float, float, float, Comparison | None]]] = {}
     for bits in sorted({b for t, b, _ in exp.multistage if t == total}, reverse=True):
         points = exp.multistage_points(total, bits)
         base = points.get(0.0)
         series = []
         for p2, measured in points.items():
             a = order_advantage(measured.metric, base.metric) if base is not None else math.nan
-            series.append((p2, measured.value, a))
+            c = paired(measured, base, f"p2={p2:g}", "p2=0") if base is not None and p2 != 0.0 else None
+            series.append((p2, measured.value, a, c))
         out[bits] = series
     return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Row
+from ..units import Units
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,13 @@ class Measurement:
     per_seed: tuple[tuple[int, float], ...] = ()  # (seed, perplexity) of every seed, in seed order
     zero_fraction: float | None = None  # weights exactly zero: pruned or rounded to zero (None: not stored)
     metric_name: str = PERPLEXITY  # what M is: -perplexity (language models) or accuracy (classifiers)
+    units: tuple[tuple[int, Units | None], ...] = ()  # (seed, per-unit results or None) of every seed, in seed order
+
+    def units_of(self, seeds: Sequence[int]) -> list[Units] | None:
+        """The per-unit results of `seeds`, or None when one of them has none (measured before units were kept)."""
+        found = dict(self.units)
+        got = [found.get(s) for s in seeds]
+        return None if any(u is None for u in got) else got
 
     @property
     def metric(self) -> float:
@@ -201,8 +209,9 @@ def _measurement(rows: Sequence[Row]) -> Measurement:
     zeros = [r.metrics.zero_fraction for r in rows]
     zero = _mean([float(z) for z in zeros]) if all(z is not None for z in zeros) else None
     per_seed = tuple(sorted((r.seed, p) for r, p in zip(rows, ppls)))
+    units = tuple(sorted(((r.seed, r.units) for r in rows), key=lambda su: su[0]))
     return Measurement(_mean(ppls), tuple(sorted(r.seed for r in rows)), per_block_error=per_block,
-                       zero_fraction=zero, per_seed=per_seed, metric_name=names.pop())
+                       zero_fraction=zero, per_seed=per_seed, metric_name=names.pop(), units=units)
 
 
 def _split(recipe: str) -> list[str]:
@@ -269,6 +278,12 @@ def error_analyses(rows: Iterable[Row]) -> list[ErrorAnalysis]:
             for (m, p, recipe), r in sorted(newest.items())]
 
 
+def is_superseded(row: Row) -> bool:
+    """A row marked superseded (`store.mark_superseded`: a defect voided it): kept in the store with the
+    reason, never reported as current."""
+    return bool(row.extra.get("superseded"))
+
+
 def is_order_study_row(row: Row) -> bool:
     """A row `crescendo order --store` wrote (not a sweep row, though it shares the kinds)."""
     return row.extra.get("study") == "order" and row.kind != "dense"
@@ -304,9 +319,10 @@ def group_rows(rows: Iterable[Row]) -> Grouping:
     experiments need it. Rows of other kinds (order studies, searches) are ignored; a sweep row whose
     `extra` lacks the fields its kind needs is skipped and named in `skipped`. Rows
     `crescendo order --store` wrote are not sweep rows: their error numbers (Definition 6,
-    Harma's excess) go to `errors`, and they are neither grouped nor reported as skipped.
+    Harma's excess) go to `errors`, and they are neither grouped nor reported as skipped. Rows marked
+    superseded are left out entirely.
     """
-    rows = list(rows)
+    rows = [r for r in rows if not is_superseded(r)]
     errors = error_analyses(rows)
     rows = [r for r in rows if r.kind in SWEEP_KINDS and not is_order_study_row(r)]
     experiments: dict[ExperimentKey, Experiment] = {}

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
 from ..analysis.metrics import CER
-from .analysis import Cell, fit_by_ratio, multistage_series
+from .analysis import Cell, fit_by_ratio, multistage_comparisons
 from .data import PERPLEXITY, Experiment, metric_text, value_label
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
@@ -127,6 +127,8 @@ def _advantage_legend(ratios: list[float], cer_of: dict[float, CER | None],
                               linestyle="--" if bound else "-",
                               label=f"p = {ratio:g}  ({_cer_text(cer)})"))
     handles.append(Line2D([], [], linestyle="none", label="A > 0: quantizing first is better"))
+    handles.append(Line2D([], [], color="0.4", marker="|", markersize=10, linestyle="none",
+                          label="bar: 95% interval of A; x: not decisive"))
     if any(c is not None and not c.is_exact for c in cer_of.values()):
         handles.append(Line2D([], [], color="0.4", marker="o", markerfacecolor="none",
                               linestyle="none", label="open, arrow: x is a bound"))
@@ -158,6 +160,7 @@ def plot_order_advantage(exp: Experiment, cells: list[Cell], folder: Path) -> li
         ys = [c.advantage for c in use if math.isfinite(c.advantage)]
         ax.plot(xs, ys, linestyle="none", marker=mark, markersize=7, color=col,
                 markerfacecolor=col if cer.is_exact else "none", markeredgewidth=1.5)
+        _interval_bars(ax, [(cer.value - c.c_q, c) for c in use if math.isfinite(c.advantage)], col)
         if not cer.is_exact:
             # every point of this ratio may lie further left (upper bound) or right (lower bound)
             step = -arrow if cer.bound == "upper" else arrow
@@ -184,16 +187,33 @@ def plot_order_advantage(exp: Experiment, cells: list[Cell], folder: Path) -> li
     return save(fig, folder, f"fig3_{exp.key.slug}")
 
 
+def _interval_bars(ax: Axes, points: Sequence[tuple[float, Cell | tuple]], col: str) -> None:
+    """Vertical 95% interval bars of A at x, and an x over every point whose verdict is not decisive
+    (equivalent or undetermined). Points without per-unit results get neither."""
+    for x, item in points:
+        comparison = item.comparison if isinstance(item, Cell) else item[1]
+        if comparison is None or not all(math.isfinite(v) for v in comparison.interval):
+            continue
+        lo, hi = comparison.interval
+        ax.plot([x, x], [lo, hi], color=col, linewidth=1.0, alpha=0.8, solid_capstyle="butt")
+        if not comparison.decisive:
+            y = item.advantage if isinstance(item, Cell) else item[0]
+            ax.plot([x], [y], marker="x", color="0.2", markersize=5, linestyle="none", zorder=5)
+
+
 @_styled
 def plot_multistage(exp: Experiment, total: float, folder: Path) -> list[Path]:
-    """Figure 7 of 003: P(p1) > Q > P(p2), p1 + p2 fixed; perplexity and A (vs p2 = 0) over p2."""
-    series = multistage_series(exp, total)
+    """Figure 7 of 003: P(p1) > Q > P(p2), p1 + p2 fixed; perplexity and A (vs p2 = 0) over p2, with A's
+    95% interval where the rows have per-unit results."""
+    compared = multistage_comparisons(exp, total)
+    series = {bits: [(p2, v, a) for p2, v, a, _ in points] for bits, points in compared.items()}
     fig = _new_figure(10.0, 4.2)
     ax_ppl, ax_adv = fig.subplots(1, 2)
     for i, (bits, points) in enumerate(series.items()):
         col, mark = colour(i, len(series)), MARKERS[i % len(MARKERS)]
         p2 = [p for p, _, _ in points]
         ppls, advantages = [v for _, v, _ in points], [a for _, _, a in points]
+        _interval_bars(ax_adv, [(p, (a, c)) for p, _, a, c in compared[bits] if math.isfinite(a)], col)
         for ax, values in ((ax_ppl, ppls), (ax_adv, advantages)):
             ys = np.array([v if math.isfinite(v) else np.nan for v in values])
             # later series smaller, dashed and on top: coinciding lines stay visible
@@ -213,7 +233,7 @@ def plot_multistage(exp: Experiment, total: float, folder: Path) -> list[Path]:
     ax_ppl.set_ylabel(f"{label} ({exp.key.protocol})")
     ax_adv.set_ylabel(r"M($p_2$) $-$ M($p_2$ = 0), " + _m(exp))
     ax_ppl.set_title(label)
-    ax_adv.set_title(r"advantage over all pruning first ($p_2$ = 0)")
+    ax_adv.set_title(r"advantage over all pruning first ($p_2$ = 0); bars: 95% interval")
     ax_adv.legend(title="bits", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _title(fig, f"Multi-stage: {exp.key.prune_name}($p_1$) > {exp.key.quant_name} > "
                 f"{exp.key.prune_name}($p_2$)", exp)

@@ -13,13 +13,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..analysis.cer import CER, CERSettings
+from ..analysis.uncertainty import Comparison
 from .analysis import (
     DEFAULT_CER,
     Cell,
     Summary,
     cer_by_ratio,
     cer_label,
-    multistage_series,
+    multistage_comparisons,
     reference_of,
 )
 from .data import ErrorAnalysis, Experiment, Measurement, method_name, metric_text, value_label
@@ -49,6 +50,33 @@ def fmt_advantage(value: float | None) -> str:
         if abs(value) < 0.001:
             return f"{value:.1e}"
     return fmt_number(value, 3)
+
+
+VERDICT_WORDS = {"equivalent": "equivalent", "undetermined": "undetermined"}
+
+
+def fmt_verdict(c: Comparison | None, first: str, second: str) -> str:
+    """A comparison's verdict in words: "<first> better", "<second> better", "equivalent", "undetermined";
+    "no units" when the rows were measured before per-unit results were kept."""
+    if c is None:
+        return "no units"
+    return {"first better": f"{first} better", "second better": f"{second} better"}.get(c.verdict, c.verdict)
+
+
+def fmt_interval(c: Comparison | None) -> str:
+    """A's 95% interval, "[+0.912, +1.556]", or "" without per-unit results."""
+    if c is None:
+        return ""
+    return f"[{fmt_advantage(c.interval[0])}, {fmt_advantage(c.interval[1])}]"
+
+
+def fmt_compared(value: float | None, c: Comparison | None, first: str, second: str) -> str:
+    """A with its interval and verdict: "+1.234 [+0.912, +1.556] Q first better"; rows without per-unit
+    results say "(no units)"."""
+    text = fmt_advantage(value)
+    if c is None:
+        return f"{text} (no units)"
+    return f"{text} {fmt_interval(c)} {fmt_verdict(c, first, second)}"
 
 
 def fmt_cer(cer: CER | None, missing: str = "-") -> str:
@@ -145,9 +173,9 @@ def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
     bits = exp.bits
 
     def show(c: Cell) -> str:
-        text = fmt_advantage(c.advantage)
+        text = fmt_compared(c.advantage, c.comparison, "Q first", "P first")
         if c.advantage_spread is not None:
-            text += f" (spread {c.advantage_spread:.3g}{', noise' if c.within_noise else ''})"
+            text += f" (seed spread {c.advantage_spread:.3g})"
         return text
 
     rows = tuple((ratio_label(r),) + tuple(show(by[(r, b)]) if (r, b) in by else "-" for b in bits)
@@ -155,8 +183,16 @@ def advantage_table(exp: Experiment, all_cells: list[Cell]) -> Table:
     header = ("p (C_P)",) + tuple(f"B={b} (C_Q {16 / b:.2f})" for b in bits)
     return Table(f"A(Q->P) = M(Q first) - M(P first), {metric_text(exp.metric_name)}", header, rows,
                  "A > 0: quantizing first is better; +inf: only prune-first collapsed, "
-                 "-inf: only quantize-first collapsed, nan: both; with several calibration seeds, A is the "
-                 "mean and its spread (max - min over seeds) follows; 'noise': |A| within the spread")
+                 "-inf: only quantize-first collapsed, nan: both. [lo, hi]: 95% interval from a paired bootstrap "
+                 "over the evaluation units, plus seed-to-seed variation with several seeds; the verdict is "
+                 f"'equivalent' when the interval lies inside the protocol's margin ({_margin_name(all_cells)}), "
+                 "'undetermined' when it straddles 0; 'no units': rows measured before per-unit results "
+                 "were kept, no interval; with several seeds A is the mean and the seed spread (max - min) follows")
+
+
+def _margin_name(all_cells: list[Cell]) -> str:
+    names = {c.comparison.margin.name for c in all_cells if c.comparison is not None}
+    return ", ".join(sorted(names)) or "none: no units"
 
 
 def order_table(exp: Experiment, all_cells: list[Cell], settings: CERSettings = DEFAULT_CER) -> Table:
@@ -166,7 +202,10 @@ def order_table(exp: Experiment, all_cells: list[Cell], settings: CERSettings = 
 
     def cell(c: Cell) -> str:
         mark = {True: "ok", False: "MISS", None: ""}[c.agrees]
-        return f"{letter[c.predicted_first]}/{letter[c.measured_first]} {mark}".strip()
+        measured = letter[c.measured_first] if c.measured_first or c.comparison is None else (
+            "=" if c.verdict == "equivalent" else "~")
+        text = f"{letter[c.predicted_first]}/{measured} {mark}".strip()
+        return text + (" (no units)" if c.comparison is None else "")
 
     cers = cer_by_ratio(exp, settings)
     rows = tuple((ratio_label(r), fmt_cer(cers.get(r)))
@@ -177,7 +216,9 @@ def order_table(exp: Experiment, all_cells: list[Cell], settings: CERSettings = 
                  "predicted: the weaker method first (Q iff C_Q < C*_P); a bound decides when it "
                  "lies on one side of C_Q, touching included (C*_P <= 2.00 against C_Q = 2.00: P is "
                  "the weaker, P first); ?: undecided (C*_P == C_Q exactly, a bound reaching across "
-                 "C_Q, or no CER)")
+                 "C_Q, or no CER). measured: the order the paired comparison calls better; = equivalent "
+                 "within the margin, ~ undetermined (neither counts as decided); '(no units)': the sign of A "
+                 "without an interval")
 
 
 def summary_table(summary: Summary) -> Table:
@@ -193,17 +234,24 @@ def summary_table(summary: Summary) -> Table:
 
 
 def multistage_table(exp: Experiment, total: float) -> Table:
-    series = multistage_series(exp, total)
-    p2s = sorted({p2 for points in series.values() for p2, _, _ in points})
+    series = multistage_comparisons(exp, total)
+    p2s = sorted({p2 for points in series.values() for p2, *_ in points})
     rows = []
     for bits, points in series.items():
-        by = {p2: (ppl, a) for p2, ppl, a in points}
-        rows.append((f"B={bits}",) + tuple(
-            f"{fmt_number(by[p][0])} ({fmt_advantage(by[p][1])})" if p in by else "-" for p in p2s))
+        by = {p2: (ppl, a, c) for p2, ppl, a, c in points}
+
+        def show(p: float) -> str:
+            ppl, a, c = by[p]
+            if p == 0.0:
+                return f"{fmt_number(ppl)} (base)"
+            return f"{fmt_number(ppl)} ({fmt_compared(a, c, 'later', 'all first')})"
+
+        rows.append((f"B={bits}",) + tuple(show(p) if p in by else "-" for p in p2s))
     return Table(f"Multi-stage P(p1) > Q > P(p2), p1 + p2 = {total:g}: {value_label(exp.metric_name)} "
                  "(A vs p2 = 0)",
                  ("bits",) + tuple(f"p2={p:g}" for p in p2s), tuple(rows),
-                 "A = M(p2) - M(p2 = 0): > 0 means pruning later helped")
+                 "A = M(p2) - M(p2 = 0) with its 95% interval and verdict: 'later better' means moving "
+                 "pruning after the quantizer helped")
 
 
 def zeros_table(exp: Experiment) -> Table | None:
@@ -226,6 +274,10 @@ def zeros_table(exp: Experiment) -> Table | None:
                  "- = not stored (rows from before this was recorded)")
 
 
+def _table1_cell(c: Cell | None) -> str:
+    return "-" if c is None else fmt_compared(c.advantage, c.comparison, "Q first", "P first")
+
+
 def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> list[Table]:
     """003's Table 1: A(Q -> P) by C_Q, one column per pruning method, for every ratio measured by
     at least two pruning methods with one quantizer. Without such a pair: one table per experiment,
@@ -244,10 +296,9 @@ def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> li
                                                                      for c in cells_of[e.key.slug])]
             if len(having) < 2:
                 continue
-            by = {(lab, c.bits): c.advantage for lab, e in having for c in cells_of[e.key.slug]
-                  if c.ratio == r}
+            by = {(lab, c.bits): c for lab, e in having for c in cells_of[e.key.slug] if c.ratio == r}
             bits = sorted({b for _, b in by}, reverse=True)
-            rows = tuple((bits_label(b),) + tuple(fmt_advantage(by.get((lab, b))) for lab, _ in having)
+            rows = tuple((bits_label(b),) + tuple(_table1_cell(by.get((lab, b))) for lab, _ in having)
                          for b in bits)
             after = f" after {prefix}" if prefix else ""
             tables.append(Table(f"Table 1: A(Q->P) by C_Q, {method_name(quant)}{after}, p = {r:g}, "
@@ -258,9 +309,9 @@ def table1(experiments: list[Experiment], cells_of: dict[str, list[Cell]]) -> li
     for exp in experiments:
         use = cells_of[exp.key.slug]
         ratios = sorted({c.ratio for c in use})
-        by = {(c.ratio, c.bits): c.advantage for c in use}
+        by = {(c.ratio, c.bits): c for c in use}
         bits = sorted({c.bits for c in use}, reverse=True)
-        rows = tuple((bits_label(b),) + tuple(fmt_advantage(by.get((r, b))) for r in ratios)
+        rows = tuple((bits_label(b),) + tuple(_table1_cell(by.get((r, b))) for r in ratios)
                      for b in bits)
         tables.append(Table(f"Table 1 (single pruning method): A(Q->P) by C_Q, {exp.key.label}",
                             ("C_Q (B_Q)",) + tuple(f"{exp.key.prune_name} p={r:g}" for r in ratios),
