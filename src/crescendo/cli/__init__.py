@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefix cache directory (default: $CRESCENDO_CACHE or ~/.cache/crescendo/prefixes)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the prefix cache")
     p.add_argument("--seed", type=int, default=0)
+    add_race_options(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("search", help="evolutionary search of per-block (pruning, bits) under a BOP/size target")

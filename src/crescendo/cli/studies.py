@@ -243,6 +243,7 @@ def _with_acts(quant: str, acts: bool) -> str:
 
 
 def _cmd_sweep(args) -> int:
+    import dataclasses
     import os
 
     from ..cache import PrefixCache, default_cache_dir
@@ -276,6 +277,15 @@ def _cmd_sweep(args) -> int:
     seeds = _ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct integers >= 0, got {args.seeds!r}")
+    race = race_settings(args, relative=not vision)
+    if race is not None:
+        if args.backend != "local" or (args.lanes or 1) > 1:
+            raise ConfigError("a raced sweep runs in one lane: drop --backend ray and --lanes, or --race")
+        if args.multistage is not None:
+            raise ConfigError("--race races the order cells; run --multistage without --race")
+        lanes = 1
+    if args.margin is not None:  # the margin is the protocol's, carried to every lane with it
+        protocol = dataclasses.replace(protocol, margin=margin_setting(args, relative=not vision).value)
     store = _open_store(args.store)
     from ..workflow import protocol_id
 
@@ -284,9 +294,18 @@ def _cmd_sweep(args) -> int:
         factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
                                device=args.device, layerwise_samples=args.layerwise_samples,
                                calibration_seed=seed, **options)
-        done = run_sweep(factory, model_name, protocol_id(protocol.name, args.dtype, args.eval_weights), tasks, store,
-                         seed=seed, backend=args.backend, device=args.device, lanes=lanes, cache_dir=cache_dir,
-                         on_row=None if args.json else _print_row)
+        name = protocol_id(protocol.name, args.dtype, args.eval_weights)
+        if race is not None:
+            from ..cache import PrefixCache
+            from ..sweep_race import run_raced_sweep
+
+            done = run_raced_sweep(factory(), model_name, name, tasks, store, seed=seed, race_settings=race,
+                                   cache=PrefixCache(cache_dir) if cache_dir else None, device=args.device,
+                                   on_row=None if args.json else _print_row)
+        else:
+            done = run_sweep(factory, model_name, name, tasks, store, seed=seed, backend=args.backend,
+                             device=args.device, lanes=lanes, cache_dir=cache_dir,
+                             on_row=None if args.json else _print_row)
         counts = {k: counts.get(k, 0) + v for k, v in done.items()}
     if args.json:
         print(json.dumps({"store": args.store, "seeds": seeds, **counts}))
