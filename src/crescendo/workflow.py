@@ -223,17 +223,13 @@ class Workbench:
         start = time.perf_counter()
         model, result = self.compress(recipe)
         seconds = time.perf_counter() - start
-        found = self.evaluation(model)
-        outcome = RunOutcome(
-            recipe=str(recipe),
-            perplexity=-found.metric,
-            summary=result.summary.to_dict(),
-            stages=stage_rows(result),
-            compress_seconds=seconds,
-            eval_seconds=found.seconds,
-            units=found.units,
-        )
-        return model, outcome
+        return model, self.outcome(str(recipe), result, seconds, self.evaluation(model))
+
+    def outcome(self, recipe: str, result: CompressionResult, compress_seconds: float, found: Evaluation) -> RunOutcome:
+        """The outcome of a compressed and evaluated recipe (its perplexity over the units `found` holds)."""
+        return RunOutcome(recipe=recipe, perplexity=-found.metric, summary=result.summary.to_dict(),
+                          stages=stage_rows(result), compress_seconds=compress_seconds, eval_seconds=found.seconds,
+                          units=found.units)
 
     def compress_tree(self, recipes: Sequence[str | Recipe]) -> Iterator[TreeRun]:
         """Compress every recipe, in the order given, computing a prefix that several recipes share once.

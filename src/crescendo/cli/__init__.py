@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
     _common(p)
+    add_race_options(p)
     p.set_defaults(dtype=None)  # None: bfloat16 where it is fast (AMX or CUDA), else the float32 reference
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -267,6 +267,9 @@ DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
 
 
 def _cmd_demo(args) -> int:
+    from ..analysis.order import head_to_head
+    from ..workflow import margin_setting, race_settings, with_margin
+
     if args.dtype is None:
         from ..workflow import fast_bfloat16
 
@@ -275,30 +278,40 @@ def _cmd_demo(args) -> int:
         from ..errors import ConfigError
 
         raise ConfigError("the demo runs on language models; for a vision model use compress or order")
+    race = race_settings(args, relative=True)
+    margin = margin_setting(args, relative=True)
     bench = _workbench(args)
-    dense = bench.dense()
-    rows = [("dense", dense.perplexity, 0.0, 16.0, 1.0, 0.0)]
-    outcomes = []
-    for recipe in DEMO_RECIPES:
-        _, outcome = bench.run(recipe)
-        outcomes.append(outcome)
+    with_margin(bench, margin)
+    if race is not None:
+        race.check(bench.n_units)
+    dense = bench.evaluation(bench.model)
+    duel = head_to_head(bench, *DEMO_RECIPES, race=race)
+    rows = [("dense", -dense.metric, 0.0, 16.0, 1.0, 0.0, len(dense.units))]
+    for outcome in duel.outcomes:
         s = outcome.summary
-        rows.append((outcome.recipe, outcome.perplexity, s["sparsity"], s["avg_weight_bits"],
-                     s["compression_ratio"], outcome.compress_seconds))
-    advantage = outcomes[0].metric - outcomes[1].metric  # A(Q -> P) = M(P∘Q) - M(Q∘P), with M = -ppl
+        rows.append((outcome.recipe, outcome.perplexity, s["sparsity"], s["avg_weight_bits"], s["compression_ratio"],
+                     outcome.compress_seconds, len(outcome.units)))
+    advantage = duel.outcomes[0].metric - duel.outcomes[1].metric  # A(S -> Q) = M(S first) - M(Q first)
+    c = duel.comparison
     if args.json:
         print(json.dumps({**bench.describe(), "rows": [dict(zip(("recipe", "perplexity", "sparsity", "avg_weight_bits",
-                          "compression_ratio", "compress_seconds"), r)) for r in rows],
-                          "order_advantage_prune_first": advantage}))
+                          "compression_ratio", "compress_seconds", "units"), r)) for r in rows],
+                          "order_advantage_prune_first": advantage, "comparison": c.to_dict(),
+                          "race": None if duel.race is None else duel.race.to_dict()}))
         return 0
-    print(f"crescendo demo: {bench.model_name}, protocol {bench.protocol.name}, compute {bench.dtype}"
+    print(f"crescendo demo: {bench.model_name}, protocol {bench.protocol_id}, compute {bench.dtype}"
           + (" (autocast; the float32 reference is --dtype float32)" if bench.dtype != "float32" else ""))
-    print(f"| {'recipe':<26} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'C':>6} | {'compress s':>10} |")
-    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|")
+    print(f"| {'recipe':<26} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'C':>6} | {'compress s':>10} | "
+          f"{'windows':>7} |")
+    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 9}|")
     for r in rows:
-        print(f"| {r[0]:<26} | {r[1]:>10.3f} | {r[2]:>8.3f} | {r[3]:>6.2f} | {r[4]:>6.2f} | {r[5]:>10.1f} |")
-    better = "prune first (S>Q)" if advantage > 0 else "quantize first (Q>S)"
-    print(f"order advantage A(SparseGPT -> GPTQ) = ppl(Q>S) - ppl(S>Q) = {advantage:+.3f}: {better} is better")
+        print(f"| {r[0]:<26} | {r[1]:>10.3f} | {r[2]:>8.3f} | {r[3]:>6.2f} | {r[4]:>6.2f} | {r[5]:>10.1f} | "
+              f"{r[6]:>7} |")
+    lo, hi = c.interval
+    words = {"first better": "prune first (S>Q) is better", "second better": "quantize first (Q>S) is better",
+             "equivalent": f"the orders are equivalent within {c.margin.name}",
+             "undetermined": "undetermined: the interval straddles 0"}[c.verdict]
+    print(f"order advantage A(SparseGPT -> GPTQ) = ppl(Q>S) - ppl(S>Q) = {advantage:+.3f}, "
+          f"{c.confidence:.0%} interval [{lo:+.3f}, {hi:+.3f}]: {words}")
+    print(f"  ({c.method}{'; ' + '; '.join(c.notes) if c.notes else ''})")
     return 0
-
-

@@ -225,11 +225,14 @@ class VisionWorkbench:
         start = time.perf_counter()
         model, result = self.compress(recipe)
         seconds = time.perf_counter() - start
-        found = self.evaluation(model)
-        summary = result.summary.to_dict()
-        return model, VisionRunOutcome(recipe=str(recipe), accuracy=found.metric, summary=summary,
-                                       stages=stage_rows(result), compress_seconds=seconds,
-                                       eval_seconds=found.seconds, units=found.units)
+        return model, self.outcome(str(recipe), result, seconds, self.evaluation(model))
+
+    def outcome(self, recipe: str, result: CompressionResult, compress_seconds: float,
+                found: Evaluation) -> VisionRunOutcome:
+        """The outcome of a compressed and evaluated recipe (its accuracy over the units `found` holds)."""
+        return VisionRunOutcome(recipe=recipe, accuracy=found.metric, summary=result.summary.to_dict(),
+                                stages=stage_rows(result), compress_seconds=compress_seconds,
+                                eval_seconds=found.seconds, units=found.units)
 
     # -- the Evaluator protocol of analysis.order ---------------------------------------------------
     def metric(self, model: nn.Module) -> float:
