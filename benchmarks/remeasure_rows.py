@@ -7,6 +7,10 @@ row now records the commit that measured it) and writes before/after figures to 
 
     python benchmarks/remeasure_rows.py --store docs/results/order/order.sqlite \\
         --match '^rtn:w\\d+a\\d+ > sparsegpt' --log docs/results/order/remeasured.json
+
+Where re-measuring costs more than it is worth, `--supersede REASON` marks the matching rows superseded
+instead (`ResultStore.mark_superseded`: kept, never reported as current); rows the log says were
+re-measured are current and left alone.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def main() -> int:
     parser.add_argument("--match", required=True, help="regular expression on the recipe")
     parser.add_argument("--log", required=True, help="JSON file of before/after figures (appended)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--supersede", default=None, metavar="REASON",
+                        help="mark the matching rows superseded with this reason instead of re-measuring them")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,6 +61,12 @@ def main() -> int:
     done = {(e["recipe"], e["seed"], e["protocol"]) for e in log["entries"]}
     with ResultStore(args.store) as store:
         rows = [r for r in store.rows() if pattern.search(r.recipe) and (r.recipe, r.seed, r.protocol) not in done]
+        if args.supersede:
+            for row in rows:
+                if not row.extra.get("superseded"):
+                    store.mark_superseded(row.key, f"{args.supersede} (marked at {code_commit()})")
+                    print(f"superseded: {row.recipe} (seed {row.seed}, {row.protocol})", flush=True)
+            return 0
         benches: dict = {}
         for row in sorted(rows, key=lambda r: (r.protocol, r.recipe)):
             layerwise = bool(row.metrics.per_block_error)

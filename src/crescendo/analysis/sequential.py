@@ -4,8 +4,9 @@ Candidates (compressed models) are evaluated on the protocol's units in one fixe
 (a permutation of the unit ids), `round_size` units per round, every remaining candidate on the same
 units. After each round, every pair of remaining candidates gets an anytime-valid confidence sequence
 on the mean of their paired unit differences (log-loss differences for perplexity, correctness
-differences for accuracy); a candidate is dropped as soon as some other candidate is better with the
-sequence's confidence. The race stops when one candidate remains, when every remaining pair lies
+differences for accuracy), read as a full comparison's interval would be (`uncertainty.verdict`): a
+candidate is dropped as soon as some other candidate is better with the sequence's confidence, and a
+pair whose sequence lies inside the equivalence margin is equivalent, never a drop. The race stops when one candidate remains, when every remaining pair lies
 inside the equivalence margin (+-delta), or when the units run out: then every remaining candidate has
 been evaluated in full and the verdict is the full evaluation's (`uncertainty.compare`).
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..units import UnitsError
-from .uncertainty import Margin, check_confidence, default_margin
+from .uncertainty import Margin, check_confidence, default_margin, verdict
 
 STOP_REASONS = ("one remains", "equivalent", "units exhausted")
 LAI_C = 0.1  # prior precision of the standardised effect in Lai's t sequence (prior sd 1 / sqrt(c) = 3.2)
@@ -181,9 +182,10 @@ def race(values_of: Callable[[str, np.ndarray], np.ndarray], names: Sequence[str
             if (a, b) in seqs:
                 lo, hi = max(lo, seqs[(a, b)][0]), min(hi, seqs[(a, b)][1])
             seqs[(a, b)] = (lo, hi)
-            if lo > 0:
+            call = verdict(lo, hi, delta)  # the verdict of a full comparison, read on the sequence
+            if call == "first better":
                 worse.setdefault(b, a)
-            elif hi < 0:
+            elif call == "second better":
                 worse.setdefault(a, b)
         for n, by in worse.items():
             dropped[n] = {"after_units": used, "by": by}
@@ -266,7 +268,7 @@ def race_comparison(result: RaceResult, first: str, second: str):
     """The comparison of two raced candidates: from the full evaluation when both ran out of units, else
     from their pair's confidence sequence at the stop (converted to metric units)."""
     from ..units import Units
-    from .uncertainty import Comparison, compare, verdict
+    from .uncertainty import Comparison, compare
 
     used_a, used_b = result.units_used(first), result.units_used(second)
     units_a = Units(result.kind, result.values[first], result.total, result.ids(first))
