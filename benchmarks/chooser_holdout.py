@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -162,42 +163,62 @@ def measure(plan: dict, store_path: str, models: list[str] | None, only: list[st
 
 
 class _WeightsOnly:
-    """An evaluator that only serves the dense weights (every metric of the replay is known)."""
+    """An evaluator that only serves the dense weights (every metric of the replay is known) and the
+    protocol's equivalence margin (a replayed race reads it)."""
 
     def __init__(self, study: dict, cache: dict) -> None:
+        from crescendo.analysis.uncertainty import Margin
+
         self.study, self.cache = study, cache
         self.metric_name = "accuracy" if study.get("vision") else "-perplexity"
+        self.margin = Margin(_protocol(study).margin, relative=not study.get("vision"))
 
     def fresh(self):
         return _bench(self.study, 0, self.cache).fresh()
 
-    def metric(self, model):  # pragma: no cover - a replay that asks for a metric is a bug
+    def evaluation(self, model, units=None):  # pragma: no cover - a replay that asks for a metric is a bug
         raise RuntimeError("the replay asked for a measurement the store does not hold")
 
     def apply(self, model, stage):
         _bench(self.study, 0, self.cache).apply(model, stage)
 
 
+BASELINES = ("prune-first", "quant-first", "race")  # scored beside the plan's predictors (issue 24)
+CEILING = "exhaustive@seed0"  # the exhaustive study at the predictor seed: what one seed can reach
+
+
 def score_plan(plan: dict, store_path: str, out: str | None) -> int:
-    seeds, predictor_seed = plan["seeds"], plan["predictor_seed"]
+    """Score every predictor (the plan's, the free baselines, the racing chooser and the seed-0 ceiling)
+    on the measured cells, under the interval rule and, beside it, the first plan's spread rule. The
+    truth uses every seed measured (a third seed where one was added); predictors see the plan's
+    predictor seed."""
+    predictor_seed = plan["predictor_seed"]
+    names = list(plan["predictors"]) + [b for b in BASELINES if b not in plan["predictors"]] + [CEILING]
     cells, meta, calls, costs = [], [], defaultdict(dict), defaultdict(dict)
     cache: dict = {}
     missing = []
     with ResultStore(store_path, readonly=True) as store:
         for study in plan["studies"]:
             methods = study["methods"]
-            by_seed = {s: _rows(store, _model_key(study), study["protocol_id"], s) for s in seeds}
             needed = ["dense"] + [r for r, _ in _recipes(methods)]
-            if not all(r in by_seed[s] for s in seeds for r in needed):
+            present = {s: _rows(store, _model_key(study), study["protocol_id"], s) for s in sorted(
+                {r.seed for r in store.rows(model=_model_key(study), protocol=study["protocol_id"])})}
+            seeds = [s for s, rows in present.items() if all(r in rows for r in needed)]
+            if not set(plan["seeds"]) <= set(seeds):
                 missing.append(study["id"])
                 continue
+            by_seed = {s: present[s] for s in seeds}
             finals = [(r, p) for r, p in _recipes(methods) if len(p) == len(methods)]
             orders = {tuple(methods[i] for i in p): {s: by_seed[s][r].metrics.metric for s in seeds} for r, p in finals}
+            units = {tuple(methods[i] for i in p): {s: by_seed[s][r].units for s in seeds if by_seed[s][r].units is not None}
+                     for r, p in finals}
             metric_name = by_seed[seeds[0]]["dense"].metrics.metric_name
             dense = sum(by_seed[s]["dense"].metrics.metric for s in seeds) / len(seeds)
             collapsed = {o for o, v in orders.items()
                          if retained(dense, sum(v.values()) / len(v), metric_name) < COLLAPSE_RETAINED}
-            cell = Cell(_model_key(study), study["protocol_id"], tuple(methods), orders, collapsed)
+            margin = _WeightsOnly(study, cache).margin
+            cell = Cell(_model_key(study), study["protocol_id"], tuple(methods), orders, collapsed, units=units,
+                        margin=margin, data_free=not calibrated(methods))
             index = len(cells)
             cells.append(cell)
             rows = by_seed[predictor_seed]
@@ -206,92 +227,126 @@ def score_plan(plan: dict, store_path: str, out: str | None) -> int:
             # live predictor would, not as a measurement that is missing
             known_errors = {r: rows[r].extra["last_block_error"] for r, _ in finals
                             if "last_block_error" in rows[r].extra}
-            entry = {"id": study["id"], "model": _model_key(study), "methods": methods, "best": list(cell.best),
-                     "advantage": cell.advantage(), "noise": cell.noise, "decisive": cell.decisive,
-                     "collapsed": [list(o) for o in collapsed],
+            known_units = {r: rows[r].units for r, _ in finals if rows[r].units is not None}
+            comparison = cell.comparison
+            entry = {"id": study["id"], "model": _model_key(study), "methods": methods, "seeds": seeds,
+                     "best": list(cell.best), "advantage": cell.advantage(), "noise": cell.noise,
+                     "interval": None if comparison is None else list(comparison.interval),
+                     "verdict": None if comparison is None else comparison.verdict,
+                     "decisive": cell.decisive_interval, "decisive_spread": cell.decisive_spread,
+                     "data_free": cell.data_free, "collapsed": [list(o) for o in collapsed],
                      "orders": {" > ".join(o): v for o, v in orders.items()}, "decisions": {}}
             full = exhaustive_cost(len(methods))
-            for name in plan["predictors"]:
+            for name in names:
+                if name == CEILING:
+                    best0 = max(orders, key=lambda o: orders[o][predictor_seed])
+                    calls[name][index], costs[name][index] = best0, 1.0
+                    entry["decisions"][name] = {"order": list(best0), "reason": "best order at the predictor seed",
+                                                "cost_fraction": 1.0}
+                    continue
                 try:
                     check_choice(name, methods)
                 except ConfigError as e:
                     entry["decisions"][name] = {"cannot_judge": str(e)}
                     continue
-                d = decide(name, _WeightsOnly(study, cache), methods, known=known, known_errors=known_errors)
+                if name == "race" and len(known_units) != len(finals):
+                    entry["decisions"][name] = {"cannot_judge": "no per-unit results to replay a race on"}
+                    continue
+                d = decide(name, _WeightsOnly(study, cache), methods, known=known, known_errors=known_errors,
+                           known_units=known_units)
                 calls[name][index] = None if d.order is None else tuple(d.order)
-                costs[name][index] = ((d.cost.stage_applications + d.cost.evaluations)
-                                      / (full.stage_applications + full.evaluations))
+                costs[name][index] = d.cost.counted / (full.stage_applications + full.evaluations)
                 entry["decisions"][name] = {"order": d.order, "reason": d.reason, "cost_fraction": costs[name][index]}
             meta.append(entry)
     if missing:
         print(f"{len(missing)} studies not measured yet: {', '.join(missing[:8])}", file=sys.stderr)
     if not cells:
         return 2
-    return _report(plan, cells, meta, calls, costs, store_path, out, missing)
+    return _report(plan, names, cells, meta, calls, costs, store_path, out, missing)
 
 
-def _subset_scores(name, cells, calls, costs, keep):
+def _subset_scores(name, cells, calls, costs, keep, rule):
     idx = [i for i, c in enumerate(cells) if keep(c) and i in calls[name]]
-    sub = [cells[i] for i in idx]
+    sub = [replace(cells[i], rule=rule) for i in idx]
     return score(name, sub, {j: calls[name][i] for j, i in enumerate(idx)},
                  {j: costs[name][i] for j, i in enumerate(idx)}).to_dict()
 
 
-def _report(plan, cells, meta, calls, costs, store_path, out, missing) -> int:
+GROUPS_FIXED = [("two methods", lambda c: len(c.methods) == 2), ("three methods", lambda c: len(c.methods) == 3),
+                ("data-free cells", lambda c: c.data_free), ("calibrated cells", lambda c: not c.data_free)]
+
+
+def _report(plan, names, cells, meta, calls, costs, store_path, out, missing) -> int:
     commit = code_commit()
+    predictor_seed = plan["predictor_seed"]
     groups = [("pooled", lambda c: True)]
     groups += [(m, (lambda m: lambda c: c.model == m)(m)) for m in sorted({c.model for c in cells})]
-    groups += [("two methods", lambda c: len(c.methods) == 2), ("three methods", lambda c: len(c.methods) == 3)]
-    table = {name: {g: _subset_scores(name, cells, calls, costs, keep) for g, keep in groups}
-             for name in plan["predictors"]}
-    lines = [f"# Order predictors on the pre-registered hold-out",
+    groups += GROUPS_FIXED
+    table = {rule: {name: {g: _subset_scores(name, cells, calls, costs, keep, rule) for g, keep in groups}
+                    for name in names} for rule in ("interval", "spread")}
+    seeds_used = sorted({s for e in meta for s in e["seeds"]})
+    lines = ["# Order predictors on the pre-registered hold-out",
              "",
              "Plans: " + "; ".join(f"`{p}` (committed at {c})" for p, c in plan["registered"]) + ", each before "
              f"any of its rows was measured. Store: `{store_path}`. Scored at code {commit}. Rows measured at: "
              f"{', '.join(sorted({e for e in _commits(store_path)}))}.",
              "",
-             f"{len(cells)} cells ({sum(c.decisive for c in cells)} decisive; "
-             f"{sum(len(c.methods) == 3 for c in cells)} three-method studies), seeds {plan['seeds']}, "
-             f"predictors see seed {plan['predictor_seed']}; truth = mean over seeds, noise = spread of the "
-             "best-vs-runner-up advantage over seeds. Cost = (stage applications + evaluations) / the exhaustive "
-             "study's (replayed: what the predictor would have measured, counted, not timed)."
-             + (f" Not yet measured: {len(missing)} planned studies." if missing else ""),
-             "",
-             "| predictor | cells | hits / calls (decisive) | hit rate [95% Wilson] | hit-or-within-noise [95%] | "
-             "abstentions | mean / worst regret | cost / exhaustive |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in plan["predictors"]:
-        for g, _ in groups:
-            s = table[name][g]
-            if not s["cells"]:
-                continue
-            rate = "-" if s["hit_rate"] is None else \
-                f"{s['hit_rate']:.0%} [{s['hit_rate_95'][0]:.0%}, {s['hit_rate_95'][1]:.0%}]"
-            hn = f"{s['hit_or_within_noise']}/{s['cells']} = {s['hit_or_within_noise_rate']:.0%} " \
-                 f"[{s['hit_or_within_noise_95'][0]:.0%}, {s['hit_or_within_noise_95'][1]:.0%}]"
-            cost = "-" if s["mean_cost_fraction"] is None else f"{s['mean_cost_fraction']:.2f}"
-            lines.append(f"| {name} ({g}) | {s['cells']} | {s['hits']} / {s['calls']} | {rate} | {hn} | "
-                         f"{s['abstentions']} | {s['mean_regret']:.3g} / {s['worst_regret']:.3g} | {cost} |")
-    lines += ["", "Cannot judge: a predictor that refuses a study's methods (e.g. `zeros` on a block remover) is "
-              "not scored on it; the cells column says on how many it was.", "",
-              "## Cells", "", "| study | model | methods | best | A (best - runner-up) | noise | decisive | " +
-              " | ".join(plan["predictors"]) + " |", "|" + "---|" * (7 + len(plan["predictors"]))]
+             f"{len(cells)} cells ({sum(bool(c.decisive_interval) for c in cells)} decisive by the interval rule, "
+             f"{sum(c.decisive_spread for c in cells)} by the spread rule; "
+             f"{sum(len(c.methods) == 3 for c in cells)} three-method studies; {sum(c.data_free for c in cells)} "
+             f"data-free), seeds {seeds_used} (plan seeds {plan['seeds']}; calibrated studies may have more), "
+             f"predictors see seed {predictor_seed}. Truth = mean over seeds. Interval rule: the best order against "
+             "the runner-up, paired over units and seeds (95% interval: bootstrap over units plus seed-to-seed "
+             "variation), must be 'first better' (and neither collapsed). Spread rule (the first plan's): A above its "
+             "spread over seeds. Cost = (stage applications + evaluations) / the exhaustive study's; raced evaluations "
+             "count by the share of units used (replayed: what the predictor would have measured, counted, not timed). "
+             f"prune-first, quant-first: free rules; race: the racing chooser replayed on the stored units of seed "
+             f"{predictor_seed}; {CEILING}: the exhaustive study at that seed, the ceiling one seed can reach."
+             + (f" Not yet measured: {len(missing)} planned studies ({', '.join(missing)})." if missing else ""),
+             ""]
+    for rule in ("interval", "spread"):
+        lines += [f"## Decisive by the {rule} rule", "",
+                  "| predictor | cells | hits / calls (decisive) | hit rate [95% Wilson] | hit-or-within-noise [95%] | "
+                  "abstentions | mean / worst regret | cost / exhaustive |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            for g, _ in groups:
+                s = table[rule][name][g]
+                if not s["cells"]:
+                    continue
+                rate = "-" if s["hit_rate"] is None else \
+                    f"{s['hit_rate']:.0%} [{s['hit_rate_95'][0]:.0%}, {s['hit_rate_95'][1]:.0%}]"
+                hn = f"{s['hit_or_within_noise']}/{s['cells']} = {s['hit_or_within_noise_rate']:.0%} " \
+                     f"[{s['hit_or_within_noise_95'][0]:.0%}, {s['hit_or_within_noise_95'][1]:.0%}]"
+                cost = "-" if s["mean_cost_fraction"] is None else f"{s['mean_cost_fraction']:.2f}"
+                lines.append(f"| {name} ({g}) | {s['cells']} | {s['hits']} / {s['calls']} | {rate} | {hn} | "
+                             f"{s['abstentions']} | {s['mean_regret']:.3g} / {s['worst_regret']:.3g} | {cost} |")
+        lines.append("")
+    lines += ["Cannot judge: a predictor that refuses a study's methods (e.g. `zeros` on a block remover) is "
+              "not scored on it; the cells column says on how many it was. Cells without per-unit results are "
+              "left out of the interval rule's counts.", "",
+              "## Cells", "", "| study | model | methods | seeds | best | A (best - runner-up) [95%] | verdict | "
+              "spread | decisive (interval / spread) | " + " | ".join(names) + " |",
+              "|" + "---|" * (9 + len(names))]
     for e in meta:
         picks = []
-        for name in plan["predictors"]:
-            d = e["decisions"][name]
+        for name in names:
+            d = e["decisions"].get(name, {"cannot_judge": "-"})
             picks.append("n/a" if "cannot_judge" in d else ("abstain" if d["order"] is None else
                          ("best" if tuple(d["order"]) == tuple(e["best"]) else "other")))
-        lines.append(f"| {e['id']} | {e['model']} | {', '.join(e['methods'])} | {' > '.join(e['best'])} | "
-                     f"{e['advantage']:.4g} | {e['noise']:.3g} | {'yes' if e['decisive'] else 'no'} | "
-                     + " | ".join(picks) + " |")
+        span = "-" if e["interval"] is None else f"[{e['interval'][0]:.4g}, {e['interval'][1]:.4g}]"
+        dec = f"{'-' if e['decisive'] is None else 'yes' if e['decisive'] else 'no'} / " \
+              f"{'yes' if e['decisive_spread'] else 'no'}"
+        lines.append(f"| {e['id']} | {e['model']} | {', '.join(e['methods'])} | {len(e['seeds'])} | "
+                     f"{' > '.join(e['best'])} | {e['advantage']:.4g} {span} | {e['verdict'] or 'no units'} | "
+                     f"{e['noise']:.3g} | {dec} | " + " | ".join(picks) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
         Path(out + ".md").write_text(text, encoding="utf-8")
-        Path(out + ".json").write_text(json.dumps({"plans": [p for p, _ in plan["registered"]], "store": store_path, "commit": commit,
-                                                   "scores": table, "cells": meta}, indent=1, default=str),
-                                       encoding="utf-8")
+        Path(out + ".json").write_text(json.dumps({"plans": [p for p, _ in plan["registered"]], "store": store_path,
+                                                   "commit": commit, "scores": table, "cells": meta}, indent=1,
+                                                  default=str), encoding="utf-8")
     return 0
 
 

@@ -154,3 +154,19 @@ def test_seed_variation_widens_the_interval():
     _, lo_q, hi_q, _ = interval(quiet)
     _, lo_n, hi_n, method = interval(noisy)
     assert hi_n - lo_n > 5 * (hi_q - lo_q) and "2 seeds" in method
+
+
+def test_rows_compare_only_within_one_model_and_protocol():
+    from crescendo.analysis.uncertainty import compare_rows
+    from crescendo.store import Row, RunMetrics
+
+    def row(recipe, protocol="p", model="m", seed=0, units=True, shift=0.0):
+        u = Units("window-loss", np.linspace(2, 4, 16) + shift, total=16) if units else None
+        return Row.create(model, protocol, recipe, seed, "0.1.0", "run", RunMetrics.from_perplexity(10.0), units=u)
+
+    assert compare_rows(row("a"), row("b", shift=0.2)).verdict == "first better"
+    assert compare_rows(row("a"), row("b", protocol="p+race[r4]", shift=0.2)).verdict == "first better"
+    for other, match in ((row("b", model="n"), "different models"), (row("b", protocol="q"), "different protocols"),
+                         (row("b", units=False), "no per-unit results"), (row("b", seed=1), "seed by seed")):
+        with pytest.raises(UnitsError, match=match):
+            compare_rows(row("a"), other)

@@ -82,3 +82,35 @@ def test_race_does_not_apply_to_every_predictor(saved_tiny, capsys):
     decision = json.loads(out)
     assert code == 0 and decision["order"] is not None and decision["cost"]["partial_evaluations"] > 0
     assert decision["cost"]["evaluations"] == 0 and sum(decision["evidence"]["units_used"].values()) >= 4
+
+
+def test_compare_two_stored_rows(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    store = tmp_path / "o.sqlite"
+    assert main(["order", "--model", str(model_dir), "--protocol", protocol, *RACE_ARGS, "--quiet", "--methods",
+                 "magnitude:0.5", "rtn:w4", "--bits", "8,4", "--no-layerwise", "--store", str(store), "--json"]) == 0
+    capsys.readouterr()
+    code, out, _ = _run(capsys, "compare", "magnitude:0.5 > rtn:w4", "rtn:w4 > magnitude:0.5", "--store", str(store),
+                        "--json")
+    c = json.loads(out)
+    assert code == 0 and c["n_units"] == 12 and c["verdict"] in ("first better", "second better", "equivalent",
+                                                                   "undetermined")
+    code, _, err = _run(capsys, "compare", "rtn:w6", "dense", "--store", str(store))
+    assert code == 2 and "no row of 'rtn:w6'" in err and err.count("\n") == 1
+    code, _, err = _run(capsys, "compare", "rtn:w4", "dense", "--store", str(store), "--confidence", "2")
+    assert code == 2 and "confidence" in err
+
+
+def test_sweep_prints_every_cell_with_its_interval_and_races(saved_tiny, capsys, tmp_path):
+    model_dir, protocol = saved_tiny
+    argv = ["sweep", "--model", str(model_dir), "--protocol", protocol, *RACE_ARGS, "--prune", "magnitude",
+            "--ratios", "0.5", "--quant", "rtn", "--bits", "4", "--quiet", "--lanes", "1", "--no-cache"]
+    code, out, _ = _run(capsys, *argv, "--store", str(tmp_path / "full.sqlite"), "--json")
+    (cell,) = json.loads(out)["cells"]
+    assert code == 0 and cell["interval"][0] <= cell["advantage"] <= cell["interval"][1]
+    code, out, _ = _run(capsys, *argv, "--store", str(tmp_path / "raced.sqlite"), "--race", "--race-round", "2")
+    assert code == 0 and "A(Q->P) =" in out and "p=0.5 B=4" in out
+    with ResultStore(tmp_path / "raced.sqlite", readonly=True) as s:
+        assert all(r.protocol.endswith("+race[r2]") for r in s.rows() if r.kind != "dense")
+    code, _, err = _run(capsys, *argv[:-3], "--lanes", "2", "--store", str(tmp_path / "x.sqlite"), "--race")
+    assert code == 2 and "one lane" in err and not (tmp_path / "x.sqlite").exists()

@@ -280,3 +280,32 @@ def compare(first: Units | Sequence[Units], second: Units | Sequence[Units], *, 
                       interval=span, scale=scale, scale_difference=est, scale_interval=(lo, hi), verdict=call,
                       confidence=confidence, margin=margin, n_units=int(common.size), n_seeds=a.shape[0],
                       total_units=total, method=method, mcnemar_p=mcn, notes=tuple(notes))
+
+
+def base_protocol(protocol_id: str) -> str:
+    """A protocol id without its racing label: raced rows compare with full rows of the same protocol."""
+    return protocol_id.split("+race", 1)[0]
+
+
+def compare_rows(first, second, *, margin: Margin | None = None, confidence: float = 0.95,
+                 n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> Comparison:
+    """Compare two stored rows (or lists of rows, one per calibration seed, paired by seed) of one model
+    under one protocol, on the units both evaluated. Raises UnitsError for rows of different models or
+    protocols (a raced row and a full row of the same protocol compare on their common units, and the
+    comparison's notes say so), of different seeds, or without per-unit results."""
+    firsts = list(first) if isinstance(first, (list, tuple)) else [first]
+    seconds = list(second) if isinstance(second, (list, tuple)) else [second]
+    rows = firsts + seconds
+    models = {r.model for r in rows}
+    protocols = {base_protocol(r.protocol) for r in rows}
+    if len(models) != 1:
+        raise UnitsError(f"cannot compare rows of different models: {', '.join(sorted(models))}")
+    if len(protocols) != 1:
+        raise UnitsError(f"cannot compare rows of different protocols: {', '.join(sorted(protocols))}")
+    if [r.seed for r in firsts] != [r.seed for r in seconds]:
+        raise UnitsError("rows are compared seed by seed: give the same calibration seeds on both sides")
+    missing = [r.recipe for r in rows if r.units is None]
+    if missing:
+        raise UnitsError(f"row {missing[0]!r} has no per-unit results (measured before they were kept): no interval")
+    return compare([r.units for r in firsts], [r.units for r in seconds], margin=margin, confidence=confidence,
+                   labels=(firsts[0].recipe, seconds[0].recipe), n_boot=n_boot, seed=seed)

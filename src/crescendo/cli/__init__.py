@@ -24,7 +24,7 @@ from .commands import (
     _cmd_verify,
 )
 from .common import _common, _Parser
-from .studies import _cmd_cache, _cmd_order, _cmd_search, _cmd_sweep
+from .studies import _cmd_cache, _cmd_compare, _cmd_order, _cmd_search, _cmd_sweep
 from .vision import _cmd_train_reference
 
 
@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=None, help="only rows of this protocol")
     add_cer_options(p)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="two stored rows compared pairwise: A with its interval and verdict")
+    p.add_argument("first", help="recipe of the first row (or dense)")
+    p.add_argument("second", help="recipe of the second row (or dense)")
+    p.add_argument("--store", required=True, help="results store holding both rows")
+    p.add_argument("--model", default=None, help="the model, when the store holds several")
+    p.add_argument("--protocol", default=None, help="the protocol id, when the store holds several")
+    p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: every seed both share)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the interval, in (0.5, 1)")
+    add_race_options(p, race=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("verify", help="check an export (packed or compressed-tensors directory, .gguf file) against "
                                       "its recipe (grids, sparsity, sizes, NaN/Inf)")

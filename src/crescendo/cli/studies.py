@@ -307,13 +307,34 @@ def _cmd_sweep(args) -> int:
                              device=args.device, lanes=lanes, cache_dir=cache_dir,
                              on_row=None if args.json else _print_row)
         counts = {k: counts.get(k, 0) + v for k, v in done.items()}
+    summary = _sweep_cells(store, model_name, name + (race.label() if race is not None else ""))
     if args.json:
-        print(json.dumps({"store": args.store, "seeds": seeds, **counts}))
+        print(json.dumps({"store": args.store, "seeds": seeds, **counts, "cells": summary}))
     else:
         elsewhere = f", {counts['elsewhere']} being computed by another process" if counts["elsewhere"] else ""
         print(f"sweep done: {counts['computed']} computed, {counts['skipped']} already in {args.store}{elsewhere}, "
               f"{counts['total']} in all")
+        for cell in summary:
+            lo, hi = cell["interval"] or (None, None)
+            span = "(no units: no interval)" if lo is None else f"[{lo:+.3f}, {hi:+.3f}] {cell['verdict']}"
+            print(f"  {cell['experiment']}  p={cell['ratio']:g} B={cell['bits']}: A(Q->P) = {cell['advantage']:+.3f} {span}")
     return 0
+
+
+def _sweep_cells(store, model: str, protocol: str) -> list[dict]:
+    """Every cell of the store's rows for (model, protocol) with both orders: A(Q->P) over the seeds stored,
+    with its interval and verdict (what the report's A grid shows)."""
+    from ..report.analysis import cells
+    from ..report.data import group_rows
+
+    out = []
+    for exp in group_rows(store.rows(model=model, protocol=protocol)).experiments:
+        for c in cells(exp):
+            comparison = c.comparison
+            out.append({"experiment": f"{exp.key.prune} x {exp.key.quant}", "ratio": c.ratio, "bits": c.bits,
+                        "advantage": c.advantage, "interval": None if comparison is None else list(comparison.interval),
+                        "verdict": None if comparison is None else comparison.verdict})
+    return out
 
 
 def _print_row(row) -> None:
@@ -383,4 +404,52 @@ def _cmd_cache(args) -> int:
         state = "ok" if e["ok"] else "CORRUPT (will be recomputed)"
         print(f"  {e['entry'][:12]}  {k.get('model')}  {k.get('protocol')}  seed {k.get('seed')}  {k.get('prefix')!r}  "
               f"v{k.get('version')} {k.get('commit')}  {e['bytes'] / 2**20:.1f} MiB  {state}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    """Two stored rows compared pairwise on their per-unit results: A with its interval and verdict."""
+    from ..analysis.uncertainty import Margin, check_confidence, compare_rows
+    from ..errors import ConfigError
+    from ..recipe import parse_recipe
+    from ..store import ResultStore
+
+    check_confidence(args.confidence)
+    names = [r if r == "dense" else str(parse_recipe(r)) for r in (args.first, args.second)]
+    with ResultStore(args.store, readonly=True) as store:
+        found = [[r for r in store.rows(recipe=name, model=args.model) if args.protocol in (None, r.protocol)]
+                 for name in names]
+    for name, rows in zip(names, found):
+        if not rows:
+            raise ConfigError(f"{args.store} has no row of {name!r}" + (f" for model {args.model}" if args.model else "")
+                              + (f" under protocol {args.protocol}" if args.protocol else ""))
+        where = {(r.model, r.protocol) for r in rows}
+        if len(where) > 1:
+            raise ConfigError(f"{name!r} is stored for {len(where)} model/protocol pairs: name one with --model and "
+                              "--protocol")
+    newest = [{r.seed: r for r in sorted(rows, key=lambda r: (r.created, r.key))} for rows in found]
+    seeds = sorted(set(newest[0]) & set(newest[1]))
+    if args.seeds:
+        wanted = _ints(args.seeds, "--seeds")
+        if not set(wanted) <= set(seeds):
+            raise ConfigError(f"--seeds {args.seeds}: both rows are stored for seeds {seeds} only")
+        seeds = wanted
+    if not seeds:
+        raise ConfigError("the two rows share no calibration seed")
+    first, second = [[by[s] for s in seeds] for by in newest]
+    margin = None
+    if args.margin is not None:
+        margin = Margin(args.margin, relative=first[0].units is not None and first[0].units.kind == "window-loss")
+    c = compare_rows(first, second, margin=margin, confidence=args.confidence)
+    out = {"model": first[0].model, "protocol": first[0].protocol, "seeds": seeds, **c.to_dict()}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    unit = "perplexity points" if c.metric_name == "-perplexity" else "accuracy points"
+    print(f"compare: {out['model']}  protocol {out['protocol']}  seeds {seeds}")
+    print(f"  A = M({c.first}) - M({c.second}) = {c.difference:+.4f} {unit}, {c.confidence:.0%} interval "
+          f"[{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]: {c.verdict} (margin {c.margin.name})")
+    print(f"  {c.method}; {c.n_units} of {c.total_units} units" + "".join(f"; {n}" for n in c.notes))
+    if c.mcnemar_p is not None:
+        print("  exact McNemar p per seed: " + ", ".join(f"{p:.3g}" for p in c.mcnemar_p))
     return 0
