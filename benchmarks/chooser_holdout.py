@@ -75,10 +75,13 @@ def _protocol(study: dict):
     return resolve_protocol(study["protocol"], eval_windows=study.get("eval_windows"))
 
 
-def _bench(study: dict, seed: int, cache: dict):
+def _bench(study: dict, seed: int, cache: dict, keep: bool = False):
+    """The study's bench for `seed`, from `cache`: one model in memory at a time, or every model asked for
+    with `keep` (scoring reads weights of all three models in plan order)."""
     key = (study["model"], study["protocol"], study.get("eval_windows"), seed)
     if key not in cache:
-        cache.clear()  # one model in memory at a time
+        if not keep:
+            cache.clear()
         options = {} if study.get("vision") else {"dtype": "float32"}
         bench = BenchFactory(study["model"], _protocol(study), calibration_seed=seed, **options)()
         bench.layerwise_samples = 4
@@ -164,7 +167,8 @@ def measure(plan: dict, store_path: str, models: list[str] | None, only: list[st
 
 class _WeightsOnly:
     """An evaluator that only serves the dense weights (every metric of the replay is known) and the
-    protocol's equivalence margin (a replayed race reads it)."""
+    protocol's equivalence margin (a replayed race reads it). Benches and weights are kept per model in
+    `cache`, so predictors and studies of one model read them once."""
 
     def __init__(self, study: dict, cache: dict) -> None:
         from crescendo.analysis.uncertainty import Margin
@@ -174,7 +178,22 @@ class _WeightsOnly:
         self.margin = Margin(_protocol(study).margin, relative=not study.get("vision"))
 
     def fresh(self):
-        return _bench(self.study, 0, self.cache).fresh()
+        return _bench(self.study, 0, self.cache, keep=True).fresh()
+
+    def dense_weights(self, stages):
+        """The (out, in) dense weights of every linear the stages target, as a live predictor reads them
+        (`Measurements.dense_weights`), read once per model and target set."""
+        key = ("weights", self.study["model"], tuple(repr(s.config.targets) for s in stages))
+        if key not in self.cache:
+            from crescendo.models.adapters import get_adapter, get_weight, select_targets
+
+            model = _bench(self.study, 0, self.cache, keep=True).model
+            adapter, names = get_adapter(model), {}
+            for stage in stages:
+                if stage.config.targets is not None:
+                    names.update(select_targets(model, adapter, stage.config.targets))
+            self.cache[key] = {n: get_weight(m) for n, m in names.items()}
+        return self.cache[key]
 
     def evaluation(self, model, units=None):  # pragma: no cover - a replay that asks for a metric is a bug
         raise RuntimeError("the replay asked for a measurement the store does not hold")

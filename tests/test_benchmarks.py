@@ -113,7 +113,8 @@ def test_sweep_cell_script(saved_tiny, tmp_path):
     text = out.read_text()
     for label in ("magnitude:0.5 ", "rtn:w4 ", "magnitude:0.5 > rtn:w4", "rtn:w4 > magnitude:0.5"):
         assert label in text
-    assert "cell magnitude:0.5 x rtn:w4:" in printed and "load average before" in text
+    assert "full  cell magnitude:0.5 x rtn:w4:" in printed and "raced cell magnitude:0.5 x rtn:w4:" in printed
+    assert "evaluation, full / raced:" in text and "load average before" in text
 
 
 def test_quality_script_reuses_the_first_stage_and_names_the_commit(saved_tiny, tmp_path):
