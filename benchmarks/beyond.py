@@ -23,15 +23,15 @@ from pathlib import Path
 from crescendo.analysis.cer import compare_intensity, pih_first, reference_curve
 from crescendo.api import summarize
 from crescendo.errors import CrescendoError
-from crescendo.recipe import parse_recipe
-from crescendo.store import tree_version
-from crescendo.workflow import (
+from crescendo.options import (
     add_bench_options,
     add_cer_options,
-    bench_from_options,
     cer_settings,
     refused_in_one_line,
 )
+from crescendo.recipe import parse_recipe
+from crescendo.store import tree_version
+from crescendo.workflow import bench_from_options
 
 BITS = (8, 7, 6, 5, 4, 3)  # the reference quantizer's curve (RTN, per channel)
 REFERENCE = [f"rtn:w{b}" for b in BITS]

@@ -40,8 +40,9 @@ from crescendo.budget.allocation import (
 )
 from crescendo.budget.search import SearchConfig, plot_pareto, search
 from crescendo.budget.sensitivity import hawq_v2_sensitivity, hessian_trace, output_error_proxy
+from crescendo.options import add_bench_options
 from crescendo.store import ResultStore
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import bench_from_options
 
 
 def _header(bench, title: str) -> list[str]:

@@ -19,8 +19,9 @@ import torch
 
 from crescendo.engine.stats import InputStatistics
 from crescendo.models.adapters import get_adapter
+from crescendo.options import add_bench_options
 from crescendo.store import code_commit
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import bench_from_options
 
 
 def count_dead(bench, prefix: str) -> dict:

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from crescendo.analysis.order import run_order_study, study_to_dict  # noqa: E402
-from crescendo.workflow import add_bench_options, bench_from_options  # noqa: E402
+from crescendo.options import add_bench_options
+from crescendo.workflow import bench_from_options  # noqa: E402
 
 PRUNING = ["magnitude:0.5", "magnitude:2:4"]
 FORMATS = ["mxfp8", "mxfp6", "mxfp4", "hbfp8", "hbfp6", "int8b"]

@@ -20,8 +20,9 @@ from beyond import COMMIT  # the commit of the code that runs
 
 from crescendo.api import compress
 from crescendo.models.adapters import get_adapter
+from crescendo.options import add_bench_options
 from crescendo.recipe import parse_recipe
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import bench_from_options
 
 RECIPES = ["sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5"]  # benchmarks/quality.py's composed rows
 

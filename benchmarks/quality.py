@@ -20,9 +20,10 @@ import time
 import torch
 
 from crescendo.api import summarize
+from crescendo.options import add_bench_options, refused_in_one_line
 from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
-from crescendo.workflow import add_bench_options, bench_from_options, refused_in_one_line
+from crescendo.workflow import bench_from_options
 
 ROWS = [
     "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",

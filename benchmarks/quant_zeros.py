@@ -15,9 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+from crescendo.options import add_bench_options
 from crescendo.store import ResultStore
 from crescendo.sweep import measure
-from crescendo.workflow import add_bench_options, bench_from_options
+from crescendo.workflow import bench_from_options
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from crescendo.analysis.sequential import RaceSettings, race
 from crescendo.analysis.uncertainty import compare
+from crescendo.options import refused_in_one_line
 from crescendo.recipe import parse_recipe
 from crescendo.report.data import is_superseded
 from crescendo.store import ResultStore, code_commit
-from crescendo.workflow import refused_in_one_line
 
 
 def cells_of(rows) -> list[dict]:

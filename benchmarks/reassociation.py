@@ -17,9 +17,10 @@ import torch
 
 from crescendo.api import compress
 from crescendo.eval.perplexity import perplexity
+from crescendo.options import refused_in_one_line
 from crescendo.recipe import parse_recipe
 from crescendo.store import code_commit
-from crescendo.workflow import Workbench, refused_in_one_line, resolve_protocol
+from crescendo.workflow import Workbench, resolve_protocol
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--recipe", default="gptq:w4")

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from crescendo.errors import ConfigError
+from crescendo.options import add_bench_options, refused_in_one_line
 from crescendo.recipe import parse_recipe
 from crescendo.store import ResultStore
 from crescendo.sweep import measure
-from crescendo.workflow import add_bench_options, bench_from_options, refused_in_one_line
+from crescendo.workflow import bench_from_options
 
 RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 

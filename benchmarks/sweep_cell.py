@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 
 from crescendo.analysis.sequential import RaceSettings
+from crescendo.options import add_bench_options, refused_in_one_line
 from crescendo.recipe import parse_stage
 from crescendo.store import ResultStore, code_commit
 from crescendo.sweep import SweepTask, run_sweep
 from crescendo.sweep_race import run_raced_sweep
-from crescendo.workflow import add_bench_options, bench_from_options, fast_bfloat16, refused_in_one_line
+from crescendo.workflow import bench_from_options, fast_bfloat16
 
 TARGET_S = 90.0
 

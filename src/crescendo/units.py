@@ -12,7 +12,7 @@ bit per image, unit ids (only when they are not 0..n-1) as little-endian uint32.
 
 >>> u = Units("window-loss", [3.0, 3.2], total=64)
 >>> round(u.metric, 3), u.full
-(-22.646, False)
+(-22.198, False)
 >>> Units.decode(*u.encode()).values.tolist()
 [3.0, 3.2]
 """

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import CrescendoError, one_line
-from ..workflow import add_cer_options, add_race_options
+from ..options import add_cer_options, add_race_options
 
 log = logging.getLogger("crescendo")
 

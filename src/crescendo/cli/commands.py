@@ -174,8 +174,8 @@ def _source_gguf(bench) -> str | None:
 
 
 def _cmd_report(args) -> int:
+    from ..options import cer_settings
     from ..report import build_report
-    from ..workflow import cer_settings
 
     index = build_report(args.store, args.out, model=args.model, protocol=args.protocol,
                          cer=cer_settings(args))
@@ -268,7 +268,7 @@ DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
 
 def _cmd_demo(args) -> int:
     from ..analysis.order import head_to_head
-    from ..workflow import margin_setting, race_settings, with_margin
+    from ..options import margin_setting, race_settings, with_margin
 
     if args.dtype is None:
         from ..workflow import fast_bfloat16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..workflow import BenchFactory, cer_settings, margin_setting, race_settings, with_margin
+from ..options import cer_settings, margin_setting, race_settings, with_margin
 from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _protocol, _vision_options, _workbench
 
 
@@ -249,6 +249,7 @@ def _cmd_sweep(args) -> int:
     from ..cache import PrefixCache, default_cache_dir
     from ..errors import ConfigError
     from ..sweep import grid_tasks, run_sweep
+    from ..workflow import BenchFactory
 
     ratios = _floats(args.ratios, "--ratios")
     bits = _ints(args.bits, "--bits")
