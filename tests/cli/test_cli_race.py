@@ -26,8 +26,9 @@ def test_demo_shows_the_interval_and_the_verdict(saved_tiny, capsys):
     assert code == 0
     result = json.loads(out)
     c = result["comparison"]
-    assert c["first"] == "sparsegpt:0.5 > gptq:w4" and c["verdict"] in ("first better", "second better",
-                                                                          "equivalent", "undetermined")
+    assert c["first"] == "wanda:0.5 > rtn:w4" and c["verdict"] in ("first better", "second better",
+                                                                     "equivalent", "undetermined")
+    assert result["plan"] == "quick" and set(result["timings"]) >= {"evaluate the dense model", "evaluate both orders"}
     assert c["interval"][0] <= result["order_advantage_prune_first"] <= c["interval"][1]
     assert [r["units"] for r in result["rows"]] == [4, 4, 4] and result["race"] is None
     code, out, _ = _run(capsys, "demo", "--model", str(model_dir), "--protocol", protocol, *RACE_ARGS, "--quiet",
@@ -114,3 +115,37 @@ def test_sweep_prints_every_cell_with_its_interval_and_races(saved_tiny, capsys,
         assert all(r.protocol.endswith("+race[r2]") for r in s.rows() if r.kind != "dense")
     code, _, err = _run(capsys, *argv[:-3], "--lanes", "2", "--store", str(tmp_path / "x.sqlite"), "--race")
     assert code == 2 and "one lane" in err and not (tmp_path / "x.sqlite").exists()
+
+
+def test_the_demo_gives_the_figures_order_gives(saved_tiny, capsys):
+    """Same recipes, same protocol: the demo's dense and order perplexities are `crescendo order`'s."""
+    model_dir, protocol = saved_tiny
+    common = ["--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS, "--quiet", "--json"]
+    assert main(["demo", *common]) == 0
+    demo = json.loads(capsys.readouterr().out)
+    assert demo["same_as"].startswith("crescendo order --model") and "--methods wanda:0.5 rtn:w4" in demo["same_as"]
+    assert main(["order", *common, "--methods", "wanda:0.5", "rtn:w4", "--bits", "8,4", "--no-layerwise"]) == 0
+    order = json.loads(capsys.readouterr().out)
+    by_recipe = {" > ".join(o["order"]): o["perplexity"] for o in order["orders"]}
+    rows = {r["recipe"]: r["perplexity"] for r in demo["rows"]}
+    assert rows["dense"] == pytest.approx(order["dense"], rel=1e-6)
+    for recipe in ("wanda:0.5 > rtn:w4", "rtn:w4 > wanda:0.5"):
+        assert rows[recipe] == pytest.approx(by_recipe[recipe], rel=1e-6)
+
+
+def test_demo_progress_lines_have_an_estimate_of_the_time_left(tmp_path):
+    import io
+
+    from conftest import tiny_bench
+
+    from crescendo.demo import QUICK, run_demo
+
+    stream = io.StringIO()
+    stream.isatty = lambda: True  # a terminal: progress shows
+    run_demo(lambda: tiny_bench(), QUICK, progress=True, stream=stream)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 7 and all("s left)" in line for line in lines)
+    assert lines[0].startswith("crescendo demo [1/7] load the model") and "[7/7] evaluate both orders" in lines[-1]
+    quiet = io.StringIO()  # not a terminal: nothing
+    run_demo(lambda: tiny_bench(), QUICK, progress=True, stream=quiet)
+    assert quiet.getvalue() == ""

@@ -387,38 +387,3 @@ def study_to_dict(study: OrderStudy) -> dict[str, Any]:
         "naive_stage_applications": study.naive_stage_applications,
     }
 
-
-@dataclass
-class HeadToHead:
-    """Two recipes compressed and measured against each other: each one's outcome, and A = M(first) -
-    M(second) with its interval and verdict (from the race when raced)."""
-
-    outcomes: list[Any]  # RunOutcome / VisionRunOutcome of `first`, then `second`
-    comparison: Comparison | None
-    race: RaceResult | None = None
-
-
-def head_to_head(bench: Any, first: str, second: str, race: RaceSettings | None = None) -> HeadToHead:
-    """Compress `first` and `second` on `bench` and compare them: each evaluated in full and compared
-    on all the protocol's units, or raced (`race`) until the verdict is known. The outcomes' metric is
-    over the units each used; `bench.run`'s outcome fields otherwise."""
-    import time
-
-    built = {}
-    for recipe in (first, second):
-        start = time.perf_counter()
-        model, result = bench.compress(parse_recipe(recipe))
-        built[recipe] = (model, result, time.perf_counter() - start)
-    raced = None
-    if race is None:
-        found = {r: bench.evaluation(m) for r, (m, _, _) in built.items()}
-    else:
-        raced, found = race_models(bench, {r: m for r, (m, _, _) in built.items()}, race)
-    outcomes = [bench.outcome(r, result, seconds, found[r]) for r, (_, result, seconds) in built.items()]
-    if raced is not None:
-        comparison = race_comparison(raced, first, second)
-    elif found[first].units is None or found[second].units is None:
-        comparison = None
-    else:
-        comparison = compare(found[first].units, found[second].units, margin=bench.margin, labels=(first, second))
-    return HeadToHead(outcomes, comparison, raced)

@@ -171,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_reference)
 
-    p = sub.add_parser("demo", help="dense vs S>Q vs Q>S on the embedded model (sotu-v1-quick)")
+    p = sub.add_parser("demo", help="both orders of a pruner and a quantizer on the embedded model, with the "
+                                    "order advantage's interval (a few minutes; --full: the flagship comparison)")
     _common(p)
+    p.add_argument("--full", action="store_true",
+                   help="the flagship comparison, SparseGPT 50%% x GPTQ 4-bit under the full sotu-v1-quick (about 17 "
+                        "minutes on two AVX2 cores); the default on CUDA or a CPU with fast bfloat16")
     add_race_options(p)
     p.set_defaults(dtype=None)  # None: bfloat16 where it is fast (AMX or CUDA), else the float32 reference
     p.set_defaults(func=_cmd_demo)

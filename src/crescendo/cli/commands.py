@@ -263,44 +263,50 @@ def _cmd_eval_tasks(args) -> int:
     return 0
 
 
-DEMO_RECIPES = ("sparsegpt:0.5 > gptq:w4", "gptq:w4 > sparsegpt:0.5")
-
-
 def _cmd_demo(args) -> int:
-    from ..analysis.order import head_to_head
+    from ..demo import choose_plan, run_demo
     from ..options import margin_setting, race_settings, with_margin
+    from ..workflow import fast_bfloat16
 
+    fast = fast_bfloat16(args.device)
     if args.dtype is None:
-        from ..workflow import fast_bfloat16
-
-        args.dtype = "bfloat16" if fast_bfloat16(args.device) else "float32"
+        args.dtype = "bfloat16" if fast else "float32"
     if _is_vision(args):
         from ..errors import ConfigError
 
         raise ConfigError("the demo runs on language models; for a vision model use compress or order")
+    plan, why = choose_plan(args.full, fast)
+    args.eval_windows = plan.eval_windows if args.eval_windows is None else args.eval_windows
+    args.nsamples = plan.calibration if args.nsamples is None else args.nsamples
     race = race_settings(args, relative=True)
     margin = margin_setting(args, relative=True)
-    bench = _workbench(args)
-    with_margin(bench, margin)
-    if race is not None:
-        race.check(bench.n_units)
-    dense = bench.evaluation(bench.model)
-    duel = head_to_head(bench, *DEMO_RECIPES, race=race)
-    rows = [("dense", -dense.metric, 0.0, 16.0, 1.0, 0.0, len(dense.units))]
-    for outcome in duel.outcomes:
-        s = outcome.summary
-        rows.append((outcome.recipe, outcome.perplexity, s["sparsity"], s["avg_weight_bits"], s["compression_ratio"],
-                     outcome.compress_seconds, len(outcome.units)))
-    advantage = duel.outcomes[0].metric - duel.outcomes[1].metric  # A(S -> Q) = M(S first) - M(Q first)
-    c = duel.comparison
+
+    def load():
+        bench = _workbench(args)
+        with_margin(bench, margin)
+        return bench
+
+    result = run_demo(load, plan, why, race, progress=not args.quiet)
+    bench, c = result.bench, result.comparison
+    rows = [("dense", -result.dense.metric, 0.0, 16.0, 1.0, 0.0, len(result.dense.units))]
+    for order in result.orders:
+        s = order["summary"]
+        rows.append((order["recipe"], -order["metric"], s["sparsity"], s["avg_weight_bits"], s["compression_ratio"],
+                     sum(order["stage_seconds"]), len(order["evaluation"].units)))
+    advantage = result.orders[0]["metric"] - result.orders[1]["metric"]  # A(P -> Q) = M(P first) - M(Q first)
+    same_as = plan.order_command(args.model) + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
     if args.json:
-        print(json.dumps({**bench.describe(), "rows": [dict(zip(("recipe", "perplexity", "sparsity", "avg_weight_bits",
-                          "compression_ratio", "compress_seconds", "units"), r)) for r in rows],
+        print(json.dumps({**bench.describe(), "plan": plan.name, "why": why, "pruner": plan.pruner,
+                          "quantizer": plan.quantizer, "rows": [dict(zip(
+                              ("recipe", "perplexity", "sparsity", "avg_weight_bits", "compression_ratio",
+                               "compress_seconds", "units"), r)) for r in rows],
                           "order_advantage_prune_first": advantage, "comparison": c.to_dict(),
-                          "race": None if duel.race is None else duel.race.to_dict()}))
+                          "race": None if result.race is None else result.race.to_dict(),
+                          "timings": result.timings, "total_seconds": result.total_seconds, "same_as": same_as}))
         return 0
-    print(f"crescendo demo: {bench.model_name}, protocol {bench.protocol_id}, compute {bench.dtype}"
+    print(f"crescendo demo ({plan.name}): {bench.model_name}, protocol {bench.protocol_id}, compute {bench.dtype}"
           + (" (autocast; the float32 reference is --dtype float32)" if bench.dtype != "float32" else ""))
+    print(f"  why this plan: {why}")
     print(f"| {'recipe':<26} | {'perplexity':>10} | {'sparsity':>8} | {'bits':>6} | {'C':>6} | {'compress s':>10} | "
           f"{'windows':>7} |")
     print(f"|{'-' * 28}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|{'-' * 9}|")
@@ -308,10 +314,13 @@ def _cmd_demo(args) -> int:
         print(f"| {r[0]:<26} | {r[1]:>10.3f} | {r[2]:>8.3f} | {r[3]:>6.2f} | {r[4]:>6.2f} | {r[5]:>10.1f} | "
               f"{r[6]:>7} |")
     lo, hi = c.interval
-    words = {"first better": "prune first (S>Q) is better", "second better": "quantize first (Q>S) is better",
+    words = {"first better": "prune first is better", "second better": "quantize first is better",
              "equivalent": f"the orders are equivalent within {c.margin.name}",
              "undetermined": "undetermined: the interval straddles 0"}[c.verdict]
-    print(f"order advantage A(SparseGPT -> GPTQ) = ppl(Q>S) - ppl(S>Q) = {advantage:+.3f}, "
-          f"{c.confidence:.0%} interval [{lo:+.3f}, {hi:+.3f}]: {words}")
+    print(f"order advantage A({plan.pruner} -> {plan.quantizer}) = ppl(quantize first) - ppl(prune first) = "
+          f"{advantage:+.3f}, {c.confidence:.0%} interval [{lo:+.3f}, {hi:+.3f}]: {words}")
     print(f"  ({c.method}{'; ' + '; '.join(c.notes) if c.notes else ''})")
+    print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.timings.items())
+          + f"; total {result.total_seconds:.0f} s")
+    print(f"the same figures: {same_as}")
     return 0
