@@ -33,7 +33,7 @@ class _PrefixedEvaluator:
     """The dense model after a shared prefix (e.g. `rotate`), for the predictors' weight looks."""
 
     def __init__(self, bench, prefix: str) -> None:
-        self.bench, self.metric_name = bench, bench.metric_name
+        self.bench, self.metric_name, self.margin = bench, bench.metric_name, bench.margin
         self._base = None
         self.prefix = prefix
 
@@ -84,7 +84,12 @@ def cells_of(rows, prefix_filter=None):
             for recipe, meas in ((f"{p} > {q}", pf), (f"{q} > {p}", qf)):
                 if meas.per_block_error:
                     errors[recipe] = meas.per_block_error[-1]
-            cell = Cell(key.model, key.protocol, (p, q), orders, collapsed)
+            units = {(p, q): {s: u for s, u in pf.units if u is not None},
+                     (q, p): {s: u for s, u in qf.units if u is not None}}
+            with_units = all(len(v) == len(pf.seeds) for v in units.values())
+            # stores measured before units were kept can only be judged by the old spread rule (said in the output)
+            cell = Cell(key.model, key.protocol, (p, q), orders, collapsed, units=units if with_units else {},
+                        rule="interval" if with_units else "spread")
             out.append((key, head, cell, known, errors))
     return out
 
@@ -117,8 +122,13 @@ def main() -> int:
         entry = {"experiment": key.label, "methods": list(cell.methods), "best": list(cell.best),
                  "advantage": cell.advantage(), "noise": cell.noise, "decisive": cell.decisive}
         for name in predictors:
+            if name == "race" and not cell.units:
+                entry[name] = {"error": "no per-unit results to replay a race on"}
+                continue
             try:
-                d = decide(name, evaluator, list(cell.methods), known=known, known_errors=errors)
+                d = decide(name, evaluator, list(cell.methods), known=known, known_errors=errors,
+                           known_units={" > ".join(o): u[s] for o, u in cell.units.items() for s in u
+                                        if s == min(u)} or None)
             except Exception as e:  # noqa: BLE001 - a predictor that cannot judge this cell says why
                 entry[name] = {"error": str(e)}
                 continue
@@ -130,8 +140,10 @@ def main() -> int:
         per_cell.append(entry)
     just_cells = [c for _, _, c, _, _ in cells]
     scores = {name: score(name, just_cells, calls[name], costs[name]).to_dict() for name in predictors}
+    rules = sorted({c.rule for c in just_cells})
     print(f"# chooser replay on {', '.join(args.store)} (code {code_commit()}): {len(just_cells)} cells, "
-          f"{sum(c.decisive for c in just_cells)} decisive")
+          f"{sum(bool(c.decisive) for c in just_cells)} decisive (rule: {' and '.join(rules)}; the spread rule "
+          "judges cells whose rows have no per-unit results)")
     print("| predictor | hits / calls (decisive) | hit rate [95% Wilson] | hit-or-within-noise / cells | abstentions | "
           "mean / worst regret | cost (stage apps + evals) / exhaustive |")
     print("|---|---|---|---|---|---|---|")
