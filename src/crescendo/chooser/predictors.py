@@ -323,46 +323,36 @@ class CalibrationError(Predictor):
         return list(ranked[0]), f"lowest last-block calibration error ({errors[ranked[0]]:.4g})", evidence
 
 
-def _kind_first(stages: Sequence[Stage], kind: str, who: str) -> list[int]:
-    """The methods of `kind` first, the others after, each group in the order given (a stable sort)."""
-    kinds = [s.kind for s in stages]
-    if any(k not in ("prune", "quantize") for k in kinds) or len(set(kinds)) != 2:
-        raise ConfigError(f"predictor {who} judges pruners with quantizers, got {' and '.join(s.text for s in stages)}")
-    return sorted(range(len(stages)), key=lambda i: kinds[i] != kind)
+class KindFirst(Predictor):
+    """A free baseline rule: every method of one kind before the others, nothing measured; methods of one
+    kind keep the order they were given in. "prune-first" is Harma et al.'s rule (their theorem covers
+    magnitude pruning with max-scaled block formats), "quant-first" its opposite. A predictor earns its
+    cost only by beating these."""
 
-
-@register_predictor
-class PruneFirst(Predictor):
-    """Harma et al.'s rule as a free baseline: prune before quantizing, whatever the methods and ratios
-    (their theorem covers magnitude pruning with max-scaled block formats). Methods of one kind keep the
-    order they were given in. A predictor earns its cost only by beating this rule."""
-
-    name = "prune-first"
-    summary = "free baseline: every pruner before every quantizer, nothing measured"
     cost_model = "nothing measured"
     judges = "pruners with quantizers (at least one of each)"
 
-    def check(self, stages):
-        _kind_first(stages, "prune", self.name)
+    def __init__(self, kind: str, name: str, reason: str) -> None:
+        self.kind, self.name, self.reason = kind, name, reason
+        self.summary = f"free baseline: every {'pruner' if kind == 'prune' else 'quantizer'} first, nothing measured"
 
-    def choose(self, m: Measurements):
-        return _kind_first(m.stages, "prune", self.name), "always prune first (Harma et al.)", {}
-
-
-@register_predictor
-class QuantFirst(Predictor):
-    """The opposite free baseline: quantize before pruning. Methods of one kind keep their given order."""
-
-    name = "quant-first"
-    summary = "free baseline: every quantizer before every pruner, nothing measured"
-    cost_model = "nothing measured"
-    judges = "pruners with quantizers (at least one of each)"
+    def order(self, stages: Sequence[Stage]) -> list[int]:
+        kinds = [s.kind for s in stages]
+        if any(k not in ("prune", "quantize") for k in kinds) or len(set(kinds)) != 2:
+            raise ConfigError(f"predictor {self.name} judges pruners with quantizers, got "
+                              f"{' and '.join(s.text for s in stages)}")
+        return sorted(range(len(stages)), key=lambda i: kinds[i] != self.kind)
 
     def check(self, stages):
-        _kind_first(stages, "quantize", self.name)
+        self.order(stages)
 
     def choose(self, m: Measurements):
-        return _kind_first(m.stages, "quantize", self.name), "always quantize first", {}
+        return self.order(m.stages), self.reason, {}
+
+
+for _rule in (KindFirst("prune", "prune-first", "always prune first (Harma et al.)"),
+              KindFirst("quantize", "quant-first", "always quantize first")):
+    PREDICTORS.add(_rule.name, _rule)
 
 
 @register_predictor

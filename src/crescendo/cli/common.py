@@ -12,24 +12,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser, recipe: bool = False) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="hub id, local directory, .gguf file or smollm2-135m")
-    p.add_argument("--protocol", default="sotu-v1-quick",
-                   help="sotu-v1-quick (default), sotu-v1-full, wikitext2, c4, or a corpus: text:TEST[,CALIB], "
-                        "wikitext2:DIR; for vision models fmnist-v1 or digits-v1 (M = top-1 accuracy)")
+    from ..options import add_bench_options
+
+    add_bench_options(p, mode=False)  # commands that compose recipes define --mode themselves
     p.add_argument("--data-dir", default=None,
                    help="vision protocols: directory of the Fashion-MNIST idx.gz files (default /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--seqlen", type=int, default=None, help="override the protocol's window length")
-    p.add_argument("--eval-windows", type=int, default=None, help="override the number of eval windows")
-    p.add_argument("--nsamples", type=int, default=None, help="override the number of calibration windows")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute dtype: float32 (the protocols' reference) or bfloat16 autocast (about 2x faster on "
-                        "CPUs with AMX; weights stay float32 so quantized weights stay exactly on their grids)")
-    p.add_argument("--eval-weights", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: measure perplexity on a bfloat16 copy of the weights (about 3x faster on CPUs "
-                        "with AMX; compression keeps the float32 master; the protocol name gains +bf16-eval)")
-    p.add_argument("--calib-batch-size", type=int, default=None, metavar="B",
-                   help="calibration windows per block call (default: as many as fit in a quarter of free memory)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if recipe:
