@@ -24,7 +24,7 @@ from .errors import ConfigError, CrescendoError, one_line
 from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .outcome import Outcome, stage_rows
-from .outputs import atomic_output_dir
+from .outputs import atomic_output_dir, without_timings
 from .recipe import Recipe, parse_recipe
 from .state import CompressionState, state_of
 from .store import RunMetrics
@@ -444,7 +444,7 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        saved = {**metadata, "crescendo_version": __version__, "state": state_of(model).to_dict()}
+        saved = {**without_timings(metadata), "crescendo_version": __version__, "state": state_of(model).to_dict()}
         (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
         save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files: PeftModel.from_pretrained reads them
     return Path(out)
