@@ -41,7 +41,7 @@ from typing import Any
 
 from . import __version__
 from .errors import StoreError
-from .outputs import pid_alive
+from .outputs import missing_folder, pid_alive
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction to finish
@@ -332,8 +332,9 @@ def check_store(path: str | PathLike[str]) -> None:
     a missing folder, a file that is not a crescendo store, or one of another schema version.
     A path that does not exist yet is fine (it will be created by the first writer)."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise StoreError(f"cannot open results store {path}: folder {path.parent} does not exist")
+    problem = missing_folder(path)
+    if problem:
+        raise StoreError(f"cannot open results store {path}: {problem}")
     if path.is_dir():
         raise StoreError(f"results store {path} is a directory")
     if not path.exists():
@@ -404,6 +405,7 @@ class ResultStore:
             raise StoreError(f"results store {self.path} does not exist")
         check_store(self.path)  # before anything is created or switched to WAL
         self._conn: sqlite3.Connection | None = None
+        self._immutable = False  # a read-only connection that assumes no writer (see `_connect`)
         self._closed = False
         self._on_disk = False
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
@@ -424,8 +426,12 @@ class ResultStore:
         readonly = self.readonly
         try:
             if readonly:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None)
+                # immutable while no -wal exists (no writer): a plain read-only open of a WAL database
+                # leaves -wal and -shm files beside it; `_fetch` rereads plainly if a writer appears
+                self._immutable = not Path(f"{self.path}-wal").exists()
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro"
+                                       + ("&immutable=1" if self._immutable else ""), uri=True,
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
             else:
                 # isolation_level=None: no implicit transactions; each write opens and commits its own.
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -476,7 +482,14 @@ class ResultStore:
 
     def _fetch(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(query, params).fetchall()
+            found = self._db.execute(query, params).fetchall()
+            if self._immutable and Path(f"{self.path}-wal").exists():  # a writer opened it meanwhile
+                self._conn.close()
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                             timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                self._immutable = False
+                found = self._conn.execute(query, params).fetchall()
+            return found
         except sqlite3.Error as err:
             raise StoreError(f"cannot read results store {self.path}: {err}") from err
 

@@ -11,16 +11,19 @@ from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _pr
 def _cmd_choose(args) -> int:
     from ..chooser import check_choice, decide
     from ..errors import ConfigError
+    from ..recipe import parse_stage
 
-    check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
+    predictor = args.predictor or "auto"
+    check_choice(predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge: nothing measured
     if args.store:
         raise ConfigError("--choose records nothing; run without --store (or without --choose to record the study)")
     _check_reference(args)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
+    _check_orders([parse_stage(m) for m in args.methods])
     bench = _workbench(args)
     bench.layerwise_samples = args.layerwise_samples
-    decision = decide(args.predictor, bench, args.methods)
+    decision = decide(predictor, bench, args.methods)
     out = {**bench.describe(), **decision.to_dict()}
     if args.json:
         print(json.dumps(out))
@@ -50,10 +53,13 @@ def _cmd_order(args) -> int:
     from ..errors import ConfigError
     from ..recipe import parse_stage
 
+    if args.predictor is not None:
+        raise ConfigError("--predictor applies with --choose only (the full study measures every order)")
     stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
     bits = _check_reference(args)
     if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
         raise ConfigError("--methods needs at least two distinct methods")
+    _check_orders(stages)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     settings = cer_settings(args)
@@ -71,6 +77,17 @@ def _cmd_order(args) -> int:
         return 0
     _print_order(out)
     return 0
+
+
+def _check_orders(stages) -> None:
+    """Every order of the methods is a recipe: each must be one that can be compressed (checked before loading)."""
+    from itertools import permutations
+
+    from ..recipe import check_zero_representable
+
+    if len(stages) <= 6:  # an order study runs all n! orders; beyond 6 it is refused elsewhere or impractical
+        for order in permutations(stages):
+            check_zero_representable(order)
 
 
 def _check_reference(args) -> list[int]:
@@ -196,11 +213,9 @@ def _with_acts(quant: str, acts: bool) -> str:
 
 
 def _cmd_sweep(args) -> int:
-    import os
-
     from ..cache import PrefixCache, default_cache_dir
     from ..errors import ConfigError
-    from ..sweep import grid_tasks, run_sweep
+    from ..sweep import check_lanes, grid_tasks, run_sweep, usable_cores
 
     ratios = _floats(args.ratios, "--ratios")
     bits = _ints(args.bits, "--bits")
@@ -222,13 +237,16 @@ def _cmd_sweep(args) -> int:
         protocol = _protocol(args)
         options = {"dtype": args.dtype, **_bench_options(args)}
     model_name = _model_name(args.model)
-    lanes = (os.cpu_count() or 1) if args.lanes is None else args.lanes
-    if lanes < 1:
-        raise ConfigError(f"--lanes must be >= 1, got {args.lanes}")
+    lanes = usable_cores() if args.lanes is None else args.lanes
+    check_lanes(lanes)
     cache_dir = None if args.no_cache else str(PrefixCache(args.cache or default_cache_dir()).directory)
     seeds = _ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct integers >= 0, got {args.seeds!r}")
+    if args.backend == "ray":
+        from ..distributed import require_ray
+
+        require_ray()  # a refusal creates no store
     store = _open_store(args.store)
     from ..workflow import protocol_id
 
