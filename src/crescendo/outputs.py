@@ -31,14 +31,29 @@ def _probe_writable(folder: Path, what: Path) -> None:
         raise ConfigError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
 
 
+def missing_folder(path: Path) -> str | None:
+    """Why the folder `path` should be in cannot hold it, or None: it does not exist, or it (or a folder
+    above it) is a file."""
+    folder = path.parent
+    if folder.is_dir():
+        return None
+    above = folder
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        return f"{above} is a file, not a directory"
+    return f"folder {folder} does not exist"
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
     """The target must not exist yet or be an empty directory, and its parent must be a writable
     directory. Checked before any work, so a refusal never comes after a long computation."""
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {out} exists and is not empty")
-    if not out.parent.is_dir():
-        raise ConfigError(f"parent directory of {out} does not exist")
+    problem = missing_folder(out)
+    if problem:
+        raise ConfigError(f"cannot write {out}: {problem}")
     _probe_writable(out.parent, out)
     return out
 
@@ -51,8 +66,9 @@ def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Pat
         raise ConfigError(f"{out} must end with {suffix}")
     if out.is_dir():
         raise ConfigError(f"{out} is a directory")
-    if not out.parent.is_dir():
-        raise ConfigError(f"folder {out.parent} of {out} does not exist")
+    problem = missing_folder(out)
+    if problem:
+        raise ConfigError(f"cannot write {out}: {problem}")
     _probe_writable(out.parent, out)
     return out
 
