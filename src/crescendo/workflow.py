@@ -418,10 +418,13 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     if info.source == "local" and saved.is_file():  # a directory written by `save_hf`
         from .export.adapters import load_adapters_
         from .export.load import read_json
+        from .models.file_checks import check_lora_fits, check_state_fits
         from .models.lora import adopt_peft_layers_
         from .models.rotation import restore_rotation_
 
         state = CompressionState.from_dict(read_json(saved).get("state"))
+        check_state_fits(state, net, str(saved))  # before a Hadamard or adapter is built from it
+        check_lora_fits(state.lora, net, str(saved))
         if state.lora is not None and not adopt_peft_layers_(net, state.lora.targets):
             load_adapters_(net, path, state.lora)  # transformers applies them itself when peft is installed
         if state.rotation is not None:
