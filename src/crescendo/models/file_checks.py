@@ -142,8 +142,8 @@ def check_config_fits_tensors(config: dict[str, Any], shapes: dict[str, tuple[in
     for name, shape in shapes.items():
         want = expected.get(name)
         if want is not None and want != tuple(shape):
-            raise ModelError(f"{where} describes tensor {name} as {want}, the weights hold {tuple(shape)}: the config "
-                             f"and the weights disagree")
+            raise ModelError(f"{where} gives tensor {name} the shape {want}, the weights hold {tuple(shape)}: the "
+                             f"config and the weights disagree")
     described = parameter_count(model)
     if described > PARAMETERS_PER_BYTE * held_bytes + (1 << 20):
         raise ModelError(f"{where} describes {described:,} parameters, the weights hold {held_bytes:,} bytes: the "
