@@ -27,6 +27,7 @@ from ..models.vision_io import build_from_document, is_vision_document
 from ..state import CompressionState, record_from_dict, set_state_
 from .adapters import load_adapters_
 from .layout import dtype_of, entry_shape, linear_tensor_names, unpack_linear
+from .manifest import check_manifest
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
 
@@ -47,10 +48,11 @@ def read_json(path: Path) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
+    """The manifest of a packed export, every field's type and range checked (`manifest.check_manifest`)."""
     manifest = read_json(directory / MANIFEST)
     if manifest.get("format") != FORMAT:
         raise ModelError(f"{directory / MANIFEST} is not a {FORMAT} manifest")
-    return manifest
+    return check_manifest(manifest, str(directory / MANIFEST))
 
 
 def weights_path(directory: Path, manifest: dict) -> Path:

@@ -15,6 +15,7 @@ Remote code is never trusted (`trust_remote_code` stays False).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -176,6 +177,24 @@ def _require_quantizer(config: dict[str, Any], where: str) -> None:
                          f"package: pip install 'crescendo[export]'")
 
 
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws its own progress bar and logs warnings about the file on stderr,
+    which a refused file would add to crescendo's one-line error: both are silenced while it reads."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as hf_logging
+
+    bar, level = getattr(reader, "tqdm", None), hf_logging.get_verbosity()
+    reader.tqdm = lambda iterable, *args, **kwargs: iterable
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bar is not None:
+            reader.tqdm = bar
+        hf_logging.set_verbosity(level)
+
+
 def _check_gguf_file(resolved: ResolvedSpec) -> None:
     """A GGUF file other than the embedded one: its structure walked in bounded memory (`gguf_file`), then the
     config transformers derives from it bounded and compared with the size of the file, before any reader
@@ -190,7 +209,8 @@ def _check_gguf_file(resolved: ResolvedSpec) -> None:
     path = Path(resolved.location) / resolved.gguf_file
     check_gguf(path)
     try:
-        config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+        with _quiet_gguf_reader():
+            config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, NotImplementedError) as exc:
         raise ModelError(f"{path.name}: transformers cannot read a model from this GGUF file ({one_line(exc)})") from None
     check_model_config(config, path.name)
@@ -206,9 +226,11 @@ def _from_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, local_only: boo
     if resolved.gguf_file is not None:
         kwargs["gguf_file"] = resolved.gguf_file
     weights = {} if resolved.gguf_file is not None else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
+    with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+        with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
     except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions on corrupt files
         raise ModelError(f"no usable tokenizer for {resolved.info.name} ({one_line(exc)}); crescendo "
                          f"needs one to tokenize its corpora: save it beside the model with "
