@@ -45,6 +45,10 @@ def _rows_store(rel: str):
     return setup
 
 
+def _set(field, value):
+    return lambda m: m.update({field: value})
+
+
 def _gguf_truncated(tmp, places):
     (tmp / "t.gguf").write_bytes(tiny_gguf_llama()[:700])
 
@@ -105,6 +109,16 @@ CASES = [
     C("model-config-wider-than-weights", ("eval", "--model", "{tmp}/m", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
       "disagree", lambda tmp, p: (shutil.copytree(p["model"], tmp / "m"),
                                   edit_json("config.json", lambda c: c.update(hidden_size=4096))(tmp / "m"))),
+    # found by tests/fuzz: manifest fields of the wrong type reached the loader (tracebacks)
+    *[C(f"fuzz-manifest-{field}-{kind}", ("eval", "--model", "{export}", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
+        field, export_edit(edit_json("crescendo_export.json", _set(field, value))))
+      for field, kind, value in [("plain", "null", None), ("aliases", "null", None), ("records", "null", None),
+                                 ("records", "entry-list", {"model.layers.0.mlp.up_proj": [1]}),
+                                 ("transforms", "entry-null", {"model.layers.0.mlp.up_proj": None}),
+                                 ("buffer_dtypes", "list", [1])]],
+    # found by tests/fuzz: transformers' GGUF reader drew its progress bar on stderr before the refusal
+    C("fuzz-gguf-without-tokenizer", ("eval", "--model", "{tmp}/t.gguf", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
+      "tokenizer", write("t.gguf", tiny_gguf_llama())),
     C("idx-header-too-large", ("train-reference", "--arch", "resnet-mini", "--data-dir", "{tmp}/gz"), "more than",
       lambda tmp, p: (mkdir("gz")(tmp, p), idx_gz(tmp / "gz" / "train-images-idx3-ubyte.gz", 0x803, [10**6, 28, 28]))),
 ]
