@@ -7,12 +7,13 @@ was an allocation. The structure-aware fuzzing of the same readers is in tests/f
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
 import pytest
 from conftest import TINY_PROTOCOL_ARGS
-from formats import STRING, U32, gguf_bytes, idx_gz, peak_growth, tiny_gguf_llama
+from formats import STRING, U32, gguf_bytes, idx_gz, peak_growth, safetensors_bytes, tiny_gguf_llama
 from test_hostile_inputs import (
     C,
     _run_case,
@@ -47,6 +48,15 @@ def _rows_store(rel: str):
 
 def _set(field, value):
     return lambda m: m.update({field: value})
+
+
+def _header_dtype(directory):
+    path = directory / "model.safetensors"
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    next(v for k, v in header.items() if k != "__metadata__")["dtype"] = ["F32"]
+    path.write_bytes(safetensors_bytes(header, raw[8 + length:]))
 
 
 def _gguf_truncated(tmp, places):
@@ -116,6 +126,12 @@ CASES = [
                                  ("records", "entry-list", {"model.layers.0.mlp.up_proj": [1]}),
                                  ("transforms", "entry-null", {"model.layers.0.mlp.up_proj": None}),
                                  ("buffer_dtypes", "list", [1])]],
+    # found by the long fuzzing run: a dtype that is a list is not even hashable (TypeError in the new checks)
+    C("fuzz-manifest-linear-dtype-list", ("verify", "{export}"), "dtype",
+      export_edit(edit_json("crescendo_export.json", lambda m: next(iter(m["linears"].values())).update(dtype=[1]))),
+      code=1),
+    C("fuzz-safetensors-dtype-list", ("eval", "--model", "{tmp}/m", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
+      "unknown dtype", lambda tmp, p: (shutil.copytree(p["model"], tmp / "m"), _header_dtype(tmp / "m"))),
     # found by tests/fuzz: transformers' GGUF reader drew its progress bar on stderr before the refusal
     C("fuzz-gguf-without-tokenizer", ("eval", "--model", "{tmp}/t.gguf", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
       "tokenizer", write("t.gguf", tiny_gguf_llama())),

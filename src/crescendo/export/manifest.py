@@ -26,6 +26,10 @@ def _is_int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _dtype(value: Any) -> bool:
+    return isinstance(value, str) and value in DTYPES  # a list or dict is not even hashable
+
+
 def _text(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_TEXT
 
@@ -46,7 +50,7 @@ def _mapping(value: Any, where: str, field: str, values=dict) -> dict:
 def _linear(name: str, entry: dict, where: str) -> None:
     if not isinstance(entry.get("masked"), bool):
         raise _fail(where, f"linears[{name[:60]!r}].masked must be true or false")
-    if entry.get("dtype") not in DTYPES:
+    if not _dtype(entry.get("dtype")):
         raise _fail(where, f"linears[{name[:60]!r}].dtype must be one of {', '.join(DTYPES)}")
     if not (entry.get("grid") is None or isinstance(entry["grid"], dict)):
         raise _fail(where, f"linears[{name[:60]!r}].grid must be an object or null")
@@ -85,7 +89,7 @@ def check_manifest(manifest: dict, where: str) -> dict:
     naming the first field that does not. Fields older manifests lack keep their defaults."""
     if not _is_int(manifest.get("version", 1), 1, 1):
         raise _fail(where, f"version {str(manifest.get('version'))[:20]} is not one this crescendo reads (1)")
-    if manifest.get("dtype") not in DTYPES:
+    if not _dtype(manifest.get("dtype")):
         raise _fail(where, f"dtype must be one of {', '.join(DTYPES)}")
     if not (manifest.get("recipe") is None or _text(manifest["recipe"])):
         raise _fail(where, "recipe must be a recipe string or null")
@@ -100,7 +104,7 @@ def check_manifest(manifest: dict, where: str) -> dict:
     for name, spec in _mapping(manifest.get("transforms", {}), where, "transforms").items():
         _transforms(name, spec, where)
     buffers = _mapping(manifest.get("buffer_dtypes", {}), where, "buffer_dtypes", values=str)
-    if not all(d in DTYPES for d in buffers.values()):
+    if not all(_dtype(d) for d in buffers.values()):
         raise _fail(where, f"buffer_dtypes must name dtypes among {', '.join(DTYPES)}")
     for field in ("all_linears", "block_linears", "kv_projections"):
         _names(manifest.get(field, []), where, field)

@@ -74,7 +74,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ModelError(f"{where} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in ITEMSIZE:
+        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
             raise ModelError(f"{where}: unknown dtype {str(dtype)[:20]!r}")
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(_is_int(d) and 0 <= d < 1 << 40 for d in shape)):
