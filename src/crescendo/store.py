@@ -320,11 +320,47 @@ def _encode(row: Row) -> tuple[Any, ...]:
 
 
 def _decode(values: tuple[Any, ...]) -> Row:
+    """A stored row, every column checked for its type (a store file may have been edited or crafted):
+    StoreError naming the row and the column otherwise, never a TypeError in a report."""
     data = dict(zip(_COLUMNS, values))
+    where = f"stored row {str(data.get('key'))[:16]!r}"
     for column in _JSON_COLUMNS:
-        data[column] = json.loads(data[column])
+        try:
+            data[column] = json.loads(data[column])
+        except (TypeError, ValueError):
+            raise StoreError(f"{where}: {column} is not JSON") from None
+        if not isinstance(data[column], dict):
+            raise StoreError(f"{where}: {column} must be a JSON object")
+    for column in _TEXT_COLUMNS:
+        if column in data and not isinstance(data[column], str):
+            raise StoreError(f"{where}: {column} must be text")
+    if not isinstance(data.get("seed"), int) or not isinstance(data.get("created"), (int, float)):
+        raise StoreError(f"{where}: seed and created must be numbers")
+    _check_metric_types(data["metrics"], where)
     data["metrics"] = RunMetrics.from_dict(data["metrics"])
     return Row(**data)
+
+
+def _check_metric_types(metrics: dict[str, Any], where: str) -> None:
+    """Each stored metric of the type its RunMetrics field declares (read from the annotations, so that
+    fields added to RunMetrics are checked too)."""
+    number = (int, float)
+    for f in dataclasses.fields(RunMetrics):
+        if f.name not in metrics or metrics[f.name] is None:
+            continue
+        value, kind = metrics[f.name], str(f.type)
+        if "tuple" in kind:
+            ok = isinstance(value, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+        elif "float" in kind:
+            ok = isinstance(value, number) and not isinstance(value, bool)
+        elif "int" in kind:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif "str" in kind:
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise StoreError(f"{where}: metric {f.name} must be {kind}, got {str(value)[:40]!r}")
 
 
 def check_store(path: str | PathLike[str]) -> None:

@@ -17,6 +17,7 @@ from formats import STRING, U32, gguf_bytes, idx_gz, peak_growth, safetensors_by
 from test_hostile_inputs import (
     C,
     _run_case,
+    both,
     bounded_memory,  # noqa: F401 - fixtures used by the tests below
     edit_json,
     export_edit,
@@ -43,6 +44,17 @@ def _rows_store(rel: str):
                        metrics=RunMetrics.from_perplexity(10.0))
         for suffix in ("-wal", "-shm"):
             assert not (tmp / f"{rel}{suffix}").exists()
+    return setup
+
+
+def _damage_row(rel: str, column: str, value: str):
+    def setup(tmp, places):
+        import sqlite3
+
+        conn = sqlite3.connect(tmp / rel)
+        conn.execute(f"UPDATE runs SET {column} = ?", (value,))
+        conn.commit()
+        conn.close()
     return setup
 
 
@@ -132,6 +144,13 @@ CASES = [
       code=1),
     C("fuzz-safetensors-dtype-list", ("eval", "--model", "{tmp}/m", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
       "unknown dtype", lambda tmp, p: (shutil.copytree(p["model"], tmp / "m"), _header_dtype(tmp / "m"))),
+    # rows of a results store are read back too: a malformed one ended in a traceback in report
+    *[C(f"stored-row-{name}", ("report", "--store", "{tmp}/s.db", "--out", "{tmp}/r"), message,
+        both(_rows_store("s.db"), _damage_row("s.db", column, value)))
+      for name, column, value, message in [("metrics-not-json", "metrics", "{x", "not JSON"),
+                                           ("extra-list", "extra", "[1]", "extra must be"),
+                                           ("seed-text", "seed", "abc", "seed"),
+                                           ("metric-text", "metrics", '{"metric": "abc"}', "metric")]],
     # found by tests/fuzz: transformers' GGUF reader drew its progress bar on stderr before the refusal
     C("fuzz-gguf-without-tokenizer", ("eval", "--model", "{tmp}/t.gguf", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
       "tokenizer", write("t.gguf", tiny_gguf_llama())),
@@ -211,3 +230,19 @@ def test_lanes_beyond_the_cores_are_refused_before_any_starts(lanes, world2, hos
     monkeypatch.setattr(crescendo.sweep, "_start_lanes", lambda *a: pytest.fail("lanes were started"))
     _run(C("sweep-lanes", ("sweep", *M, "--lanes", lanes, "--store", "{tmp}/s.db", "--no-cache"), "--lanes"), world2,
          hostile_env, capsys)
+
+
+def test_a_collapsed_model_measures_infinite_perplexity(world2, tmp_path, capsys):  # noqa: F811
+    """Found by tests/fuzz (a damaged weights file): losses beyond exp's range ended in OverflowError."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(world2["model"], tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 1e30  # logits of ~1e30: a collapsed model
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    code = main(["eval", "--model", str(tmp_path / "m"), "--protocol", world2["proto"], *TINY_PROTOCOL_ARGS,
+                 "--quiet", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err[-500:]
+    assert json.loads(out)["perplexity"] == float("inf")
