@@ -47,6 +47,22 @@ def _rows_store(rel: str):
     return setup
 
 
+def _sweep_store(rel: str, **bad_extra):
+    """A store holding one sweep cell (dense, singles, both orders), the extra of every row but dense changed."""
+    def setup(tmp, places):
+        from crescendo.store import ResultStore, RunMetrics, record_run
+
+        rows = [("dense", "dense", 10.0), ("magnitude:0.5", "single", 12.0), ("rtn:w4", "single", 11.0),
+                ("magnitude:0.5 > rtn:w4", "order", 14.0), ("rtn:w4 > magnitude:0.5", "order", 15.0)]
+        with ResultStore(tmp / rel) as store:
+            for recipe, kind, ppl in rows:
+                extra = {"prune": "magnitude:{r}", "quant": "rtn:w{b}", "ratio": 0.5, "bits": 4}
+                record_run(store, model="m", protocol="p", recipe=recipe, seed=0, kind=kind,
+                           metrics=RunMetrics.from_perplexity(ppl), extra={**extra, **(bad_extra if kind != "dense"
+                                                                                      else {})})
+    return setup
+
+
 def _damage_row(rel: str, column: str, value: str):
     def setup(tmp, places):
         import sqlite3
@@ -151,6 +167,12 @@ CASES = [
                                            ("extra-list", "extra", "[1]", "extra must be"),
                                            ("seed-text", "seed", "abc", "seed"),
                                            ("metric-text", "metrics", '{"metric": "abc"}', "metric")]],
+    # found by tests/fuzz/test_store_rows.py: a sweep row's extra fields of the wrong type broke the report (now such
+    # rows are skipped and named, like rows lacking fields; here no sweep row is left)
+    *[C(f"fuzz-stored-row-{name}", ("report", "--store", "{tmp}/s.db", "--out", "{tmp}/r"), "no sweep rows",
+        _sweep_store("s.db", **bad)) for name, bad in [("prune-list", {"prune": ["magnitude:{r}"]}),
+                                                      ("quant-list", {"quant": ["rtn:w{b}"]}),
+                                                      ("prune-bool", {"prune": True})]],
     # found by tests/fuzz: transformers' GGUF reader drew its progress bar on stderr before the refusal
     C("fuzz-gguf-without-tokenizer", ("eval", "--model", "{tmp}/t.gguf", "--protocol", "{proto}", *TINY_PROTOCOL_ARGS),
       "tokenizer", write("t.gguf", tiny_gguf_llama())),
