@@ -81,7 +81,9 @@ def safetensors_bytes(header: dict | bytes | str, data: bytes = b"", length: int
 def idx_gz(path: Path, magic: int, dims: list[int], data: bytes | int = b"", level: int = 1) -> Path:
     """An idx.gz file: magic, big-endian uint32 dims, then `data` (bytes, or that many zero bytes, written in
     chunks so that a large claimed size costs no memory here)."""
-    with gzip.open(path, "wb", compresslevel=level) as f:
+    # no file name and no time in the gzip header: the same arguments give the same bytes wherever written
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
+                                                 mtime=0) as f:
         f.write(magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
         if isinstance(data, int):
             chunk = b"\0" * (1 << 20)
