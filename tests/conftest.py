@@ -111,3 +111,29 @@ def tiny_bench(cls=None, **kwargs):
     cls = cls or Workbench
     return cls(tiny_model("llama"), None, ModelInfo("tiny-llama", "local", None), proto, data,
                progress=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def bpe_tiny(tmp_path_factory):
+    """A tiny LLaMA saved with a byte-level BPE tokenizer (GPT-2 style, so GGUF can hold it) and a small corpus:
+    (model_dir, protocol_spec)."""
+    import numpy as np
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("bpe")
+    g = np.random.default_rng(0)
+    words = ["the", "state", "of", "union", "is", "strong", "we", "will", "build", "people", "nation", "work"]
+    text = lambda n: " ".join(g.choice(words, n))
+    backend = ByteLevelBPETokenizer()
+    backend.train_from_iterator([text(200) for _ in range(20)], vocab_size=300, min_frequency=1,
+                                special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=len(tok))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "test.txt").write_text(text(600))
+    (root / "calib.txt").write_text(text(3000))
+    return root / "model", f"text:{root / 'test.txt'},{root / 'calib.txt'}"

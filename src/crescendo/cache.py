@@ -10,6 +10,11 @@ transforms, the compression state) plus `entry.json` naming its key fields and t
 every file. An entry is used only when its key fields equal the request and every file hashes to
 what was written; anything else (a partial or corrupt entry, one written by another code version)
 is reported and recomputed, never used.
+
+Only what the cache wrote is ever removed: every entry (and its temporary, from its first moment)
+holds a marker file, `.crescendo-cache-entry`, and a directory without it is left alone however it is
+named (a user folder named by an MD5 digest looks like an entry). Entries written before the marker
+existed are recognised by their `entry.json`, which must list every file the directory holds.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from torch import nn
 
 from . import __version__
 from .errors import ConfigError, CrescendoError
-from .outputs import atomic_output_dir
+from .outputs import atomic_output_dir, pid_alive
 from .store import code_commit
 
 log = logging.getLogger(__name__)
 
 ENTRY = "entry.json"
+MARKER = ".crescendo-cache-entry"  # written first into every entry: what makes a directory the cache's own
+MARKER_TEXT = "crescendo prefix cache entry\n"
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +61,16 @@ class PrefixKey:
     prefix: str  # canonical recipe text of the prefix
     version: str = __version__
     commit: str | None = None  # the code's git commit; None outside a checkout
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PrefixKey | None:
+        """The key an entry.json records, or None when it is not one (wrong fields or types)."""
+        fields = {"model": str, "protocol": str, "seed": int, "prefix": str, "version": str, "commit": (str, type(None))}
+        if not isinstance(data, dict) or set(data) != set(fields):
+            return None
+        if any(not isinstance(data[k], t) or isinstance(data[k], bool) for k, t in fields.items()):
+            return None
+        return cls(**data)
 
     @property
     def digest(self) -> str:
@@ -95,6 +112,9 @@ class PrefixCache:
         path = self._path(key)
         if not path.exists():
             return None
+        if not owned(path):
+            log.warning("prefix cache: %s was not written by the cache; it is left alone and not used", path)
+            return None
         problem = self._check(path, key)
         if problem:
             log.warning("prefix cache: entry %s for %r is %s; recomputing it", path.name, key.prefix, problem)
@@ -132,13 +152,17 @@ class PrefixCache:
         from .export import save_packed
 
         path = self._path(key)
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            if not owned(path):
+                raise ConfigError(f"cache directory {self.directory} holds {path.name}, which the cache did not write; "
+                                  f"it is left alone (move it, or use another --cache directory)")
             shutil.rmtree(path)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cache directory {self.directory} cannot be created: {e.strerror}") from None
         with atomic_output_dir(path) as tmp:
+            (tmp / MARKER).write_text(MARKER_TEXT)  # first: even a killed write's temporary is recognisable
             inner = tmp / "model"
             save_packed(model, None, inner, {"recipe": key.prefix, **(metadata or {})})
             for f in inner.iterdir():
@@ -153,26 +177,26 @@ class PrefixCache:
         out = []
         if not self.directory.is_dir():
             return out
-        for path in sorted(p for p in self.directory.iterdir() if _is_entry(p)):
+        for path in sorted(p for p in self.directory.iterdir() if _is_entry(p) and owned(p)):
             try:
-                key = json.loads((path / ENTRY).read_text())["key"]
-            except (OSError, ValueError, KeyError, TypeError):
+                key = PrefixKey.from_dict(json.loads((path / ENTRY).read_text()).get("key"))
+            except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
                 key = None
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            ok = key is not None and self._check(path, PrefixKey(**key)) is None
-            out.append({"entry": path.name, "key": key, "bytes": size, "ok": ok})
+            size = sum(f.lstat().st_size for f in path.iterdir() if f.is_file() and not f.is_symlink())
+            ok = key is not None and self._check(path, key) is None
+            out.append({"entry": path.name, "key": asdict(key) if key else None, "bytes": size, "ok": ok})
         return out
 
     def clear(self) -> int:
-        """Remove every entry (and stale temporaries); returns how many directories were removed.
-        Only what the cache writes is removed (directories named by a key digest, and their temporaries):
-        `--dir` pointed at a folder of other files leaves them alone."""
+        """Remove every entry (and temporaries of killed writes); returns how many directories were removed.
+        Only what the cache wrote is removed (see `owned`): `--dir` pointed at a folder of other files,
+        however they are named, leaves them alone."""
         removed = 0
         if not self.directory.is_dir():
             return removed
         for path in list(self.directory.iterdir()):
             temporary = path.name.startswith(".") and _DIGEST.fullmatch(path.name[1:].split(".tmp-")[0])
-            if _is_entry(path) or (path.is_dir() and ".tmp-" in path.name and temporary):
+            if (_is_entry(path) and owned(path)) or (".tmp-" in path.name and temporary and _owned_temporary(path)):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed
@@ -182,5 +206,38 @@ _DIGEST = re.compile(r"[0-9a-f]{32}")
 
 
 def _is_entry(path: Path) -> bool:
-    """A directory the cache wrote (named by a key digest; its entry.json may be damaged)."""
+    """A directory named like an entry (a key digest); whether the cache wrote it is `owned`'s question."""
     return path.is_dir() and not path.is_symlink() and bool(_DIGEST.fullmatch(path.name))
+
+
+def owned(path: Path) -> bool:
+    """Whether the cache wrote directory `path`: it holds the marker file, or (an entry written before
+    the marker existed) an entry.json whose file list names every file in it. Nothing else is removed."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    marker = path / MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            return marker.read_text() == MARKER_TEXT
+        except (OSError, ValueError):
+            return False
+    try:
+        entry = json.loads((path / ENTRY).read_text())
+        listed = set(entry["files"]) | {ENTRY}
+        present = {p.name for p in path.iterdir()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (isinstance(entry.get("key"), dict) and present == listed
+            and all((path / n).is_file() and not (path / n).is_symlink() for n in present))
+
+
+def _owned_temporary(path: Path) -> bool:
+    """A temporary of a killed `put` (its process is gone): it holds the marker, or nothing at all (killed
+    before writing it)."""
+    pid = path.name.split(".tmp-", 1)[1].split("-", 1)[0]
+    if not path.is_dir() or path.is_symlink() or not pid.isdigit() or pid_alive(int(pid)):
+        return False
+    try:
+        return owned(path) or not any(path.iterdir())
+    except OSError:
+        return False

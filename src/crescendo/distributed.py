@@ -13,7 +13,7 @@ from typing import Any
 from .errors import ConfigError
 
 
-def _require_ray():
+def require_ray():
     try:
         import ray
     except ImportError:
@@ -28,7 +28,7 @@ def run_groups_on_ray(
     """Yield (task, measurement, timings) as Ray tasks finish; each task runs `run_group(bench, tasks,
     seed)` on a bench built by `bench_factory()` in its own process. Starts a local Ray if none is
     connected."""
-    ray = _require_ray()
+    ray = require_ray()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
 

@@ -3,7 +3,9 @@
 A directory is written into a hidden temporary sibling (`.NAME.tmp-PID-XXXX`) and renamed into
 place at the end; any failure or interruption removes the temporary (the CLI turns SIGTERM into an
 interruption). A temporary left by a process that was killed outright (SIGKILL) is removed by the
-next write to the same target.
+next write to the same target. What is published gets the modes of ordinary new files (0666 and
+0777 less the umask): some writers (safetensors, mkstemp) create private 0600 files, which a serving
+account could not read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -28,14 +31,29 @@ def _probe_writable(folder: Path, what: Path) -> None:
         raise ConfigError(f"cannot write {what}: folder {folder} is not writable ({e.strerror})") from None
 
 
+def missing_folder(path: Path) -> str | None:
+    """Why the folder `path` should be in cannot hold it, or None: it does not exist, or it (or a folder
+    above it) is a file."""
+    folder = path.parent
+    if folder.is_dir():
+        return None
+    above = folder
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        return f"{above} is a file, not a directory"
+    return f"folder {folder} does not exist"
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
     """The target must not exist yet or be an empty directory, and its parent must be a writable
     directory. Checked before any work, so a refusal never comes after a long computation."""
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {out} exists and is not empty")
-    if not out.parent.is_dir():
-        raise ConfigError(f"parent directory of {out} does not exist")
+    problem = missing_folder(out)
+    if problem:
+        raise ConfigError(f"cannot write {out}: {problem}")
     _probe_writable(out.parent, out)
     return out
 
@@ -48,10 +66,49 @@ def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Pat
         raise ConfigError(f"{out} must end with {suffix}")
     if out.is_dir():
         raise ConfigError(f"{out} is a directory")
-    if not out.parent.is_dir():
-        raise ConfigError(f"folder {out.parent} of {out} does not exist")
+    problem = missing_folder(out)
+    if problem:
+        raise ConfigError(f"cannot write {out}: {problem}")
     _probe_writable(out.parent, out)
     return out
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def publish_modes(path: Path) -> None:
+    """Give `path` (a file, or a directory and everything in it) the modes of ordinary new files."""
+    mask = _umask()
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o666 & ~mask)
+
+
+def without_timings(data: Any) -> Any:
+    """`data` less every key that holds a duration (`seconds`, `*_seconds`, `tokens_per_second`): an
+    exported artefact must not depend on how long its run took, so that two identical runs give
+    byte-identical files (the timings are in the command's output and in the results store)."""
+    if isinstance(data, dict):
+        return {k: without_timings(v) for k, v in data.items()
+                if not (isinstance(k, str) and (k == "seconds" or k.endswith(("_seconds", "_per_second"))))}
+    if isinstance(data, (list, tuple)):
+        return [without_timings(v) for v in data]
+    return data
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,7 +142,7 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        publish_modes(tmp)  # mkdtemp makes it private, safetensors writes 0600 files
         if out.exists():
             out.rmdir()  # checked empty above; a rename cannot replace a directory on every OS
         os.replace(tmp, out)
@@ -108,7 +165,9 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        publish_modes(tmp)  # mkstemp makes it private
+        if out.exists():
+            raise ConfigError(f"output file {out} appeared while writing")
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

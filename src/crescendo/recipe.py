@@ -134,7 +134,35 @@ def parse_recipe(recipe: str | Recipe | list | tuple) -> Recipe:
         if stage.kind == "fold" and any(s.config.weight_grid is not None for s in stages[:position]):
             raise RecipeError(f"{stage} must come before every weight quantization stage (folding rescales "
                               f"quantized weights off their grids)")
+    check_zero_representable(stages)
     return Recipe(stages)
+
+
+def check_zero_representable(stages: tuple[Stage, ...] | list[Stage]) -> None:
+    """RecipeError when the stages, in this order, would prune layers whose weights lie on a grid without
+    0 (llama.cpp's Q4_1), before or after the pruning, as far as the recipe alone tells: stages with the
+    same targets (both the default, or the same include / exclude) reach the same layers. Targets that
+    differ are compared against the model's layer names before anything changes (`validate_recipe`)."""
+    pruned: set = set()
+    zeroless: dict = {}  # targets -> the grid without 0 their weights lie on
+    for stage in stages:
+        targets = stage.config.targets
+        if targets is None:
+            continue
+        grid = stage.config.weight_grid if stage.spec.compress_linear is not None else None
+        if stage.config.sparsity is not None:
+            clash = zeroless.get(targets)
+            pruned.add(targets)
+        elif grid is not None and not grid.represents_zero:
+            clash = grid if targets in pruned else None
+            zeroless[targets] = grid
+        else:
+            if grid is not None:
+                zeroless.pop(targets, None)
+            continue
+        if clash is not None:
+            raise RecipeError(f"stage {stage}: its layers would be pruned and on {clash!r}, which cannot represent 0 "
+                              f"(pruned weights must stay exactly zero); use a symmetric format such as fmt=q4_0")
 
 
 def _short(value: object, limit: int = 80) -> str:

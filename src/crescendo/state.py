@@ -110,9 +110,18 @@ class SharingInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SharingInfo:
-        groups = [SharedGroup(str(g["kind"]), [str(m) for m in g["members"]], int(g["rank"]), int(g["in_features"]),
-                              int(g["out_features"])) for g in data["groups"]]
-        return cls(int(data["group_size"]), str(data["stage"]), groups, [str(a) for a in data.get("absorbed", [])])
+        """Every field type- and range-checked (ValueError); `CompressionState.from_dict` names the file."""
+        groups = []
+        for g in _list(data["groups"], "sharing groups"):
+            g = _fields(g, "sharing group", ("kind", "members", "rank", "in_features", "out_features"))
+            members = [_str(m, "sharing members") for m in _list(g["members"], "sharing members")]
+            if not members:
+                raise ValueError("a sharing group needs at least one member")
+            groups.append(SharedGroup(_str(g["kind"], "sharing kind"), members, _int(g["rank"], "sharing rank", 1),
+                                      _int(g["in_features"], "sharing in_features", 1),
+                                      _int(g["out_features"], "sharing out_features", 1)))
+        return cls(_int(data["group_size"], "sharing group_size", 1, 1 << 10), _str(data["stage"], "sharing stage"),
+                   groups, [_str(a, "sharing absorbed") for a in _list(data.get("absorbed", []), "sharing absorbed")])
 
 
 @dataclass
@@ -154,26 +163,106 @@ class CompressionState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CompressionState:
-        """Inverse of `to_dict` (records start empty). Malformed input raises ModelError."""
-        data = data or {}
+        """Inverse of `to_dict` (records start empty). Every field is type- and range-checked, since it
+        comes from a file (`crescendo.json`, a manifest): malformed input raises ModelError. Whether the
+        state fits the model it is attached to is `models.file_checks.check_state_fits`' question."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ModelError(f"malformed crescendo state {str(data)[:80]!r}: not a JSON object")
         try:
             removed = data.get("removed_blocks")
             rotation = data.get("rotation")
             lora = data.get("lora")
             sharing = data.get("sharing")
             return cls(
-                removed=None if removed is None else RemovedBlocks(
-                    int(removed["original_layers"]), [int(i) for i in removed["removed"]], int(removed["params"]),
-                    [(int(a), int(b)) for a, b in removed["linears"]]),
-                rotation=None if rotation is None else RotationInfo(**rotation),
-                lora=None if lora is None else LoRAInfo(int(lora["rank"]), float(lora["alpha"]),
-                                                        [str(t) for t in lora["targets"]], str(lora["stage"]),
-                                                        dict(lora.get("peft_config") or {})),
-                sharing=None if sharing is None else SharingInfo.from_dict(sharing),
-                folded_batchnorm=[(str(c), str(b)) for c, b in data.get("folded_batchnorm", [])],
+                removed=None if removed is None else _removed_from(removed),
+                rotation=None if rotation is None else _rotation_from(rotation),
+                lora=None if lora is None else _lora_from(lora),
+                sharing=None if sharing is None else SharingInfo.from_dict(_fields(sharing, "sharing", (
+                    "group_size", "stage", "groups"), ("absorbed",))),
+                folded_batchnorm=[(_str(c, "folded_batchnorm"), _str(b, "folded_batchnorm"))
+                                  for c, b in _list(data.get("folded_batchnorm", []), "folded_batchnorm", pairs=True)],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed crescendo state {str(data)[:120]!r}: {e}") from None
+
+
+# -- reading a saved state: every field checked (a file may say anything) ---------------------------------------
+_MAX_SIZE = 1 << 18  # as models.loading's config bounds (intermediate_size)
+_MAX_ITEMS = 1 << 16
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = _MAX_SIZE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in {low}..{high}, got {repr(value)[:40]}")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 10_000:
+        raise ValueError(f"{what} must hold strings, got {repr(value)[:40]}")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, got {repr(value)[:40]}")
+    return value
+
+
+def _list(value: Any, what: str, pairs: bool = False) -> list:
+    if not isinstance(value, list) or len(value) > _MAX_ITEMS:
+        raise ValueError(f"{what} must be a list of at most {_MAX_ITEMS} items")
+    if pairs and not all(isinstance(v, list) and len(v) == 2 for v in value):
+        raise ValueError(f"{what} must be a list of pairs")
+    return value
+
+
+def _fields(value: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    missing, unknown = set(required) - set(value), set(value) - set(required) - set(optional)
+    if missing or unknown:
+        raise ValueError(f"{what} lacks {sorted(missing)} or has unknown fields {sorted(unknown)[:3]}")
+    return value
+
+
+def _rotation_from(data: Any) -> RotationInfo:
+    d = _fields(data, "rotation", ("hidden_size", "intermediate_size", "seed", "untied", "value_hadamard"),
+                ("method",))
+    if d.get("method", "quarot") != "quarot":
+        raise ValueError(f"rotation method {str(d['method'])[:40]!r} is not quarot")
+    return RotationInfo(_int(d["hidden_size"], "rotation hidden_size", 1),
+                        _int(d["intermediate_size"], "rotation intermediate_size", 1),
+                        _int(d["seed"], "rotation seed", 0, 2**63 - 1), _bool(d["untied"], "rotation untied"),
+                        _bool(d["value_hadamard"], "rotation value_hadamard"))
+
+
+def _removed_from(data: Any) -> RemovedBlocks:
+    d = _fields(data, "removed_blocks", ("original_layers", "removed", "params", "linears"))
+    layers = _int(d["original_layers"], "removed_blocks original_layers", 1, 1 << 10)
+    removed = [_int(i, "removed_blocks removed", 0, layers - 1) for i in _list(d["removed"], "removed_blocks removed")]
+    if len(set(removed)) != len(removed) or len(removed) >= layers:
+        raise ValueError("removed_blocks removed must name distinct blocks, leaving at least one")
+    return RemovedBlocks(layers, removed, _int(d["params"], "removed_blocks params", 0, 2**53),
+                         [(_int(a, "removed_blocks linears", 1), _int(b, "removed_blocks linears", 1))
+                          for a, b in _list(d["linears"], "removed_blocks linears", pairs=True)])
+
+
+def _lora_from(data: Any) -> LoRAInfo:
+    import math
+
+    d = _fields(data, "lora", ("rank", "alpha", "targets", "stage"), ("peft_config",))
+    alpha = d["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"lora alpha must be a finite number, got {str(alpha)[:40]!r}")
+    peft = d.get("peft_config") or {}
+    if not isinstance(peft, dict):
+        raise ValueError("lora peft_config must be a JSON object")
+    return LoRAInfo(_int(d["rank"], "lora rank", 1), float(alpha),
+                    [_str(t, "lora targets") for t in _list(d["targets"], "lora targets")], _str(d["stage"], "lora stage"),
+                    dict(peft))
 
 
 def state_of(model: nn.Module) -> CompressionState:

@@ -42,7 +42,7 @@ from typing import Any
 
 from . import __version__
 from .errors import StoreError
-from .outputs import pid_alive
+from .outputs import missing_folder, pid_alive
 from .units import Units, UnitsError
 
 SCHEMA_VERSION = 1  # bump on any change to the `runs` columns; old files then refuse to open
@@ -337,9 +337,24 @@ def _encode_units(units: Units) -> tuple[Any, ...]:
 
 
 def _decode(values: tuple[Any, ...]) -> Row:
+    """A stored row, every column checked for its type (a store file may have been edited or crafted):
+    StoreError naming the row and the column otherwise, never a TypeError in a report. Units, when the
+    row has them, follow the row's columns."""
     data = dict(zip(_COLUMNS, values[: len(_COLUMNS)]))
+    where = f"stored row {str(data.get('key'))[:16]!r}"
     for column in _JSON_COLUMNS:
-        data[column] = json.loads(data[column])
+        try:
+            data[column] = json.loads(data[column])
+        except (TypeError, ValueError):
+            raise StoreError(f"{where}: {column} is not JSON") from None
+        if not isinstance(data[column], dict):
+            raise StoreError(f"{where}: {column} must be a JSON object")
+    for column in _TEXT_COLUMNS:
+        if column in data and not isinstance(data[column], str):
+            raise StoreError(f"{where}: {column} must be text")
+    if not isinstance(data.get("seed"), int) or not isinstance(data.get("created"), (int, float)):
+        raise StoreError(f"{where}: seed and created must be numbers")
+    _check_metric_types(data["metrics"], where)
     data["metrics"] = RunMetrics.from_dict(data["metrics"])
     unit_fields = values[len(_COLUMNS):]
     if unit_fields and unit_fields[0] is not None:
@@ -347,8 +362,30 @@ def _decode(values: tuple[Any, ...]) -> Row:
         try:
             data["units"] = Units.decode(kind, total, ids, vals, n=n)
         except UnitsError as err:
-            raise StoreError(f"row {data['key'][:12]}: stored units are damaged ({err})") from err
+            raise StoreError(f"{where}: stored units are damaged ({err})") from err
     return Row(**data)
+
+
+def _check_metric_types(metrics: dict[str, Any], where: str) -> None:
+    """Each stored metric of the type its RunMetrics field declares (read from the annotations, so that
+    fields added to RunMetrics are checked too)."""
+    number = (int, float)
+    for f in dataclasses.fields(RunMetrics):
+        if f.name not in metrics or metrics[f.name] is None:
+            continue
+        value, kind = metrics[f.name], str(f.type)
+        if "tuple" in kind:
+            ok = isinstance(value, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+        elif "float" in kind:
+            ok = isinstance(value, number) and not isinstance(value, bool)
+        elif "int" in kind:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif "str" in kind:
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise StoreError(f"{where}: metric {f.name} must be {kind}, got {str(value)[:40]!r}")
 
 
 def check_store(path: str | PathLike[str]) -> None:
@@ -356,8 +393,9 @@ def check_store(path: str | PathLike[str]) -> None:
     a missing folder, a file that is not a crescendo store, or one of another schema version.
     A path that does not exist yet is fine (it will be created by the first writer)."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise StoreError(f"cannot open results store {path}: folder {path.parent} does not exist")
+    problem = missing_folder(path)
+    if problem:
+        raise StoreError(f"cannot open results store {path}: {problem}")
     if path.is_dir():
         raise StoreError(f"results store {path} is a directory")
     if not path.exists():
@@ -428,6 +466,7 @@ class ResultStore:
             raise StoreError(f"results store {self.path} does not exist")
         check_store(self.path)  # before anything is created or switched to WAL
         self._conn: sqlite3.Connection | None = None
+        self._immutable = False  # a read-only connection that assumes no writer (see `_connect`)
         self._closed = False
         self._on_disk = False
         self._has_units: bool | None = None
@@ -449,8 +488,12 @@ class ResultStore:
         readonly = self.readonly
         try:
             if readonly:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None)
+                # immutable while no -wal exists (no writer): a plain read-only open of a WAL database
+                # leaves -wal and -shm files beside it; `_fetch` rereads plainly if a writer appears
+                self._immutable = not Path(f"{self.path}-wal").exists()
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro"
+                                       + ("&immutable=1" if self._immutable else ""), uri=True,
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
             else:
                 # isolation_level=None: no implicit transactions; each write opens and commits its own.
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -502,7 +545,14 @@ class ResultStore:
 
     def _fetch(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(query, params).fetchall()
+            found = self._db.execute(query, params).fetchall()
+            if self._immutable and Path(f"{self.path}-wal").exists():  # a writer opened it meanwhile
+                self._conn.close()
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                             timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                self._immutable = False
+                found = self._conn.execute(query, params).fetchall()
+            return found
         except sqlite3.Error as err:
             raise StoreError(f"cannot read results store {self.path}: {err}") from err
 

@@ -226,6 +226,26 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int, cache: PrefixCache |
         del model
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_lanes(lanes: int) -> None:
+    """ConfigError unless 1 <= lanes <= the usable cores: each lane is a single-threaded process holding its
+    own copy of the model, so lanes beyond the cores only add memory and contention."""
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ConfigError(f"--lanes must be an integer >= 1, got {lanes!r}")
+    if lanes > usable_cores():
+        raise ConfigError(f"--lanes {lanes} is more than the {usable_cores()} CPU cores this process may use (each "
+                          f"lane is a single-threaded process with its own copy of the model)")
+
+
 def run_sweep(
     bench_factory: Callable[[], Any],
     model_name: str,
@@ -250,8 +270,7 @@ def run_sweep(
     each group; True ends the sweep early (lanes stop when the process that started them is gone)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r} (local or ray)")
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ConfigError(f"lanes must be an integer >= 1, got {lanes!r}")
+    check_lanes(lanes)
     cache = PrefixCache(cache_dir) if cache_dir is not None else None
 
     def key(task: SweepTask) -> str:
@@ -272,11 +291,12 @@ def run_sweep(
 
     groups = list(_groups(todo).values())
     if backend == "ray":
+        from .distributed import require_ray, run_groups_on_ray
+
+        require_ray()  # before the first claim creates the store's file
         mine = store.claim_many([key(t) for t in todo])
         counts["elsewhere"] = len(todo) - len(mine)
         groups = [g for g in ([t for t in group if key(t) in set(mine)] for group in groups) if g]
-        from .distributed import run_groups_on_ray
-
         try:
             for task, found, timings in run_groups_on_ray(bench_factory, groups, seed, run_group):
                 put(task, found, timings)

@@ -25,7 +25,7 @@ from .eval.perplexity import PerplexityResult, perplexity
 from .models.loading import ModelInfo, load_model
 from .options import COMPUTE_DTYPES, EVAL_WEIGHTS
 from .outcome import Measured, Outcome, stage_rows
-from .outputs import atomic_output_dir
+from .outputs import atomic_output_dir, without_timings
 from .recipe import Recipe, parse_recipe
 from .state import CompressionState, state_of
 from .store import RunMetrics
@@ -387,10 +387,13 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     if info.source == "local" and saved.is_file():  # a directory written by `save_hf`
         from .export.adapters import load_adapters_
         from .export.load import read_json
+        from .models.file_checks import check_lora_fits, check_state_fits
         from .models.lora import adopt_peft_layers_
         from .models.rotation import restore_rotation_
 
         state = CompressionState.from_dict(read_json(saved).get("state"))
+        check_state_fits(state, net, str(saved))  # before a Hadamard or adapter is built from it
+        check_lora_fits(state.lora, net, str(saved))
         if state.lora is not None and not adopt_peft_layers_(net, state.lora.targets):
             load_adapters_(net, path, state.lora)  # transformers applies them itself when peft is installed
         if state.rotation is not None:
@@ -413,7 +416,7 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        saved = {**metadata, "crescendo_version": __version__, "state": state_of(model).to_dict()}
+        saved = {**without_timings(metadata), "crescendo_version": __version__, "state": state_of(model).to_dict()}
         (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
         save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files: PeftModel.from_pretrained reads them
     return Path(out)

@@ -50,7 +50,7 @@ def _raw(path, data: bytes):
     (b"\x00\x00\x08\x02" + (2).to_bytes(4, "big") + b"\x01\x02", "bad idx magic"),  # 2 dimensions: not 801/803
     (b"\x00\x00\x08\x03" + (2).to_bytes(4, "big"), "truncated idx header"),
     (b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"\x01\x02", "2 data bytes"),  # header says 5
-    (b"\x00\x00\x08\x01" + (1).to_bytes(4, "big") + b"\x01\x02", "2 data bytes"),  # trailing bytes
+    (b"\x00\x00\x08\x01" + (1).to_bytes(4, "big") + b"\x01\x02", "more than 1 data bytes"),  # trailing bytes: not inflated further
     (b"\x00\x00", "too short"),
 ])
 def test_malformed_idx_raises_one_line_naming_the_file(tmp_path, data, message):

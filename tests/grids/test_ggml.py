@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 
 from crescendo.api import compress
-from crescendo.errors import ConfigError, RecipeError
+from crescendo.errors import CrescendoError, RecipeError
 from crescendo.grids import GGMLGrid
 from crescendo.recipe import parse_recipe
 from crescendo.state import state_of
@@ -65,11 +65,13 @@ def test_fmt_option_parses_prints_and_names_the_right_spelling():
             parse_recipe(bad)
 
 
-@pytest.mark.parametrize("recipe", ["magnitude:0.5 > rtn:w4,g32,fmt=q4_1", "rtn:w4,g32,fmt=q4_1 > wanda:2:4"])
+@pytest.mark.parametrize("recipe", ["magnitude:0.5 > rtn:w4,g32,fmt=q4_1", "rtn:w4,g32,fmt=q4_1 > wanda:2:4",
+                                    "magnitude:0.5,include=mlp > rtn:w4,g32,fmt=q4_1"])
 def test_q4_1_refuses_pruned_layers_before_anything_changes(recipe, calibration):
+    """Same targets: refused by the recipe parser (RecipeError); different ones: against the model (ConfigError)."""
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ConfigError, match="cannot represent 0"):
+    with pytest.raises(CrescendoError, match="cannot represent 0"):
         compress(model, recipe, calibration, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not state_of(model).records

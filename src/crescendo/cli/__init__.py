@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="also record every measurement in this results store")
     p.add_argument("--choose", action="store_true",
                    help="run only what an order predictor needs and print its choice (or abstention) and cost")
-    p.add_argument("--predictor", default="auto",
-                   help="with --choose: auto (default), pih, zeros, compensation, calib-error or race")
+    p.add_argument("--predictor", default=None,
+                   help="with --choose: auto (default), pih, zeros, compensation, calib-error, prune-first, "
+                        "quant-first or race")
     add_cer_options(p)
     add_race_options(p)
     p.set_defaults(func=_cmd_order)

@@ -145,7 +145,7 @@ def _check_save_target(args, recipe) -> str | None:
     output path is free; ConfigError otherwise."""
     from ..errors import ConfigError
     from ..export.fit import FORMATS, check_recipe_fits, require_reader
-    from ..outputs import check_output_dir
+    from ..outputs import check_output_dir, check_output_file
 
     if args.format is not None and not args.save:
         raise ConfigError(f"--format {args.format} needs --save PATH")
@@ -161,8 +161,7 @@ def _check_save_target(args, recipe) -> str | None:
             raise ConfigError(f"--format gguf writes one file; give --save a path ending in .gguf, not {path}")
         if path.exists():
             raise ConfigError(f"output file {path} exists")
-        if not path.parent.is_dir():
-            raise ConfigError(f"parent directory of {path} does not exist")
+        check_output_file(path)
     else:
         check_output_dir(args.save)
     return fmt

@@ -11,13 +11,15 @@ from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _pr
 def _cmd_choose(args) -> int:
     from ..chooser import check_choice, decide
     from ..errors import ConfigError
+    from ..recipe import parse_stage
 
-    rule, _ = check_choice(args.predictor, args.methods)  # unknown predictor, < 2 methods, cannot judge
+    rule, _ = check_choice(args.predictor or "auto", args.methods)  # unknown predictor, < 2 methods, cannot judge
     if args.store:
         raise ConfigError("--choose records nothing; run without --store (or without --choose to record the study)")
     _check_reference(args)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
+    _check_orders([parse_stage(m) for m in args.methods])
     if args.race and not rule.races:
         raise ConfigError(f"--race does not apply to predictor {rule.name}: it races no candidates (pih and race do)")
     vision = _is_vision(args)
@@ -28,7 +30,7 @@ def _cmd_choose(args) -> int:
     if race is not None:
         race.check(bench.n_units)
     bench.layerwise_samples = args.layerwise_samples
-    decision = decide(args.predictor, bench, args.methods, race=race)
+    decision = decide(rule.name, bench, args.methods, race=race)
     out = {**bench.describe(), **decision.to_dict()}
     if args.json:
         print(json.dumps(out))
@@ -63,10 +65,13 @@ def _cmd_order(args) -> int:
     from ..errors import ConfigError
     from ..recipe import parse_stage
 
+    if args.predictor is not None:
+        raise ConfigError("--predictor applies with --choose only (the full study measures every order)")
     stages = [parse_stage(m) for m in args.methods]  # validate before loading anything
     bits = _check_reference(args)
     if len(stages) < 2 or len({s.text for s in stages}) != len(stages):
         raise ConfigError("--methods needs at least two distinct methods")
+    _check_orders(stages)
     if args.layerwise_samples < 1:
         raise ConfigError(f"--layerwise-samples must be >= 1, got {args.layerwise_samples}")
     settings = cer_settings(args)
@@ -90,6 +95,17 @@ def _cmd_order(args) -> int:
         return 0
     _print_order(out)
     return 0
+
+
+def _check_orders(stages) -> None:
+    """Every order of the methods is a recipe: each must be one that can be compressed (checked before loading)."""
+    from itertools import permutations
+
+    from ..recipe import check_zero_representable
+
+    if len(stages) <= 6:  # an order study runs all n! orders; beyond 6 it is refused elsewhere or impractical
+        for order in permutations(stages):
+            check_zero_representable(order)
 
 
 def _check_reference(args) -> list[int]:
@@ -244,11 +260,10 @@ def _with_acts(quant: str, acts: bool) -> str:
 
 def _cmd_sweep(args) -> int:
     import dataclasses
-    import os
 
     from ..cache import PrefixCache, default_cache_dir
     from ..errors import ConfigError
-    from ..sweep import grid_tasks, run_sweep
+    from ..sweep import check_lanes, grid_tasks, run_sweep, usable_cores
     from ..workflow import BenchFactory
 
     ratios = _floats(args.ratios, "--ratios")
@@ -271,9 +286,8 @@ def _cmd_sweep(args) -> int:
         protocol = _protocol(args)
         options = {"dtype": args.dtype, **_bench_options(args)}
     model_name = _model_name(args.model)
-    lanes = (os.cpu_count() or 1) if args.lanes is None else args.lanes
-    if lanes < 1:
-        raise ConfigError(f"--lanes must be >= 1, got {args.lanes}")
+    lanes = usable_cores() if args.lanes is None else args.lanes
+    check_lanes(lanes)
     cache_dir = None if args.no_cache else str(PrefixCache(args.cache or default_cache_dir()).directory)
     seeds = _ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
@@ -287,6 +301,10 @@ def _cmd_sweep(args) -> int:
         lanes = 1
     if args.margin is not None:  # the margin is the protocol's, carried to every lane with it
         protocol = dataclasses.replace(protocol, margin=margin_setting(args, relative=not vision).value)
+    if args.backend == "ray":
+        from ..distributed import require_ray
+
+        require_ray()  # a refusal creates no store
     store = _open_store(args.store)
     from ..workflow import protocol_id
 
@@ -297,7 +315,6 @@ def _cmd_sweep(args) -> int:
                                calibration_seed=seed, **options)
         name = protocol_id(protocol.name, args.dtype, args.eval_weights)
         if race is not None:
-            from ..cache import PrefixCache
             from ..sweep_race import run_raced_sweep
 
             done = run_raced_sweep(factory(), model_name, name, tasks, store, seed=seed, race_settings=race,

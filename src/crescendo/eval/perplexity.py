@@ -155,8 +155,9 @@ def perplexity(
 
     mean_loss = math.fsum(losses) / len(losses)
     tokens = sum(w.numel() for w in window_list)
-    result = PerplexityResult(
-        perplexity=math.exp(mean_loss), mean_loss=mean_loss, n_windows=len(losses), tokens=tokens,
+    result = PerplexityResult(  # a collapsed model's mean loss can exceed exp's range: its perplexity is inf
+        perplexity=math.exp(mean_loss) if mean_loss < 709.0 else math.inf, mean_loss=mean_loss,
+        n_windows=len(losses), tokens=tokens,
         seconds=seconds, tokens_per_second=tokens / seconds if seconds > 0 else float("inf"),
         dtype=_dtype_name(model_dtype), window_losses=tuple(losses),
     )

@@ -30,7 +30,7 @@ from .. import __version__
 from ..errors import ConfigError, VerifyError
 from ..grids import Grid
 from ..models.adapters import get_weight
-from ..outputs import atomic_output_dir, check_output_dir
+from ..outputs import atomic_output_dir, check_output_dir, without_timings
 from ..state import state_of
 from .fit import CT_MX_ELEMENTS, act_fits, weight_fits
 
@@ -183,7 +183,7 @@ def save_compressed_tensors(model: nn.Module, tokenizer: Any, out_dir: str | os.
             tokenizer.save_pretrained(tmp)
         save_file({**state, **compressed}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         ModelCompressor(quantization_config=qconfig).update_config(str(tmp))
-        (tmp / "crescendo.json").write_text(json.dumps({**metadata, "crescendo_version": __version__,
+        (tmp / "crescendo.json").write_text(json.dumps({**without_timings(metadata), "crescendo_version": __version__,
                                                         "format": "compressed-tensors",
                                                         "state": state_of(model).to_dict()}, indent=2, default=str))
     return out

@@ -98,13 +98,15 @@ def _nearest_stage(fmt: str, stage, prunes: bool) -> str | None:
     return text + (f",{targets}" if targets else "")
 
 
-def require_reader(fmt: str) -> None:
-    """ConfigError naming the install command when the package writing `fmt` is missing."""
+def require_reader(fmt: str, purpose: str | None = None) -> None:
+    """ConfigError naming the install command when the package reading and writing `fmt` is missing
+    (`purpose`: what needs it, default `--format FMT`)."""
     import importlib.util
 
     module = {GGUF: "gguf", CT: "compressed_tensors"}[fmt]
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--format {fmt} needs the {module.replace('_', '-')} package: pip install 'crescendo[export]'")
+        raise ConfigError(f"{purpose or '--format ' + fmt} needs the {module.replace('_', '-')} package: "
+                          f"pip install 'crescendo[export]'")
 
 
 def check_model_fits(model, recipe, fmt: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ConfigError, ModelError, VerifyError
 from ..models.adapters import get_adapter, get_weight
+from ..outputs import atomic_output_file, check_output_file, without_timings
 from ..state import state_of
 from .gguf_vocab import add_tokenizer_fields, check_tokenizer, copy_tokenizer_fields
 
@@ -161,7 +161,8 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
             needs one, transformers' model loader does not).
         path: the .gguf file to create; must not exist (ConfigError), written to a temporary sibling
             and renamed, so a failure leaves nothing.
-        metadata: JSON-able run metadata, stored under `crescendo.metadata` (recipe under `crescendo.recipe`).
+        metadata: JSON-able run metadata, stored under `crescendo.metadata` (recipe under `crescendo.recipe`);
+            durations are left out (`outputs.without_timings`), so identical runs write identical files.
         other: type of the tensors outside the compressed linears: f16 (default), bf16, f32, or q8_0.
         source_gguf: the GGUF file the model was loaded from; its tokenizer keys are copied verbatim.
 
@@ -180,8 +181,7 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
     out = Path(path)
     if out.exists():
         raise ConfigError(f"output file {out} exists")
-    if not out.parent.is_dir():
-        raise ConfigError(f"parent directory of {out} does not exist")
+    check_output_file(out)
     if other not in OTHER_TYPES:
         raise ConfigError(f"unknown GGUF type {other!r} for the other tensors; expected one of {', '.join(OTHER_TYPES)}")
     check_gguf_model(model, tokenizer, source_gguf)
@@ -222,8 +222,8 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
             tensors.append((gguf_name, data, raw, tuple(t.shape)))
         report.types[kind] = report.types.get(kind, 0) + 1
 
-    tmp = Path(tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)[1])
-    try:
+    metadata = without_timings(metadata)
+    with atomic_output_file(out) as tmp:  # removed on any failure; no temporary of a killed run survives either
         writer = GGUFWriter(str(tmp), "llama")
         _hparams(writer, model, n_layers, str(metadata.get("model", getattr(c, "name_or_path", "")) or "crescendo"))
         counts = {k: v for k, v in report.types.items() if k in ("q4_0", "q4_1", "q8_0")}
@@ -246,12 +246,6 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        if out.exists():
-            raise ConfigError(f"output file {out} appeared while writing")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return report
 
 

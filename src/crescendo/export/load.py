@@ -20,12 +20,14 @@ from torch import nn
 from ..errors import ModelError, VerifyError, one_line
 from ..models.adapters import set_weight_, weight_shape
 from ..models.batchnorm import restore_folded_structure_
+from ..models.file_checks import check_config_fits_tensors, check_lora_fits, check_state_fits, safetensors_header
 from ..models.loading import check_model_config
 from ..models.sharing import restore_sharing_
 from ..models.vision_io import build_from_document, is_vision_document
 from ..state import CompressionState, record_from_dict, set_state_
 from .adapters import load_adapters_
 from .layout import dtype_of, entry_shape, linear_tensor_names, unpack_linear
+from .manifest import check_manifest
 from .save import FORMAT, MANIFEST, METADATA
 from .transforms import attach_transforms_
 
@@ -46,10 +48,11 @@ def read_json(path: Path) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
+    """The manifest of a packed export, every field's type and range checked (`manifest.check_manifest`)."""
     manifest = read_json(directory / MANIFEST)
     if manifest.get("format") != FORMAT:
         raise ModelError(f"{directory / MANIFEST} is not a {FORMAT} manifest")
-    return manifest
+    return check_manifest(manifest, str(directory / MANIFEST))
 
 
 def weights_path(directory: Path, manifest: dict) -> Path:
@@ -77,8 +80,10 @@ def read_tensors(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
         raise ModelError(f"file {path.name} cannot be read: {e}") from None
 
 
-def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
-    """The architecture of config.json with fresh weights, from transformers' own classes only."""
+def build_empty_model(directory: Path, dtype: torch.dtype, manifest: dict | None = None) -> nn.Module:
+    """The architecture of config.json with fresh weights, from transformers' own classes only. With the
+    export's manifest, config.json is first checked against what the export holds (the manifest's linear
+    shapes, the weights file's header), so a config larger than its weights allocates nothing."""
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     config_dict = read_json(directory / "config.json")
@@ -87,11 +92,35 @@ def build_empty_model(directory: Path, dtype: torch.dtype) -> nn.Module:
     config_dict.pop("quantization_config", None)  # describes the packed tensors, not the model to build
     config_dict.pop("auto_map", None)  # never code from the directory
     check_model_config(config_dict, str(directory / "config.json"))  # sizes bounded before anything is built
+    if manifest is not None:
+        shapes, held = stored_shapes(directory, manifest)
+        check_config_fits_tensors(config_dict, shapes, held, str(directory / "config.json"))
     model_type = config_dict.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ModelError(f"config.json names model type {model_type!r}, which this transformers does not know")
     config = CONFIG_MAPPING[model_type].from_dict(config_dict)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def stored_shapes(directory: Path, manifest: dict) -> tuple[dict[str, tuple[int, ...]], int]:
+    """(tensor name -> shape, bytes) of what an export holds: the weights file's header for its plain
+    tensors, the manifest's shapes for its packed linears (read without loading a tensor)."""
+    path = weights_path(directory, manifest)
+    if not path.is_file():
+        raise ModelError(f"file {path.name} is missing from {directory}")
+    shapes = {name: shape for name, (_, shape) in safetensors_header(path).items()}
+    for name, entry in linears_of(manifest).items():
+        out_f, in_f = entry_shape(f"{name}.weight", entry)  # (out, in) whatever the module's layout
+        shapes[f"{name}.weight"] = (in_f, out_f) if entry.get("transposed") is True else (out_f, in_f)  # GPT-2 Conv1D
+    return shapes, path.stat().st_size
+
+
+def linears_of(manifest: dict) -> dict[str, dict]:
+    """The manifest's packed linears: {module name: entry}, or ModelError."""
+    linears = manifest.get("linears")
+    if not isinstance(linears, dict) or not all(isinstance(e, dict) for e in linears.values()):
+        raise ModelError("the manifest is malformed: linears must map module names to entries")
+    return linears
 
 
 def _module_tensor(model: nn.Module, key: str) -> torch.Tensor:
@@ -168,8 +197,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    model = build_empty_model(directory, dtype_of(manifest["dtype"]))
+    model = build_empty_model(directory, dtype_of(str(manifest.get("dtype"))), manifest)
     state = CompressionState.from_dict(manifest.get("state"))
+    check_state_fits(state, model, str(directory / MANIFEST))  # before anything is built from it
     if state.sharing is not None:  # factored layers first: the saved tensors are the factors'
         restore_sharing_(model, state.sharing)
     restore_folded_structure_(model, state.folded_batchnorm)  # `foldbn` replaced batch norms by conv biases
@@ -200,6 +230,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         mask, grid, params = rebuilt.get(name, (None, None, None))
         state.records[name] = record_from_dict(name, described, mask, grid, params)
     attach_transforms_(model, manifest.get("transforms", {}))
+    check_lora_fits(state.lora, model, str(directory / MANIFEST))
     load_adapters_(model, directory, state.lora)  # before the buffer casts: they name the adapters' buffers
     _cast_buffers_(model, manifest.get("buffer_dtypes", {}))
     model.eval().to(device)

@@ -8,7 +8,8 @@ The directory holds (see the README for the full layout):
     tokenizer files              whatever `tokenizer.save_pretrained` writes
     crescendo-packed.safetensors packed linears (layout.py) and every other tensor as it is
     crescendo_export.json        the manifest: per-linear grid, shape, mask, records, transforms, aliases
-    crescendo.json               the run's metadata: recipe, protocol, metrics, crescendo version
+    crescendo.json               the run's metadata: recipe, protocol, metrics, crescendo version (no timings:
+                                 identical runs write identical files)
     adapter_config.json, adapter_model.safetensors   unmerged LoRA adapters, in peft's format (adapters.py)
 
 Nothing in it is code or a pickle: `crescendo.load` reads JSON and safetensors only.
@@ -30,7 +31,7 @@ from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from ..models.vision import VisionClassifier
 from ..models.vision_io import vision_config_document
-from ..outputs import atomic_output_dir, check_output_dir
+from ..outputs import atomic_output_dir, check_output_dir, without_timings
 from ..state import state_of
 from .adapters import save_adapters
 from .layout import dtype_name, pack_linear, unpack_linear
@@ -206,7 +207,7 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
         # runs write different bytes (the layout is named by the manifest beside it)
         save_file({**plain, **packed}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        (tmp / METADATA).write_text(json.dumps({**metadata, "crescendo_version": __version__, "format": "packed"},
-                                               indent=2, default=str))
+        (tmp / METADATA).write_text(json.dumps({**without_timings(metadata), "crescendo_version": __version__,
+                                                "format": "packed"}, indent=2, default=str))
         save_adapters(model, tmp)  # unmerged LoRA adapters, in peft's files
     return out

@@ -23,6 +23,7 @@ from ..errors import CrescendoError, VerifyError
 from ..grids import grid_from_dict
 from ..state import CompressionState
 from .adapters import read_adapters
+from .fit import require_reader
 from .layout import dtype_of, linear_tensor_names, read_kept, unpack_linear
 from .load import read_json, read_manifest, read_tensors
 from .recipe_check import Expectation, recipe_expectations
@@ -220,10 +221,14 @@ def verify(directory: str | os.PathLike) -> VerifyReport:
     """
     summary: dict[str, Any] = {"directory": str(directory)}
     path = Path(directory)
+    fmt = "gguf" if path.suffix == ".gguf" and path.is_file() else (
+        "compressed-tensors" if _is_compressed_tensors(path) else "packed")
+    if fmt != "packed":  # a missing reader is no failed verification: ConfigError (exit 2), with the install hint
+        require_reader(fmt, f"verifying a {fmt} export")
     try:
-        if path.suffix == ".gguf" and path.is_file():
+        if fmt == "gguf":
             verify_gguf(path, summary)
-        elif _is_compressed_tensors(path):
+        elif fmt == "compressed-tensors":
             verify_ct(path, summary)
         else:
             _verify(path, summary)
@@ -231,8 +236,10 @@ def verify(directory: str | os.PathLike) -> VerifyReport:
         return VerifyReport(False, summary, str(e))
     except CrescendoError as e:  # e.g. a recipe in the manifest that no longer parses
         return VerifyReport(False, summary, f"recipe {summary.get('recipe')!r}: {e}")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        return VerifyReport(False, summary, f"{Path(directory) / 'crescendo_export.json'} is malformed: {e!r}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = {"gguf": f"GGUF file {path}", "compressed-tensors": f"compressed-tensors export {path}",
+                "packed": str(path / "crescendo_export.json")}[fmt]
+        return VerifyReport(False, summary, f"{what} is malformed: {e!r}")
     if summary.get("format") in ("gguf", "compressed-tensors"):
         summary["checks"] = ["files", "finite", "codes and block parameters in range", "zeros of pruned layers",
                              "sizes against the recipe", "recipe agreement"]

@@ -59,15 +59,30 @@ def verify_gguf(path: Path, summary: dict[str, Any]) -> None:
     from gguf import MODEL_ARCH, GGUFReader, dequantize, get_tensor_name_map
     from gguf import GGMLQuantizationType as T
 
+    from ..errors import ModelError
+    from ..models.gguf_file import check_gguf
+
     try:
+        summary_of_file = check_gguf(path)  # the structure, in bounded memory, before gguf-py reads it
         reader = GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001 -- a truncated or damaged file: ValueError, struct / numpy errors
+    except ModelError as e:
+        raise VerifyError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 -- a damaged file the walk let through: ValueError, struct / numpy errors
         raise VerifyError(f"file {path.name} cannot be read as GGUF: {e}") from None
     field = lambda key: reader.fields[key].contents() if key in reader.fields else None
     if field("general.architecture") != "llama":
         raise VerifyError(f"{path.name}: architecture {field('general.architecture')!r}, crescendo writes 'llama'")
-    n_layers = int(field("llama.block_count"))
-    recipe, meta = field("crescendo.recipe"), json.loads(field("crescendo.metadata") or "{}")
+    n_layers = field("llama.block_count")
+    if not isinstance(n_layers, int) or not 1 <= n_layers <= len(summary_of_file.tensors):
+        raise VerifyError(f"{path.name}: llama.block_count {str(n_layers)[:40]!r} is not a block count of its "
+                          f"{len(summary_of_file.tensors)} tensors")
+    recipe, meta = field("crescendo.recipe"), field("crescendo.metadata") or "{}"
+    try:
+        meta = json.loads(meta) if isinstance(meta, str) else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or (recipe is not None and not isinstance(recipe, str)):
+        raise VerifyError(f"{path.name}: crescendo.metadata / crescendo.recipe are malformed")
     other = meta.get("other", "f16")
     every, blocks, kv = _llama_names(n_layers)
     expectations = recipe_expectations(recipe, every, blocks, kv)
@@ -139,8 +154,10 @@ def verify_ct(directory: Path, summary: dict[str, Any]) -> None:
         tensors = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # noqa: BLE001 -- missing / damaged files, a config compressed-tensors rejects
         raise VerifyError(f"{directory} is not a readable compressed-tensors export: {e}") from None
-    meta = json.loads((directory / "crescendo.json").read_text()) if (directory / "crescendo.json").exists() else {}
+    meta = _crescendo_json(directory)
     recipe = meta.get("recipe")
+    if recipe is not None and not isinstance(recipe, str):
+        raise VerifyError(f"{directory / 'crescendo.json'}: recipe must be a string")
     every, blocks, kv = _linear_names_of(config)
     expectations = recipe_expectations(recipe, every, blocks, kv)
     groups = qc.config_groups.values() if qc is not None else []
@@ -176,14 +193,35 @@ def verify_ct(directory: Path, summary: dict[str, Any]) -> None:
     summary.update(sparsity=zero_total / elements if elements else 0.0)
 
 
+def _crescendo_json(directory: Path) -> dict:
+    path = directory / "crescendo.json"
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise VerifyError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise VerifyError(f"{path} must hold a JSON object")
+    return meta
+
+
 def _linear_names_of(config: dict) -> tuple[list[str], list[str], list[str]]:
     """Every linear, the decoder-block linears and the k/v projections of the architecture in config.json,
     from a model built on the meta device (no weights are allocated, no code from the directory runs)."""
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
+    from ..errors import CrescendoError
+    from ..models.loading import check_model_config
     from .save import _linear_names
 
+    if not isinstance(config, dict):
+        raise VerifyError("config.json must hold a JSON object")
     config = {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map")}
+    try:
+        check_model_config(config, "config.json")  # bounded sizes before even a meta model is built
+    except CrescendoError as e:
+        raise VerifyError(str(e)) from None
     if config.get("model_type") not in CONFIG_MAPPING:
         raise VerifyError(f"config.json names model type {config.get('model_type')!r}, unknown to transformers")
     with torch.device("meta"):

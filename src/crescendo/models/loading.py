@@ -15,6 +15,7 @@ Remote code is never trusted (`trust_remote_code` stays False).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - older huggingface_hub
 
 from ..data.hub import hub_offline, probe_hub
 from ..errors import ModelError, one_line
+from .file_checks import check_config_fits_tensors, directory_shapes
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +163,74 @@ def _check_local_files(resolved: ResolvedSpec) -> None:
         hint = (f" (it has {', '.join(pickles[:3])}: pickle checkpoints are not loaded; convert them with "
                 f"model.save_pretrained(DIR, safe_serialization=True))") if pickles else ""
         raise ModelError(f"{directory}: no .safetensors weights{hint}")
+    _require_quantizer(config, str(config_path))
+    shapes, held = directory_shapes(directory)  # every header checked against its file
+    check_config_fits_tensors(config, shapes, held, str(config_path))  # before the real model is built
+
+
+def _require_quantizer(config: dict[str, Any], where: str) -> None:
+    """A config declaring compressed-tensors needs that package to load (transformers raises ImportError)."""
+    method = (config.get("quantization_config") or {}).get("quant_method") if isinstance(
+        config.get("quantization_config"), dict) else None
+    if method == "compressed-tensors" and importlib.util.find_spec("compressed_tensors") is None:
+        raise ModelError(f"{where} declares compressed-tensors weights; loading them needs the compressed-tensors "
+                         f"package: pip install 'crescendo[export]'")
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws its own progress bar and logs warnings about the file on stderr,
+    which a refused file would add to crescendo's one-line error: both are silenced while it reads."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as hf_logging
+
+    bar, level = getattr(reader, "tqdm", None), hf_logging.get_verbosity()
+    reader.tqdm = lambda iterable, *args, **kwargs: iterable
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bar is not None:
+            reader.tqdm = bar
+        hf_logging.set_verbosity(level)
+
+
+def _check_gguf_file(resolved: ResolvedSpec) -> None:
+    """A GGUF file other than the embedded one: its structure walked in bounded memory (`gguf_file`), then the
+    config transformers derives from it bounded and compared with the size of the file, before any reader
+    allocates from it."""
+    if resolved.gguf_file is None or resolved.info.source == "embedded":
+        return
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from .file_checks import check_config_fits_tensors
+    from .gguf_file import check_gguf
+
+    path = Path(resolved.location) / resolved.gguf_file
+    check_gguf(path)
+    try:
+        with _quiet_gguf_reader():
+            config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, NotImplementedError) as exc:
+        raise ModelError(f"{path.name}: transformers cannot read a model from this GGUF file ({one_line(exc)})") from None
+    check_model_config(config, path.name)
+    check_config_fits_tensors(config, {}, path.stat().st_size, f"{path.name}'s metadata")
 
 
 def _from_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_local_files(resolved)
+    _check_gguf_file(resolved)
     kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
     if resolved.gguf_file is not None:
         kwargs["gguf_file"] = resolved.gguf_file
     weights = {} if resolved.gguf_file is not None else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
+    with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+        with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
     except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions on corrupt files
         raise ModelError(f"no usable tokenizer for {resolved.info.name} ({one_line(exc)}); crescendo "
                          f"needs one to tokenize its corpora: save it beside the model with "
@@ -249,10 +306,13 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32,
             model, tokenizer = _from_pretrained(resolved, torch_dtype, local_only=True)
         except ModelError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError,
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, ImportError,
                 SafetensorError, EOFError, StrictDataclassError) as exc:  # missing, truncated or corrupt files; unsupported config
             kind = "GGUF file" if resolved.gguf_file else "model"
-            raise ModelError(f"cannot load {kind} from {info.path}: {one_line(exc)}") from exc
+            cause = exc
+            if resolved.gguf_file and "valid JSON" in str(exc):  # transformers' words for any GGUF reading error
+                cause = exc.__cause__ or exc.__context__ or exc
+            raise ModelError(f"cannot load {kind} from {info.path}: {one_line(cause)}") from exc
     model.to(device)
     model.eval()
     return model, tokenizer, info

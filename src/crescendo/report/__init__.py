@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..analysis.cer import CERSettings
-from ..errors import StoreError
+from ..errors import StoreError, one_line
 from ..outputs import atomic_output_dir, check_output_dir
 from ..store import ResultStore, code_commit, stored_row_count
 from . import figures, tables
@@ -53,7 +53,11 @@ def _load(store_path: Path, model: str | None, protocol: str | None) -> tuple[Gr
         raise StoreError(f"results store {store_path} is empty")
     with ResultStore(store_path, readonly=True) as store:  # a report never writes to a store
         rows = store.rows(model=model, protocol=protocol)
-    grouping = group_rows(rows)
+    try:
+        grouping = group_rows(rows)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # rows typed, their extra not
+        raise StoreError(f"results store {store_path} holds a row whose extra fields the report cannot read "
+                         f"({type(e).__name__}: {one_line(e, 120)})") from None
     if not grouping.experiments and not grouping.errors:
         wanted = ", ".join(f"{k}={v}" for k, v in (("model", model), ("protocol", protocol)) if v)
         raise StoreError(f"no sweep rows{' for ' + wanted if wanted else ''} in {store_path}")

@@ -224,6 +224,8 @@ def _templates(row: Row) -> tuple[str, str]:
     prune, quant = extra.get("prune"), extra.get("quant")
     if isinstance(prune, str) and isinstance(quant, str):
         return prune, quant
+    if not all(t is None or isinstance(t, str) for t in (prune, quant)):  # a stored row may say anything
+        raise TypeError(f"extra prune / quant must be template strings, got {prune!r} / {quant!r}")
     stages = _split(row.recipe)
     if row.kind == "single":
         p = templatize(stages[0], fmt_ratio(extra["ratio"]), "{r}") if "ratio" in extra else None
