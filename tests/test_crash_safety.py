@@ -31,7 +31,10 @@ def test_kill_9_at_random_moments_and_at_commit_time_loses_nothing(tmp_path):
     kinds = {(k["command"], k["kill"]["mode"]) for k in summary["kills"]}
     assert {c for c, _ in kinds} == set(COMMANDS)
     assert {"random", "commit", "rename"} <= {m for _, m in kinds}
-    assert sum(k["killed"] for k in summary["kills"]) >= len(COMMANDS)  # a random delay may outlast a run
+    # a kill at commit or rename time always lands; a random delay (up to 1.2x the clean run) may outlast a run
+    # on a slow or busy machine, so those are not required to land, but most of the campaign must be real kills
+    assert all(k["killed"] for k in summary["kills"] if k["kill"]["mode"] != "random"), summary["kills"]
+    assert sum(k["killed"] for k in summary["kills"]) >= len(COMMANDS) // 2 + 1
     total = summary["total"]
     assert (total["rows_lost"], total["rows_duplicated"], total["integrity_failures"], total["partial_outputs"]) == (
         0, 0, 0, 0), json.dumps(summary["per_command"], indent=1)
