@@ -38,6 +38,14 @@ def test_demo_shows_the_interval_and_the_verdict(saved_tiny, capsys):
     assert [r["units"] for r in raced["rows"][1:]] == list(raced["race"]["units_used"].values())
 
 
+def test_demo_shows_no_progress_when_stderr_is_not_a_terminal(saved_tiny, capsys):
+    """Without --quiet, but with stderr captured (not a terminal): no progress line and no engine bar."""
+    model_dir, protocol = saved_tiny
+    code, out, err = _run(capsys, "demo", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS)
+    assert code == 0 and "order advantage" in out
+    assert "it/s" not in err and "crescendo demo [" not in err and "wanda:0.5:" not in err, err[-500:]
+
+
 def test_order_with_a_store_keeps_units_and_race_rows_are_labelled(saved_tiny, capsys, tmp_path):
     model_dir, protocol = saved_tiny
     store = tmp_path / "o.sqlite"

@@ -275,6 +275,8 @@ def _cmd_demo(args) -> int:
 
         raise ConfigError("the demo runs on language models; for a vision model use compress or order")
     plan, why = choose_plan(args.full, fast)
+    # progress (the demo's lines, the engine's and transformers' bars) only on a terminal, never under --quiet
+    args.quiet = args.quiet or not sys.stderr.isatty()
     args.eval_windows = plan.eval_windows if args.eval_windows is None else args.eval_windows
     args.nsamples = plan.calibration if args.nsamples is None else args.nsamples
     race = race_settings(args, relative=True)
