@@ -29,6 +29,15 @@ def tiny_llama(**kw):
     return LlamaForCausalLM(LlamaConfig(**cfg))
 
 
+def cache_with_one_entry(directory):
+    """`directory` as a prefix cache holding one real entry (a tiny LLaMA under a fixed key)."""
+    from crescendo.cache import PrefixCache
+
+    cache = PrefixCache(directory)
+    cache.put(cache.key("tiny", "proto", 0, "magnitude:0.5"), tiny_model("llama"))
+    return directory
+
+
 def tiny_model(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "llama":

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import tiny_model
+from conftest import cache_with_one_entry, tiny_model
 
 from crescendo.cache import PrefixCache
 from crescendo.cli import main
@@ -22,10 +22,7 @@ def _tree(root):
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory):
     """A cache directory holding one real entry."""
-    directory = tmp_path_factory.mktemp("cache")
-    cache = PrefixCache(directory)
-    cache.put(cache.key("tiny", "proto", 0, "magnitude:0.5"), tiny_model("llama"))
-    return directory
+    return cache_with_one_entry(tmp_path_factory.mktemp("cache"))
 
 
 def test_clear_leaves_digest_named_folders_it_did_not_write(tmp_path, capsys):

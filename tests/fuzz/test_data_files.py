@@ -12,13 +12,12 @@ import json
 import shutil
 
 import pytest
-from conftest import tiny_model
+from conftest import cache_with_one_entry
 from formats import idx_gz, peak_growth
 from harness import PEAK_BYTES, address_space_limit, budget, fixed_seed, mutated_json, offline, run_cli  # noqa: F401
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crescendo.cache import PrefixCache
 from crescendo.data.images import FASHION_MNIST_FILES, read_idx
 from crescendo.errors import DataError
 
@@ -82,10 +81,7 @@ def test_fashion_mnist_directories(data, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fuzz-cache")
-    cache = PrefixCache(directory)
-    cache.put(cache.key("tiny", "proto", 0, "magnitude:0.5"), tiny_model("llama"))
-    return directory
+    return cache_with_one_entry(tmp_path_factory.mktemp("fuzz-cache"))
 
 
 @budget(20)
