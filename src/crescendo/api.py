@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from .blockwise.residency import residency_of, resident_block
 from .budget.accounting import LayerCost, layer_cost, model_bops, model_size_bits
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .engine.interleaved import apply_interleaved_, check_interleavable, check_mode
@@ -52,19 +53,27 @@ class CompressionResult:
 
 
 def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSummary:
-    """Sparsity, average weight bits and compression ratio of the decoder-block linears."""
+    """Sparsity, average weight bits and compression ratio of the decoder-block linears (one pass
+    over the blocks: a block-wise model loads each block once)."""
     adapter = adapter or get_adapter(model)
     state = state_of(model)
     records = state.records
     total = pruned = zeros = 0
     bits = 0.0
-    for name, module in adapter.all_block_linears(model).items():
-        n = module.weight.numel()
-        rec = records.get(name)
-        total += n
-        zeros += int((module.weight == 0).sum())
-        pruned += int(rec.mask.sum()) if rec is not None and rec.mask is not None else 0
-        bits += n * (rec.weight_bits(in_features(module)) if rec is not None else 16.0)
+    positions = adapter.positions(model)
+    stored: list[LayerCost] = []  # storage costs: shared scales count in the weight bits
+    arithmetic: list[LayerCost] = []  # arithmetic costs: element bits only
+    for index in range(len(adapter.blocks(model))):
+        with resident_block(model, index):
+            for name, module in adapter.block_linears(model, index).items():
+                n = module.weight.numel()
+                rec = records.get(name)
+                total += n
+                zeros += int((module.weight == 0).sum())
+                pruned += int(rec.mask.sum()) if rec is not None and rec.mask is not None else 0
+                bits += n * (rec.weight_bits(in_features(module)) if rec is not None else 16.0)
+                stored.append(_layer_cost(name, module, rec, positions, storage=True))
+                arithmetic.append(_layer_cost(name, module, rec, positions, storage=False))
     removed = state.removed.params if state.removed else 0  # whole blocks removed (SLEB) count as pruned
     pruned += removed
     zeros += removed
@@ -74,11 +83,11 @@ def summarize(model: nn.Module, adapter: Adapter | None = None) -> CompressionSu
     avg_bits = bits / total if total else 16.0
     # what the compressed model stores beyond its linears' weights: unmerged adapters, at 16 bits
     extra_bits = sum(c.params for c in adapter_costs(model)) * 16.0
-    stored = avg_bits * (1.0 - sparsity) * total + extra_bits
+    size_bits = avg_bits * (1.0 - sparsity) * total + extra_bits
     # the dense model: shared linears count with the weights their factors replaced
     dense_params, factor_params = sharing_params(model)
-    ratio = 16.0 * (total - factor_params + dense_params) / stored if stored > 0 else float("inf")
-    bops, size = _reductions(model, adapter)
+    ratio = 16.0 * (total - factor_params + dense_params) / size_bits if size_bits > 0 else float("inf")
+    bops, size = _reductions(model, stored, arithmetic)
     return CompressionSummary(sparsity=sparsity, avg_weight_bits=avg_bits, compression_ratio=ratio, params=total,
                               bop_reduction=bops, size_reduction=size, zero_fraction=zeros / total if total else 0.0,
                               batchnorm=_batchnorm(model, adapter))
@@ -101,22 +110,26 @@ def layer_costs(model: nn.Module, adapter: Adapter | None = None, storage: bool 
     records = state_of(model).records
     positions = adapter.positions(model)
     costs = []
-    for name, module in adapter.all_block_linears(model).items():
-        n_in = in_features(module)
-        n_out = module.weight.numel() // n_in
-        rec = records.get(name)
-        if rec is None:
-            costs.append(layer_cost(name, n_in, n_out, positions.get(name, 1)))
-            continue
-        act_bits = rec.act_grid.bits_per_element if rec.act_grid is not None else 16.0
-        nm = rec.nm if rec.nm is not None and abs(rec.sparsity - rec.nm.ratio) < 1e-9 else None
-        if rec.grid is None:
-            weight_bits = 16.0
-        else:
-            weight_bits = rec.weight_bits(n_in) if storage else rec.grid.bits_per_element
-        costs.append(layer_cost(name, n_in, n_out, positions.get(name, 1), weight_bits=weight_bits, act_bits=act_bits,
-                                sparsity=0.0 if nm is not None else rec.sparsity, nm=nm))
+    for index in range(len(adapter.blocks(model))):
+        with resident_block(model, index):
+            for name, module in adapter.block_linears(model, index).items():
+                costs.append(_layer_cost(name, module, records.get(name), positions, storage))
     return costs
+
+
+def _layer_cost(name: str, module: nn.Module, rec, positions: dict[str, int], storage: bool) -> LayerCost:
+    n_in = in_features(module)
+    n_out = module.weight.numel() // n_in
+    if rec is None:
+        return layer_cost(name, n_in, n_out, positions.get(name, 1))
+    act_bits = rec.act_grid.bits_per_element if rec.act_grid is not None else 16.0
+    nm = rec.nm if rec.nm is not None and abs(rec.sparsity - rec.nm.ratio) < 1e-9 else None
+    if rec.grid is None:
+        weight_bits = 16.0
+    else:
+        weight_bits = rec.weight_bits(n_in) if storage else rec.grid.bits_per_element
+    return layer_cost(name, n_in, n_out, positions.get(name, 1), weight_bits=weight_bits, act_bits=act_bits,
+                      sparsity=0.0 if nm is not None else rec.sparsity, nm=nm)
 
 
 def adapter_costs(model: nn.Module) -> list[LayerCost]:
@@ -146,9 +159,7 @@ def _sharing_costs(model: nn.Module, arithmetic: list[LayerCost]) -> tuple[list[
     return dense, reused
 
 
-def _reductions(model: nn.Module, adapter: Adapter) -> tuple[float, float]:
-    linears = layer_costs(model, adapter)
-    arithmetic = layer_costs(model, adapter, storage=False)
+def _reductions(model: nn.Module, linears: list[LayerCost], arithmetic: list[LayerCost]) -> tuple[float, float]:
     replaced, reused = _sharing_costs(model, arithmetic)
     # the dense model: its own linears (adapters are no part of it; shared linears as they were before)
     dense = [c.dense_baseline() for c in linears if container_name(c.name) == c.name] + replaced
@@ -188,6 +199,15 @@ def validate_recipe(model: nn.Module, recipe: Recipe, have_calibration: bool, ad
             _check_zero_representable(stage, targets, pruned, zeroless)
         if stage.kind == "rotate" and not adapter.rotatable:
             raise ConfigError(f"rotate is implemented for the LLaMA family, not {adapter.family}")
+
+
+def check_blockwise_recipe(recipe: Recipe) -> None:
+    """A block-wise model (`crescendo.blockwise`) takes per-layer stages only: whole-model stages
+    (rotate, sleb, lora, finetune, share, foldbn) need every block at once."""
+    for stage in recipe.stages:
+        if stage.spec.apply_model is not None:
+            raise ConfigError(f"stage {stage} works on the whole model at once; a block-wise run (--max-memory) "
+                              f"applies per-layer stages only (pruners, quantizers, formats)")
 
 
 def _check_zero_representable(stage, targets, pruned: set[str], zeroless: dict) -> None:
@@ -239,7 +259,17 @@ def compress(
     validate_recipe(model, recipe, bool(calibration), adapter)
     if mode == "interleaved":
         check_interleavable(recipe.stages)
-    if calibration and any(stage.calibrated for stage in recipe.stages):
+    calibrated = bool(calibration) and any(stage.calibrated for stage in recipe.stages)
+    blockwise = residency_of(model)
+    if blockwise is not None:  # the memory plan, before anything is read: windows per block call, prefetch
+        check_blockwise_recipe(recipe)
+        if calibration_batch_size is not None and calibrated:
+            calibration_batch_size_for(model, calibration, calibration_batch_size)  # checked against the windows
+        windows = len(calibration) if calibrated else 0
+        seqlen = int(calibration[0].shape[-1]) if calibrated else 1
+        plan = blockwise.plan(model, adapter, windows, seqlen, calibrated, calibration_batch_size)
+        calibration_batch_size = plan.batch_size if calibrated else calibration_batch_size
+    elif calibrated:
         calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training
     model.eval()

@@ -5,6 +5,8 @@ the CLI turns these into a one-line message and exit code 2."""
 class CrescendoError(Exception):
     """Base class for errors caused by user input (recipes, paths, models, data)."""
 
+    exit_code = 2  # what the CLI exits with: bad input, refused before the run did anything
+
 
 class RecipeError(CrescendoError, ValueError):
     """A recipe string or YAML file is malformed, names an unknown method or has bad settings."""
@@ -28,6 +30,13 @@ class StoreError(CrescendoError):
 
 class VerifyError(CrescendoError):
     """A saved compressed model does not match its recorded recipe (grid, sparsity, NaN/Inf)."""
+
+
+class StorageError(CrescendoError):
+    """Files a run that had started could not read or write: a weight shard removed or truncated
+    under it, a disk that filled up. The run stops, leaves no half-written output, and exits 1."""
+
+    exit_code = 1
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

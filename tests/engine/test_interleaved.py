@@ -10,6 +10,7 @@ from conftest import TINY_PROTOCOL_ARGS, tiny_model
 
 from crescendo.api import compress
 from crescendo.engine import interleaved, sequential
+from crescendo.engine.capture import BlockInputs
 from crescendo.errors import ConfigError, CrescendoError
 from crescendo.models.adapters import get_adapter, get_weight
 from crescendo.state import state_of
@@ -68,16 +69,19 @@ def test_interleaved_runs_fewer_blocks(calibration, monkeypatch):
     for mode in ("stagewise", "interleaved"):
         calls = {"blocks": 0, "captures": 0}
 
-        def counting_run(block, inputs, _real=sequential.run_block, _calls=calls):
-            _calls["blocks"] += 1
-            return _real(block, inputs)
+        def counting(real, _calls=calls):
+            def run(inputs, block):
+                _calls["blocks"] += 1
+                return real(inputs, block)
+            return run
 
         def counting_capture(*args, _real=sequential.capture_first_block_inputs, _calls=calls, **kwargs):
             _calls["captures"] += 1
             return _real(*args, **kwargs)
 
+        for method in ("run", "advance_"):  # statistics passes, and propagation to the next block
+            monkeypatch.setattr(BlockInputs, method, counting(getattr(BlockInputs, method)))
         for module in (sequential, interleaved):
-            monkeypatch.setattr(module, "run_block", counting_run)
             monkeypatch.setattr(module, "capture_first_block_inputs", counting_capture)
         _compressed("sparsegpt:0.5 > gptq:w4", calibration, mode)
         counts[mode] = dict(calls)

@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except CrescendoError as e:
         print(f"crescendo: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except _Terminated:
         print("crescendo: terminated", file=sys.stderr)
         return 143

@@ -54,6 +54,26 @@ class BlockInputs:
     def __len__(self) -> int:
         return len(self.calls)
 
+    @torch.no_grad()
+    def run(self, block: nn.Module) -> None:
+        """Run `block` on every call for what its hooks see; the outputs are dropped at once."""
+        for args, kwargs in self.calls:
+            block(*args, **kwargs)
+
+    @torch.no_grad()
+    def advance_(self, block: nn.Module) -> None:
+        """Replace every call's hidden states by `block`'s output on them, one batch at a time: the
+        same values as `with_hidden(run_block(block, self))`, while holding one batch beside the
+        hidden states instead of a second copy of all of them."""
+        for i, (args, kwargs) in enumerate(self.calls):
+            out = block(*args, **kwargs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if args:
+                self.calls[i] = ((out,) + tuple(args[1:]), kwargs)
+            else:
+                self.calls[i] = (args, {**kwargs, "hidden_states": out})
+            del args, kwargs, out
+
 
 def _free_memory(device: torch.device) -> int:
     if device.type == "cuda":

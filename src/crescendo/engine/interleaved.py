@@ -29,10 +29,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blockwise.residency import resident_block, resident_outside
 from ..errors import ConfigError
 from ..models.adapters import Adapter, select_targets
 from ..state import state_of
-from .capture import capture_first_block_inputs, run_block
+from .capture import capture_first_block_inputs
 from .sequential import StageReport, apply_stage_, compress_block_
 
 MODES = ("stagewise", "interleaved")
@@ -84,21 +85,25 @@ def apply_interleaved_(
         raise ConfigError("interleaved mode: a calibrated stage needs calibration data")
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter) if calibrated else None
+    inputs = None
+    if calibrated:
+        with resident_outside(model):
+            inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     desc = "interleaved: " + " > ".join(str(s) for s in stages)
     for index in tqdm(range(len(blocks)), desc=desc, disable=not progress, leave=False):
         block = blocks[index]
         in_block = adapter.block_linears(model, index)
-        for stage, chosen, report in zip(stages, targets, own):
-            linears = {n: m for n, m in in_block.items() if n in chosen}
-            if not linears:
-                continue
-            start = time.perf_counter()
-            compress_block_(block, inputs, linears, state, stage.spec, stage.config, str(stage), report)
-            if stage.spec.attach_linear is not None:  # later stages on this block, and later blocks, see it
-                for name, module in linears.items():
-                    stage.spec.attach_linear(module, state.record(name), stage.config, adapter, model)
-            report.seconds += time.perf_counter() - start
-        if calibrated and index + 1 < len(blocks):
-            inputs = inputs.with_hidden(run_block(block, inputs))
+        with resident_block(model, index, write=any(n in chosen for n in in_block for chosen in targets)):
+            for stage, chosen, report in zip(stages, targets, own):
+                linears = {n: m for n, m in in_block.items() if n in chosen}
+                if not linears:
+                    continue
+                start = time.perf_counter()
+                compress_block_(block, inputs, linears, state, stage.spec, stage.config, str(stage), report)
+                if stage.spec.attach_linear is not None:  # later stages on this block, and later blocks, see it
+                    for name, module in linears.items():
+                        stage.spec.attach_linear(module, state.record(name), stage.config, adapter, model)
+                report.seconds += time.perf_counter() - start
+            if calibrated and index + 1 < len(blocks):
+                inputs.advance_(block)
     return reports

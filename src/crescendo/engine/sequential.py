@@ -6,6 +6,9 @@ method needs, compresses the block's target linears, re-runs the block to get th
 inputs. Data-free stages (magnitude, RTN, block formats) skip the forward passes entirely.
 Activation quantizers a stage adds are attached at the end of the stage, so the stage's own weight
 calibration sees unquantized activations (QuaRot's convention) and later stages see quantized ones.
+Every block's work runs inside `resident_block` (and the capture inside `resident_outside`): for a
+block-wise model (`crescendo.blockwise`) that loads the block, and saves it once compressed; for a
+model in memory it does nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blockwise.residency import group_of, resident_block, resident_group, resident_outside
 from ..errors import ConfigError
 from ..models.adapters import (
     Adapter,
@@ -28,7 +32,7 @@ from ..models.adapters import (
     tied_names,
 )
 from ..state import LinearRecord, state_of
-from .capture import capture_first_block_inputs, run_block
+from .capture import capture_first_block_inputs
 from .stats import Hessian, InputStatistics
 
 log = logging.getLogger(__name__)
@@ -77,8 +81,13 @@ def apply_stage_(
     report = StageReport(spec.name, str(stage), 0.0, len(targets))
     statistic = spec.statistic_for(config)
     if statistic is None:
-        for name, module in tqdm(targets.items(), desc=f"{stage}", disable=not progress, leave=False):
-            _compress_one(module, None, state.record(name), spec, config, str(stage))
+        groups: dict[str, list[str]] = {}  # one load per block of a block-wise model
+        for name in targets:
+            groups.setdefault(group_of(name, adapter.blocks_path), []).append(name)
+        for names in tqdm(groups.values(), desc=f"{stage}", disable=not progress, leave=False):
+            with resident_group(model, names[0], write=spec.compress_linear is not None):
+                for name in names:
+                    _compress_one(targets[name], None, state.record(name), spec, config, str(stage))
     else:
         _calibrated_pass(model, adapter, targets, calibration, spec, config, str(stage), report, progress, batch_size)
     if spec.attach_linear is not None:
@@ -114,7 +123,7 @@ def compress_block_(block: nn.Module, inputs, linears: dict[str, nn.Module], sta
             _compress_one(module, None, state.record(name), spec, config, text)
         return
     with InputStatistics(linears, kind) as stats:
-        run_block(block, inputs)
+        inputs.run(block)
     seen: set[int] = set()
     for name, module in linears.items():
         statistic = stats.result(name)
@@ -133,11 +142,13 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
     calibration_targets(adapter, targets, text)
     state = state_of(model)
     blocks = adapter.blocks(model)
-    inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
+    with resident_outside(model):
+        inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
         block = blocks[index]
         linears = {n: m for n, m in adapter.block_linears(model, index).items() if n in targets}
-        if linears:
-            compress_block_(block, inputs, linears, state, spec, config, text, report)
-        if index + 1 < len(blocks):
-            inputs = inputs.with_hidden(run_block(block, inputs))
+        with resident_block(model, index, write=bool(linears)):
+            if linears:
+                compress_block_(block, inputs, linears, state, spec, config, text, report)
+            if index + 1 < len(blocks):
+                inputs.advance_(block)

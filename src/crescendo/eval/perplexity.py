@@ -4,6 +4,11 @@ The loss of one window is Hugging Face's causal-LM loss with labels = inputs: th
 of the seqlen - 1 predicted tokens. Perplexity = exp(mean of the window losses), the GPTQ/SparseGPT
 evaluation (`opt_eval`: `nlls` of equal windows, `exp(sum / (n * seqlen))`). The loss is computed here
 from the logits, in float32, so any module returning logits works, and batching cannot change it.
+
+A block-wise model (`crescendo.blockwise`) is evaluated block by block instead: every window's
+inputs of block 0 are captured, all windows go through block i before block i + 1 is loaded, and the
+head turns the last block's outputs into logits. The batches and the operations are those of the
+whole-model forward, so the losses are the same numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blockwise.residency import residency_of, resident_block, resident_outside
 from ..data.tokenized import ProtocolData
 from ..errors import ConfigError, DataError
 
@@ -132,23 +138,19 @@ def perplexity(
         log.warning("protocol %s is specified in %s but the model runs in %s: the result is not "
                     "comparable with the protocol's reference figures", windows.protocol.name,
                     windows.protocol.dtype, _dtype_name(model_dtype))
+    residency = residency_of(model)
     run_device = torch.device(device) if device is not None else (
-        first.device if first is not None else torch.device("cpu"))
+        residency.device if residency is not None else first.device if first is not None else torch.device("cpu"))
 
-    losses: list[float] = []
     was_training = model.training
     model.eval()
     show = progress and sys.stderr.isatty()
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(window_list), unit="window", desc="perplexity",
-                                           disable=not show, leave=False) as bar:
-            for group in _batches(window_list, batch_size):
-                input_ids = torch.stack(group).to(run_device)  # (B, L)
-                output = model(input_ids=input_ids, use_cache=False)
-                logits = output.logits if hasattr(output, "logits") else output[0]  # (B, L, V)
-                losses.extend(causal_lm_window_losses(logits, input_ids).tolist())
-                bar.update(len(group))
+        if residency is not None:
+            losses = _blockwise_losses(model, window_list, batch_size, run_device, show)
+        else:
+            losses = _losses(model, window_list, batch_size, run_device, show)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -164,3 +166,48 @@ def perplexity(
     log.info("perplexity %.4f over %d windows (%d tokens, %.1f s, %.0f tokens/s, %s)", result.perplexity,
              result.n_windows, tokens, seconds, result.tokens_per_second, result.dtype)
     return result
+
+
+def _losses(model: nn.Module, windows: list[torch.Tensor], batch_size: int, device: torch.device,
+            show: bool) -> list[float]:
+    losses: list[float] = []
+    with torch.inference_mode(), tqdm(total=len(windows), unit="window", desc="perplexity", disable=not show,
+                                       leave=False) as bar:
+        for group in _batches(windows, batch_size):
+            input_ids = torch.stack(group).to(device)  # (B, L)
+            output = model(input_ids=input_ids, use_cache=False)
+            logits = output.logits if hasattr(output, "logits") else output[0]  # (B, L, V)
+            losses.extend(causal_lm_window_losses(logits, input_ids).tolist())
+            bar.update(len(group))
+    return losses
+
+
+def _blockwise_losses(model: nn.Module, windows: list[torch.Tensor], batch_size: int, device: torch.device,
+                      show: bool) -> list[float]:
+    """The window losses of a block-wise model: the batches `_losses` would run, through one block
+    at a time (see the module docstring)."""
+    from ..engine.capture import capture_first_block_inputs
+    from ..models.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    batch_size = min(batch_size, len(windows))
+    residency_of(model).plan(model, adapter, len(windows), max(w.numel() for w in windows), calibrated=False,
+                             requested=batch_size, what="the evaluation windows")
+    rows = [w.reshape(1, -1).to(device) for w in windows]  # capture stacks them as _batches does
+    losses: list[float] = []
+    with torch.inference_mode(), tqdm(total=len(blocks) + 2, unit="step", desc="perplexity (block-wise)",
+                                       disable=not show, leave=False) as bar:
+        with resident_outside(model):
+            inputs = capture_first_block_inputs(model, blocks[0], rows, batch_size, adapter)
+        bar.update(1)
+        for index, block in enumerate(blocks):
+            with resident_block(model, index):
+                inputs.advance_(block)
+            bar.update(1)
+        with resident_outside(model):
+            for i, input_ids in enumerate(inputs.ids):
+                logits = adapter.logits(model, inputs.hidden(i))  # (B, L, V)
+                losses.extend(causal_lm_window_losses(logits, input_ids).tolist())
+        bar.update(1)
+    return losses

@@ -218,24 +218,52 @@ def _check_gguf_file(resolved: ResolvedSpec) -> None:
 
 
 def _from_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     _check_local_files(resolved)
     _check_gguf_file(resolved)
-    kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
-    if resolved.gguf_file is not None:
-        kwargs["gguf_file"] = resolved.gguf_file
+    kwargs = _pretrained_kwargs(resolved, local_only)
     weights = {} if resolved.gguf_file is not None else {"use_safetensors": True}
     with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
         model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **weights, **kwargs)
+    return model, load_tokenizer(resolved, local_only)
+
+
+def _pretrained_kwargs(resolved: ResolvedSpec, local_only: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": False}
+    if resolved.gguf_file is not None:
+        kwargs["gguf_file"] = resolved.gguf_file
+    return kwargs
+
+
+def load_tokenizer(resolved: ResolvedSpec, local_only: bool = True) -> Any:
+    """The tokenizer saved beside the model (or inside its .gguf file); ModelError without one."""
+    from transformers import AutoTokenizer
+
     try:
         with _quiet_gguf_reader() if resolved.gguf_file is not None else contextlib.nullcontext():
-            tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+            return AutoTokenizer.from_pretrained(resolved.location, **_pretrained_kwargs(resolved, local_only))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions on corrupt files
         raise ModelError(f"no usable tokenizer for {resolved.info.name} ({one_line(exc)}); crescendo "
                          f"needs one to tokenize its corpora: save it beside the model with "
                          f"tokenizer.save_pretrained(DIR)") from exc
-    return model, tokenizer
+
+
+def load_config(resolved: ResolvedSpec) -> Any:
+    """The model's transformers config, checked like `load_model` checks it, read from a local
+    directory's config.json or a .gguf file's metadata (nothing else is read)."""
+    from transformers import AutoConfig
+
+    if resolved.info.source == "hub":
+        raise ModelError(f"{resolved.info.name}: block-wise loading reads a local directory or .gguf file; "
+                         f"download the model first (hf download {resolved.info.name} --local-dir DIR)")
+    if resolved.gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"loading {resolved.gguf_file} needs the gguf and accelerate packages: {GGUF_HINT}")
+    _check_local_files(resolved)
+    try:
+        return AutoConfig.from_pretrained(resolved.location, **_pretrained_kwargs(resolved, True))
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as exc:
+        raise ModelError(f"cannot read the config of {resolved.info.path}: {one_line(exc)}") from exc
 
 
 def _in_local_cache(repo_id: str) -> bool:
