@@ -101,6 +101,16 @@ class PrefixCache:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"cache directory {self.directory} is not writable")
 
+    def holds(self, model: nn.Module) -> bool:
+        """Whether prefixes of `model` can go through this cache: a block-wise model's would be
+        loaded back whole, so its prefixes stay in its own block files for the run (logged) instead."""
+        from .blockwise.residency import is_blockwise
+
+        if is_blockwise(model):
+            log.info("prefix cache: not used for a block-wise model (its prefixes stay on disk for this run only)")
+            return False
+        return True
+
     def key(self, model: str, protocol: str, seed: int, prefix: str) -> PrefixKey:
         return PrefixKey(model, protocol, seed, prefix, __version__, code_commit())
 

@@ -33,6 +33,13 @@ def add_bench_options(parser, mode: bool = True) -> None:
     parser.add_argument("--calib-batch-size", type=int, default=None, metavar="B",
                         help="calibration windows per block call (default: as many as fit in a quarter of free memory)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="load the model block by block and stay within SIZE (e.g. 1.5GB, 800MiB; of the GPU "
+                             "on cuda): weights stay in their safetensors shards or .gguf file, one decoder block "
+                             "is loaded while it is calibrated, compressed or evaluated; same results as in memory")
+    parser.add_argument("--offload-dir", default=None, metavar="DIR",
+                        help="with --max-memory: folder for the compressed blocks between stages (default: the "
+                             "system's temporary folder; needs about the model's float32 size)")
     if mode:
         parser.add_argument("--mode", default="stagewise", choices=["stagewise", "interleaved"],
                             help="how recipes compose: stage by stage (default) or block by block in one pass")

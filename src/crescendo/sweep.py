@@ -202,6 +202,8 @@ def run_group(bench, tasks: Sequence[SweepTask], seed: int, cache: PrefixCache |
     start = time.perf_counter()
     if cache is not None and not any(stage.spec.calibrated for stage in prefix.stages):
         cache = None  # data-free prefixes (RTN, magnitude, formats) are faster to recompute than to load
+    if cache is not None and not cache.holds(bench.model):
+        cache = None
     key = cache.key(model_name or bench.model_name, bench.protocol_id, seed, str(prefix)) if cache else None
     base = cache.get(key) if cache else None
     cached = base is not None

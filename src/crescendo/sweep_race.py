@@ -146,7 +146,8 @@ def run_raced_sweep(bench, model_name: str, protocol_name: str, tasks: Sequence[
             return built[recipe]
         parsed = parse_recipe(recipe)
         calibrated = any(s.spec.calibrated for s in parsed.stages)
-        cache_key = cache.key(model_name, bench.protocol_id, seed, recipe) if cache and calibrated and base is None else None
+        cache_key = (cache.key(model_name, bench.protocol_id, seed, recipe)
+                     if cache and calibrated and base is None and cache.holds(bench.model) else None)
         model = cache.get(cache_key) if cache_key else None
         if model is None:
             if base is not None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import __version__
 from .api import CompressionResult, compress, summarize
+from .blockwise.residency import is_blockwise, residency_of
 from .data import Protocol, ProtocolData, get_protocol, prepare
 from .engine.capture import calibration_batch_size as calibration_batch_size_for
 from .engine.interleaved import check_mode
@@ -102,6 +103,29 @@ class Workbench:
         if calibration_batch_size is not None:
             calibration_batch_size_for(model, list(data.calibration), calibration_batch_size)  # checked now
         self._dense: PerplexityResult | None = None
+        if is_blockwise(model):
+            if eval_weights != "float32":
+                raise ConfigError("--eval-weights bfloat16 evaluates a bfloat16 copy of the whole model; a block-wise "
+                                  "run (--max-memory) evaluates its float32 blocks")
+            self.check_memory()
+
+    def check_memory(self, recipes: Sequence[str | Recipe] = ()) -> None:
+        """A block-wise model (`crescendo.blockwise`): refuse now, with the amount needed, a memory
+        budget that the evaluation, or the calibration of a calibrated stage among `recipes`, cannot
+        fit in (the passes plan again when they run). Nothing for a model in memory."""
+        residency = residency_of(self.model)
+        if residency is None:
+            return
+        from .models.adapters import get_adapter
+
+        adapter = get_adapter(self.model)
+        windows = self.data.eval_windows
+        residency.plan(self.model, adapter, len(windows), int(windows.shape[-1]), calibrated=False,
+                       requested=min(self.eval_batch_size, len(windows)), what="the evaluation windows")
+        if any(stage.calibrated for r in recipes for stage in parse_recipe(r).stages):
+            calibration = self.data.calibration
+            residency.plan(self.model, adapter, len(calibration), int(calibration[0].shape[-1]), calibrated=True,
+                           requested=self.calibration_batch_size)
 
     @classmethod
     def load(
@@ -112,18 +136,26 @@ class Workbench:
         dtype: str = "float32",
         device: str | None = None,
         calibration_seed: int | None = None,
+        max_memory: int | None = None,
+        offload_dir: str | None = None,
         **kwargs: Any,
     ) -> Workbench:
         """Load a model by spec and prepare a protocol's data for it.
 
         calibration_seed: draw the calibration windows with this seed instead of the protocol's
-        (a replicate of the protocol: its name stays, the results-store rows carry the seed)."""
+        (a replicate of the protocol: its name stays, the results-store rows carry the seed).
+        max_memory: load the model block-wise (`crescendo.blockwise`) and run within this many bytes;
+        offload_dir: where its rewritten blocks are kept (default: the system's temporary folder)."""
         check_device(device)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         protocol = resolve_protocol(protocol) if isinstance(protocol, str) else protocol  # fail before loading
         if calibration_seed is not None:
             protocol = with_calibration_seed(protocol, calibration_seed)
-        net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
+        if max_memory is not None or offload_dir is not None:
+            net, tokenizer, info = load_any_blockwise(model, device=device, max_memory=max_memory,
+                                                      offload_dir=offload_dir)
+        else:
+            net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
         limit = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
         if limit is not None and protocol.seqlen > int(limit):
             raise ConfigError(f"protocol {protocol.name} uses windows of {protocol.seqlen} tokens, but {info.name} "
@@ -282,13 +314,18 @@ class Workbench:
             return None  # blocks were removed: there is no block-by-block correspondence
         rotated = state.rotation is not None  # per-linear bases differ
         calib = self.calibration[: self.layerwise_samples]
+        size = self.calibration_batch_size or (1 if is_blockwise(model) else None)  # block-wise: within the plan
         with self.compute():
             return layerwise_error(self.model, model, calib, per_linear=per_linear and not rotated,
-                                   batch_size=self.calibration_batch_size).to_dict()
+                                   batch_size=size).to_dict()
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype,
-                "eval_weights": self.eval_weights, "device": self.device, "mode": self.mode}
+        out = {"model": self.model_name, "protocol": self.protocol_id, "dtype": self.dtype,
+               "eval_weights": self.eval_weights, "device": self.device, "mode": self.mode}
+        residency = residency_of(self.model)
+        if residency is not None:  # block-wise (crescendo.blockwise): the same numbers, within this budget
+            out["max_memory"] = residency.budget
+        return out
 
 
 def check_device(device: str | None) -> None:
@@ -315,7 +352,20 @@ def bench_from_options(args, **kwargs: Any):
     kwargs.setdefault("eval_weights", args.eval_weights)
     kwargs.setdefault("calibration_batch_size", args.calib_batch_size)
     kwargs.setdefault("mode", args.mode)
+    kwargs.setdefault("max_memory", memory_option(args))
+    kwargs.setdefault("offload_dir", args.offload_dir)
     return Workbench.load(args.model, protocol, device=args.device, progress=False, **kwargs)
+
+
+def memory_option(args) -> int | None:
+    """`--max-memory` in bytes (None when not given); ConfigError for a size that does not parse."""
+    if getattr(args, "max_memory", None) is None:
+        if getattr(args, "offload_dir", None) is not None:
+            raise ConfigError("--offload-dir keeps the blocks of a block-wise run; it needs --max-memory")
+        return None
+    from .blockwise.memory import parse_memory
+
+    return parse_memory(args.max_memory)
 
 
 def fast_bfloat16(device: str | None = None, cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -403,10 +453,38 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     return net, tokenizer, info
 
 
+def load_any_blockwise(spec: str, *, device: str = "cpu", max_memory: int | None = None,
+                       offload_dir: str | None = None) -> tuple[nn.Module, Any, ModelInfo]:
+    """`load_any` for a block-wise model (`crescendo.blockwise.load_blockwise`): a directory of
+    safetensors weights (with crescendo's metadata when it wrote it), a .gguf file or the embedded
+    model. Packed exports, and saved models whose state needs the whole model (rotation, LoRA
+    adapters), are refused with a ConfigError."""
+    from .blockwise import load_blockwise
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "crescendo_export.json").is_file():
+        raise ConfigError(f"{spec} is a packed export, which is loaded whole; block-wise runs (--max-memory) read "
+                          f"safetensors directories (--format hf) and .gguf files")
+    saved = path / "crescendo.json"
+    state = None
+    if path.is_dir() and saved.is_file():
+        from .export.load import read_json
+
+        state = CompressionState.from_dict(read_json(saved).get("state"))
+        if state.rotation is not None or state.lora is not None:
+            raise ConfigError(f"{spec} was saved rotated or with LoRA adapters, which need the whole model: load it "
+                              f"without --max-memory")
+    net, tokenizer, info = load_blockwise(spec, device=device, max_memory=max_memory, offload_dir=offload_dir)
+    if state is not None:
+        state_of(net).removed = state.removed
+    return net, tokenizer, info
+
+
 def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
     """Write a directory transformers' from_pretrained loads (weights as they are after compression).
 
     Written into a temporary sibling and renamed at the end, so an interrupted save leaves nothing.
+    A block-wise model is written one block at a time, as transformers' sharded layout.
     """
     from .export.adapters import save_adapters
 
@@ -414,7 +492,15 @@ def save_hf(model: nn.Module, tokenizer: Any, out: str | Path, metadata: dict[st
         raise ConfigError("a shared model is saved with --format packed: transformers cannot build its factored layers")
 
     with atomic_output_dir(out) as tmp:
-        model.save_pretrained(tmp)
+        if is_blockwise(model):  # one shard per block, written as each block is read (export.streaming)
+            from .export.streaming import write_hf_weights
+
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            write_hf_weights(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         saved = {**without_timings(metadata), "crescendo_version": __version__, "state": state_of(model).to_dict()}
         (tmp / "crescendo.json").write_text(json.dumps(saved, indent=2))
@@ -427,8 +513,9 @@ class BenchFactory:
     process. `bench_options` are Workbench keyword arguments (dtype, device, eval_weights, ...)."""
 
     def __init__(self, model: str, protocol: Protocol, *, progress: bool = False, layerwise: bool = False,
-                 **bench_options: Any) -> None:
+                 recipes: Sequence[str] = (), **bench_options: Any) -> None:
         self.model, self.protocol, self.progress, self.layerwise = model, protocol, progress, layerwise
+        self.recipes = list(recipes)  # what the bench will compress: a block-wise budget is checked against them
         self.bench_options = bench_options
 
     def __call__(self) -> Workbench:
@@ -446,4 +533,5 @@ class BenchFactory:
             hf_logging.disable_progress_bar()
         bench = Workbench.load(self.model, self.protocol, progress=self.progress, **self.bench_options)
         bench.store_layerwise = self.layerwise
+        bench.check_memory(self.recipes)
         return bench

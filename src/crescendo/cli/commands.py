@@ -83,6 +83,7 @@ def _cmd_compress(args) -> int:
         from ..export.gguf import check_gguf_model
 
         check_gguf_model(bench.model, bench.tokenizer, _source_gguf(bench))  # before compressing
+    bench.check_memory([recipe])  # a block-wise run: a budget the calibration cannot fit in is refused now
     dense = None if args.no_dense else bench.dense()
     model, outcome = bench.run(recipe)
     result = {

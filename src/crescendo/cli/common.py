@@ -62,6 +62,9 @@ def _vision_options(args) -> dict:
     check_device(getattr(args, "device", None))
     if args.calib_batch_size is not None and args.calib_batch_size < 1:
         raise ConfigError(f"--calib-batch-size must be >= 1, got {args.calib_batch_size}")
+    if args.max_memory is not None or args.offload_dir is not None:
+        raise ConfigError("--max-memory and --offload-dir load language models block by block; vision models are "
+                          "loaded whole")
     return {"calibration_batch_size": args.calib_batch_size, "data_dir": args.data_dir}
 
 
@@ -89,8 +92,11 @@ def _bench_options(args) -> dict:
     check_device(getattr(args, "device", None))
     if args.calib_batch_size is not None and args.calib_batch_size < 1:
         raise ConfigError(f"--calib-batch-size must be >= 1, got {args.calib_batch_size}")
+    from ..workflow import memory_option
+
     return {"eval_weights": args.eval_weights, "calibration_batch_size": args.calib_batch_size,
-            "mode": getattr(args, "mode", "stagewise")}
+            "mode": getattr(args, "mode", "stagewise"), "max_memory": memory_option(args),
+            "offload_dir": args.offload_dir}
 
 
 def _ints(text: str, what: str) -> list[int]:

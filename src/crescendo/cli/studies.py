@@ -84,6 +84,7 @@ def _cmd_order(args) -> int:
     if race is not None:
         race.check(bench.n_units)  # a round larger than the protocol's units: refused before any stage runs
     bench.layerwise_samples = args.layerwise_samples
+    bench.check_memory([s.text for s in stages])  # a block-wise run: refused now if the calibration cannot fit
     recorder = _recorder(store, bench, race) if store is not None else None  # an empty store is falsy
     study = run_order_study(bench, [s.text for s in stages], reference=args.reference, bits=bits,
                             layerwise=not args.no_layerwise, on_result=recorder, cer_settings=settings, race=race)
@@ -288,6 +289,11 @@ def _cmd_sweep(args) -> int:
     model_name = _model_name(args.model)
     lanes = usable_cores() if args.lanes is None else args.lanes
     check_lanes(lanes)
+    if options.get("max_memory") is not None:  # the budget is one process's: one lane holds the model
+        if (args.lanes or 1) > 1:
+            raise ConfigError("--max-memory is the budget of one process; a block-wise sweep runs in one lane "
+                              "(drop --lanes)")
+        lanes = 1
     cache_dir = None if args.no_cache else str(PrefixCache(args.cache or default_cache_dir()).directory)
     seeds = _ints(args.seeds, "--seeds") if args.seeds else [args.seed]
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
@@ -312,7 +318,8 @@ def _cmd_sweep(args) -> int:
     for seed in seeds:  # each seed draws its own calibration windows: a replicate of every cell
         factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
                                device=args.device, layerwise_samples=args.layerwise_samples,
-                               calibration_seed=seed, **options)
+                               calibration_seed=seed, recipes=[t.recipe for t in tasks if t.recipe != "dense"],
+                               **options)
         name = protocol_id(protocol.name, args.dtype, args.eval_weights)
         if race is not None:
             from ..sweep_race import run_raced_sweep

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..blockwise.residency import resident_block, resident_outside
 from ..engine.capture import calibration_batch_size, capture_first_block_inputs, run_block
 from ..models.adapters import Adapter, get_adapter
 
@@ -49,16 +50,19 @@ def layerwise_error(
     if len(d_blocks) != len(c_blocks):
         raise ValueError("layer-wise error needs models with the same number of decoder blocks")
     size = calibration_batch_size(dense, calibration, batch_size)
-    d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size, adapter)
-    c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size, adapter)
+    with resident_outside(dense):
+        d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size, adapter)
+    with resident_outside(compressed):
+        c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size, adapter)
     result = LayerwiseError()
     for index in range(len(d_blocks)):
-        if per_linear:
-            # by the dense linear's name: a shared linear is a FactoredLinear under that same name
-            c_linears = {n: compressed.get_submodule(n) for n in adapter.block_linears(dense, index)}
-            _linear_errors(adapter.block_linears(dense, index), c_linears, d_blocks[index], d_inputs, result)
-        d_out = run_block(d_blocks[index], d_inputs)
-        c_out = run_block(c_blocks[index], c_inputs)
+        with resident_block(dense, index), resident_block(compressed, index):  # block-wise models: block i of both
+            if per_linear:
+                # by the dense linear's name: a shared linear is a FactoredLinear under that same name
+                c_linears = {n: compressed.get_submodule(n) for n in adapter.block_linears(dense, index)}
+                _linear_errors(adapter.block_linears(dense, index), c_linears, d_blocks[index], d_inputs, result)
+            d_out = run_block(d_blocks[index], d_inputs)
+            c_out = run_block(c_blocks[index], c_inputs)
         num = sum(float((c.float() - d.float()).pow(2).sum()) for c, d in zip(c_out, d_out))
         den = sum(float(d.float().pow(2).sum()) for d in d_out)
         result.per_block.append(num / den if den > 0 else 0.0)

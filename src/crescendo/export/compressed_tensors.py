@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
+from ..blockwise.writer import SafetensorsStream
 from ..errors import ConfigError, VerifyError
 from ..grids import Grid
 from ..models.adapters import get_weight
 from ..outputs import atomic_output_dir, check_output_dir, without_timings
 from ..state import state_of
 from .fit import CT_MX_ELEMENTS, act_fits, weight_fits
+from .streaming import state_items, tied_keys
 
 WEIGHTS = "model.safetensors"
 
@@ -116,6 +117,26 @@ def _compress_layer(key: str, weight: torch.Tensor, grid: Grid, params: dict, sc
     return packed
 
 
+def _write_tensors(model: nn.Module, records: dict, scheme_of: dict, path: Path) -> None:
+    """Every tensor in state-dict order (`export.streaming`): a compressed linear's tensors where its
+    weight comes, the others as they are, a tied repeat (lm_head / embeddings) left out (transformers
+    re-ties it from the config)."""
+    modules = dict(model.named_modules())
+    tied = tied_keys(model)
+    with SafetensorsStream(path, {"format": "pt"}) as stream:
+        for key, t in state_items(model):
+            if key in tied:
+                continue
+            name = key.removesuffix(".weight")
+            if key.endswith(".weight") and name in scheme_of:
+                rec = records[name]
+                weight = get_weight(modules[name]).detach().cpu()
+                for k, v in _compress_layer(key, weight, rec.grid, rec.grid_params, scheme_of[name]).items():
+                    stream.add(f"{name}.{k}", v)
+            else:
+                stream.add(key, t.detach().cpu().contiguous())
+
+
 def save_compressed_tensors(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike,
                             metadata: dict[str, Any]) -> Path:
     """Write a compressed model in the compressed-tensors layout (see the module docstring).
@@ -151,24 +172,10 @@ def save_compressed_tensors(model: nn.Module, tokenizer: Any, out_dir: str | os.
     for i, names in enumerate(groups.values()):
         rec = records[names[0]]
         schemes[f"group_{i}"] = _scheme(rec.grid, rec.act_grid, sorted(names))
-    compressed: dict[str, torch.Tensor] = {}
-    for group in schemes.values():
-        for name in group.targets:
-            rec = records[name]
-            weight = get_weight(modules[name]).detach().cpu()
-            if modules[name].weight.dtype != weight.dtype:
-                raise ConfigError(f"{name}: compressed-tensors export writes float32 models; cast with --dtype float32")
-            for k, v in _compress_layer(f"{name}.weight", weight, rec.grid, rec.grid_params, group).items():
-                compressed[f"{name}.{k}"] = v
-    state = {}
-    seen: dict[int, str] = {}
-    for key, t in model.state_dict().items():
-        if key.removesuffix(".weight") in records and key.endswith(".weight"):
-            continue
-        if t.data_ptr() in seen:  # tied (lm_head / embeddings): transformers re-ties it from the config
-            continue
-        seen[t.data_ptr()] = key
-        state[key] = t.detach().cpu().contiguous()
+    scheme_of = {name: group for group in schemes.values() for name in group.targets}
+    for name in scheme_of:
+        if modules[name].weight.dtype != torch.float32:
+            raise ConfigError(f"{name}: compressed-tensors export writes float32 models; cast with --dtype float32")
     qconfig = None
     if schemes:
         formats = {s.format for s in schemes.values()}
@@ -181,7 +188,7 @@ def save_compressed_tensors(model: nn.Module, tokenizer: Any, out_dir: str | os.
             generation.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_file({**state, **compressed}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        _write_tensors(model, records, scheme_of, tmp / WEIGHTS)
         ModelCompressor(quantization_config=qconfig).update_config(str(tmp))
         (tmp / "crescendo.json").write_text(json.dumps({**without_timings(metadata), "crescendo_version": __version__,
                                                         "format": "compressed-tensors",

@@ -31,6 +31,7 @@ from ..models.adapters import get_adapter, get_weight
 from ..outputs import atomic_output_file, check_output_file, without_timings
 from ..state import state_of
 from .gguf_vocab import add_tokenizer_fields, check_tokenizer, copy_tokenizer_fields
+from .streaming import state_items, tied_keys
 
 OTHER_TYPES = ("f16", "bf16", "f32", "q8_0")
 BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
@@ -190,37 +191,14 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
     if n_layers != model.config.num_hidden_layers:
         raise ModelError(f"the model has {n_layers} decoder blocks, its config says {model.config.num_hidden_layers}")
     names = get_tensor_name_map(MODEL_ARCH.LLAMA, n_layers)
-    records = state_of(model).records
-    modules = dict(model.named_modules())
-    c = model.config
     report = GGUFReport(out)
-    tensors: list[tuple[str, np.ndarray, Any, tuple[int, ...]]] = []
-    seen: set[int] = set()
-    for key, t in model.state_dict().items():
-        if t.data_ptr() in seen:  # a tied lm_head: llama.cpp falls back to token_embd without output.weight
-            continue
-        seen.add(t.data_ptr())
-        module_name, _, suffix = key.rpartition(".")
-        gguf_name = names.get_name(module_name)
-        if gguf_name is None:
-            raise ConfigError(f"tensor {key} has no place in a llama.cpp LLaMA file")
-        gguf_name += f".{suffix}"
-        rec = records.get(module_name)
-        perm = None
-        if module_name.endswith(("q_proj", "k_proj")) and suffix == "weight":
-            heads = c.num_attention_heads if module_name.endswith("q_proj") else c.num_key_value_heads
-            perm = rotary_permutation(t.shape[0], heads)
-        if rec is not None and rec.grid is not None and suffix == "weight":
-            data, kind = _compressed(key, get_weight(modules[module_name]), rec, perm)
-            tensors.append((gguf_name, data, _ggml(kind), tuple(t.shape)))
-        else:
-            x = t if perm is None else t[perm]
-            data, raw, change = _cast(x, other)
-            kind = raw.name.lower() if raw is not None else ("f32" if data.dtype == np.float32 else "f16")
-            if change:
-                report.changed[key] = change
-            tensors.append((gguf_name, data, raw, tuple(t.shape)))
+    infos = []  # first pass: every tensor's type and size (the header precedes the data) and the cast changes
+    for gguf_name, key, data, raw, kind, change in _tensors(model, names, other):
+        if change:
+            report.changed[key] = change
         report.types[kind] = report.types.get(kind, 0) + 1
+        infos.append((gguf_name, data.shape, data.dtype, data.nbytes, raw))
+    c = model.config
 
     metadata = without_timings(metadata)
     with atomic_output_file(out) as tmp:  # removed on any failure; no temporary of a killed run survives either
@@ -240,13 +218,46 @@ def save_gguf(model: nn.Module, tokenizer: Any, path: str | os.PathLike, metadat
             writer.add_string("crescendo.recipe", str(metadata["recipe"]))
         writer.add_string("crescendo.metadata", json.dumps({**metadata, "format": "gguf", "other": other,
                                                             "changed_by_cast": report.changed}, default=str))
-        for gguf_name, data, raw, shape in tensors:
-            writer.add_tensor(gguf_name, data, raw_dtype=raw)  # quantized: data is (rows, row bytes)
+        for gguf_name, shape, dtype, nbytes, raw in infos:
+            writer.add_tensor_info(gguf_name, shape, dtype, nbytes, raw_dtype=raw)  # quantized: (rows, row bytes)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for _, _, data, _, _, _ in _tensors(model, names, other):  # second pass: the data, one tensor at a time
+            writer.write_tensor_data(data)
         writer.close()
     return report
+
+
+def _tensors(model: nn.Module, names, other: str):
+    """(GGUF name, state-dict key, array, raw ggml type, type name, max |change| of the cast) of every
+    tensor in state-dict order, one group of a block-wise model loaded at a time (`export.streaming`);
+    a tied repeat is left out (llama.cpp falls back to token_embd without output.weight)."""
+    records = state_of(model).records
+    modules = dict(model.named_modules())
+    c = model.config
+    tied = tied_keys(model)
+    for key, t in state_items(model):
+        if key in tied:
+            continue
+        module_name, _, suffix = key.rpartition(".")
+        gguf_name = names.get_name(module_name)
+        if gguf_name is None:
+            raise ConfigError(f"tensor {key} has no place in a llama.cpp LLaMA file")
+        gguf_name += f".{suffix}"
+        rec = records.get(module_name)
+        perm = None
+        if module_name.endswith(("q_proj", "k_proj")) and suffix == "weight":
+            heads = c.num_attention_heads if module_name.endswith("q_proj") else c.num_key_value_heads
+            perm = rotary_permutation(t.shape[0], heads)
+        if rec is not None and rec.grid is not None and suffix == "weight":
+            data, kind = _compressed(key, get_weight(modules[module_name]), rec, perm)
+            yield gguf_name, key, data, _ggml(kind), kind, 0.0
+        else:
+            x = t if perm is None else t[perm]
+            data, raw, change = _cast(x, other)
+            kind = raw.name.lower() if raw is not None else ("f32" if data.dtype == np.float32 else "f16")
+            yield gguf_name, key, data, raw, kind, change
 
 
 def _file_type(kind: str) -> int:

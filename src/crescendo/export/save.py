@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
+from ..blockwise.writer import SafetensorsStream
 from ..errors import CrescendoError, ModelError, VerifyError
 from ..models.adapters import LINEAR_TYPES, get_adapter, get_weight, is_transposed
 from ..models.vision import VisionClassifier
@@ -35,6 +35,7 @@ from ..outputs import atomic_output_dir, check_output_dir, without_timings
 from ..state import state_of
 from .adapters import save_adapters
 from .layout import dtype_name, pack_linear, unpack_linear
+from .streaming import state_items, tied_keys
 from .transforms import describe_transforms
 
 FORMAT = "crescendo-packed"
@@ -44,62 +45,66 @@ METADATA = "crescendo.json"
 WEIGHTS = "crescendo-packed.safetensors"
 
 
-def _storage_key(t: torch.Tensor) -> tuple:
-    """Identity of the memory a tensor views: tied weights (lm_head / embeddings) share one."""
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-
-
 def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> int:
     diff = (a != b).reshape(-1).nonzero()
     return int(diff[0]) if len(diff) else -1
 
 
-def _pack_linears(model: nn.Module, records: dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Packed tensors and manifest entries of every linear whose record has a grid or a mask."""
+def _packed_names(model: nn.Module, records: dict) -> list[str]:
+    """The linears stored packed: every one whose record has a grid or a mask (checked to be a linear)."""
     modules = dict(model.named_modules())
-    tensors: dict[str, torch.Tensor] = {}
-    entries: dict[str, dict] = {}
+    names = []
     for name, rec in records.items():
         if rec.grid is None and rec.mask is None:
             continue
-        module = modules.get(name)
-        if module is None or not isinstance(module, LINEAR_TYPES):
+        if not isinstance(modules.get(name), LINEAR_TYPES):
             raise ModelError(f"record {name!r} names no linear module of this model")
-        key = f"{name}.weight"
-        weight = get_weight(module)  # (out, in) float32, exact upcast of the module's dtype
-        dtype = module.weight.dtype
-        packed, entry = pack_linear(key, weight, rec.mask, rec.grid, rec.grid_params, dtype)
-        # what load() will rebuild must be what the module holds, bit for bit: refuse otherwise
-        rebuilt = unpack_linear(key, entry, packed.__getitem__)[0].to(dtype)
-        expected = weight.to(dtype)
-        if not torch.equal(rebuilt, expected):
-            i = _first_mismatch(rebuilt, expected)
-            raise VerifyError(f"tensor {key} index {i}: weight {expected.reshape(-1)[i].item()!r} is not on "
-                              f"its recorded grid / mask (packs to {rebuilt.reshape(-1)[i].item()!r})")
-        entry["transposed"] = is_transposed(module)
-        tensors.update(packed)
-        entries[name] = entry
-    return tensors, entries
+        names.append(name)
+    return names
 
 
-def _plain_tensors(model: nn.Module, packed: dict[str, dict]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every other state-dict tensor, stored once per shared memory, plus {alias: stored name}."""
-    state = model.state_dict()
-    packed_keys = {f"{name}.weight" for name in packed}
-    # a packed weight owns its memory: names tied to it (an embedding) are rebuilt from it
-    owner: dict[tuple, str] = {_storage_key(state[k]): k for k in packed_keys}
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    for key, t in state.items():
-        sk = _storage_key(t)
-        if key in packed_keys:
-            continue
-        if sk in owner:
-            aliases[key] = owner[sk]
-            continue
-        owner[sk] = key
-        tensors[key] = t.detach().cpu().clone()  # safetensors refuses tensors that share memory
-    return tensors, aliases
+def _pack_one(name: str, module: nn.Module, rec) -> tuple[dict[str, torch.Tensor], dict]:
+    """Packed tensors and manifest entry of one compressed linear, checked to rebuild it bit for bit."""
+    key = f"{name}.weight"
+    weight = get_weight(module)  # (out, in) float32, exact upcast of the module's dtype
+    dtype = module.weight.dtype
+    packed, entry = pack_linear(key, weight, rec.mask, rec.grid, rec.grid_params, dtype)
+    # what load() will rebuild must be what the module holds, bit for bit: refuse otherwise
+    rebuilt = unpack_linear(key, entry, packed.__getitem__)[0].to(dtype)
+    expected = weight.to(dtype)
+    if not torch.equal(rebuilt, expected):
+        i = _first_mismatch(rebuilt, expected)
+        raise VerifyError(f"tensor {key} index {i}: weight {expected.reshape(-1)[i].item()!r} is not on "
+                          f"its recorded grid / mask (packs to {rebuilt.reshape(-1)[i].item()!r})")
+    entry["transposed"] = is_transposed(module)
+    return packed, entry
+
+
+def _write_tensors(model: nn.Module, records: dict, path) -> tuple[dict[str, dict], list[str], dict[str, str]]:
+    """Stream every tensor into the weights file at `path`, in state-dict order: a packed linear's
+    tensors where its weight comes, every other tensor as it is, once per shared tensor (a tied
+    embedding is rebuilt from the packed head it shares). Returns (entries, plain names, aliases)."""
+    packed = _packed_names(model, records)
+    owners = {f"{n}.weight": n for n in packed}
+    aliases = tied_keys(model, owners)  # a packed weight owns its memory: names tied to it alias it
+    modules = dict(model.named_modules())
+    entries: dict[str, dict] = {}
+    plain: list[str] = []
+    # one metadata key: safetensors readers keep the map as written, and a fixed one keeps identical
+    # runs byte-identical (the layout is named by the manifest beside it)
+    with SafetensorsStream(path, {"format": "pt"}) as stream:
+        for key, t in state_items(model):
+            if key in aliases:
+                continue
+            if key in owners:
+                name = owners[key]
+                tensors, entries[name] = _pack_one(name, modules[name], records[name])
+                for k, v in tensors.items():
+                    stream.add(k, v)
+            else:
+                stream.add(key, t.detach().cpu())
+                plain.append(key)
+    return entries, plain, aliases
 
 
 def _buffer_dtypes(model: nn.Module) -> dict[str, str]:
@@ -171,24 +176,12 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
     out = check_output_dir(out_dir)
     state = state_of(model)
     records = state.records
-    packed, entries = _pack_linears(model, records)
-    plain, aliases = _plain_tensors(model, entries)
+    _packed_names(model, records)  # a record naming no linear is refused before anything is written
     every, blocks, kv_projections = _linear_names(model)
     recipe = metadata.get("recipe")
     recipe = str(recipe) if recipe is not None else None
     dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
-    manifest = {
-        "format": FORMAT, "version": VERSION, "crescendo_version": __version__,
-        "weights": WEIGHTS, "dtype": dtype_name(dtype), "recipe": recipe,
-        "linears": entries,
-        "records": {n: {"packed": n in entries, **r.describe()} for n, r in records.items()},
-        "state": state.to_dict(),
-        "plain": sorted(plain), "aliases": aliases,
-        "transforms": describe_transforms(model),
-        "buffer_dtypes": _buffer_dtypes(model),
-        "all_linears": every, "block_linears": blocks, "kv_projections": kv_projections,
-    }
-    manifest["sparsity"] = _sparsity(entries, recipe)
+    transforms = describe_transforms(model)
 
     with atomic_output_dir(out) as tmp:
         if isinstance(model, VisionClassifier):  # crescendo's own vision models: their config.json layout
@@ -203,9 +196,19 @@ def save_packed(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, me
             generation.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        # one metadata key: safetensors writes its metadata map in hash order, so two keys made identical
-        # runs write different bytes (the layout is named by the manifest beside it)
-        save_file({**plain, **packed}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        entries, plain, aliases = _write_tensors(model, records, tmp / WEIGHTS)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "crescendo_version": __version__,
+            "weights": WEIGHTS, "dtype": dtype_name(dtype), "recipe": recipe,
+            "linears": entries,
+            "records": {n: {"packed": n in entries, **r.describe()} for n, r in records.items()},
+            "state": state.to_dict(),
+            "plain": sorted(plain), "aliases": aliases,
+            "transforms": transforms,
+            "buffer_dtypes": _buffer_dtypes(model),
+            "all_linears": every, "block_linears": blocks, "kv_projections": kv_projections,
+            "sparsity": _sparsity(entries, recipe),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         (tmp / METADATA).write_text(json.dumps({**without_timings(metadata), "crescendo_version": __version__,
                                                 "format": "packed"}, indent=2, default=str))
