@@ -269,6 +269,7 @@ def compress(
         seqlen = int(calibration[0].shape[-1]) if calibrated else 1
         plan = blockwise.plan(model, adapter, windows, seqlen, calibrated, calibration_batch_size)
         calibration_batch_size = plan.batch_size if calibrated else calibration_batch_size
+        blockwise.check_space(model)
     elif calibrated:
         calibration_batch_size = calibration_batch_size_for(model, calibration, calibration_batch_size)
     was_training = model.training

@@ -5,7 +5,8 @@ place at the end; any failure or interruption removes the temporary (the CLI tur
 interruption). A temporary left by a process that was killed outright (SIGKILL) is removed by the
 next write to the same target. What is published gets the modes of ordinary new files (0666 and
 0777 less the umask): some writers (safetensors, mkstemp) create private 0600 files, which a serving
-account could not read.
+account could not read. A write the system refuses (a full disk, a file size limit) is a
+one-line StorageError naming the output, after the temporary is gone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError, one_line
 
 
 def _probe_writable(folder: Path, what: Path) -> None:
@@ -133,6 +134,16 @@ def remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def write_failure(error: BaseException) -> str | None:
+    """What went wrong, when `error` is the system refusing a write (an OSError, or safetensors'
+    report of one); None for anything else."""
+    if isinstance(error, OSError):
+        return error.strerror or one_line(error)
+    if type(error).__name__ == "SafetensorError" and "os error" in str(error).lower():
+        return one_line(error)
+    return None
+
+
 @contextmanager
 def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success it is renamed to `path`, on
@@ -146,8 +157,11 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
         if out.exists():
             out.rmdir()  # checked empty above; a rename cannot replace a directory on every OS
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        problem = write_failure(e)
+        if problem is not None:
+            raise StorageError(f"cannot write {out}: {problem}; nothing was left there") from None
         raise
 
 
@@ -169,6 +183,9 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
         if out.exists():
             raise ConfigError(f"output file {out} appeared while writing")
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        problem = write_failure(e)
+        if problem is not None:
+            raise StorageError(f"cannot write {out}: {problem}; nothing was left there") from None
         raise

@@ -152,8 +152,8 @@ class Workbench:
         if calibration_seed is not None:
             protocol = with_calibration_seed(protocol, calibration_seed)
         if max_memory is not None or offload_dir is not None:
-            net, tokenizer, info = load_any_blockwise(model, device=device, max_memory=max_memory,
-                                                      offload_dir=offload_dir)
+            net, tokenizer, info = load_saved_blockwise(model, device=device, max_memory=max_memory,
+                                                        offload_dir=offload_dir)
         else:
             net, tokenizer, info = load_any(model, dtype="float32", device=device)  # master weights stay float32
         limit = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
@@ -453,14 +453,11 @@ def load_any(spec: str, *, dtype: str = "float32", device: str = "cpu") -> tuple
     return net, tokenizer, info
 
 
-def load_any_blockwise(spec: str, *, device: str = "cpu", max_memory: int | None = None,
-                       offload_dir: str | None = None) -> tuple[nn.Module, Any, ModelInfo]:
-    """`load_any` for a block-wise model (`crescendo.blockwise.load_blockwise`): a directory of
-    safetensors weights (with crescendo's metadata when it wrote it), a .gguf file or the embedded
-    model. Packed exports, and saved models whose state needs the whole model (rotation, LoRA
-    adapters), are refused with a ConfigError."""
-    from .blockwise import load_blockwise
-
+def load_saved_blockwise(spec: str, *, device: str = "cpu", max_memory: int | None = None,
+                        offload_dir: str | None = None) -> tuple[nn.Module, Any, ModelInfo]:
+    """`crescendo.workflow.load_any` for a block-wise model: `load_blockwise`, plus the state of a
+    directory crescendo saved (--format hf). Packed exports (loaded whole), and saved models whose
+    state needs the whole model (rotation, LoRA adapters), are refused with a ConfigError."""
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "crescendo_export.json").is_file():
         raise ConfigError(f"{spec} is a packed export, which is loaded whole; block-wise runs (--max-memory) read "
@@ -474,6 +471,8 @@ def load_any_blockwise(spec: str, *, device: str = "cpu", max_memory: int | None
         if state.rotation is not None or state.lora is not None:
             raise ConfigError(f"{spec} was saved rotated or with LoRA adapters, which need the whole model: load it "
                               f"without --max-memory")
+    from .blockwise import load_blockwise
+
     net, tokenizer, info = load_blockwise(spec, device=device, max_memory=max_memory, offload_dir=offload_dir)
     if state is not None:
         state_of(net).removed = state.removed

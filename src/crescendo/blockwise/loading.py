@@ -38,6 +38,7 @@ def skeleton(config: Any) -> nn.Module:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()  # empty parameters are made apart; tied ones (an LM head) must be one tensor again
     return model.eval()
 
 
@@ -49,12 +50,36 @@ def _tied_sets(model: nn.Module) -> dict[str, list[str]]:
     return {names[0]: names for names in by_tensor.values()}
 
 
+def _checkpoint_names(model: nn.Module, names: set[str]) -> dict[str, str]:
+    """{model's state-dict key: checkpoint key}, renamed as transformers renames checkpoint keys when
+    it loads them (`conversion_mapping`: e.g. GPT-NeoX's `embed_out` is the model's `lm_head`; a
+    checkpoint saved without or with the base model's prefix). Keys transformers would have to
+    convert (split or merge tensors) are refused: one block-wise read is one checkpoint tensor."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # transformers before 5: checkpoint keys are the model's own
+        return {n: n for n in names}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    meta = model.state_dict()
+    out: dict[str, str] = {}
+    for key in sorted(names):
+        renamed, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        if converted is not None:
+            raise ModelError(f"checkpoint tensor {key} is converted by transformers when it loads ({converted}); "
+                             f"block-wise loading reads tensors as they are stored: load this model in memory")
+        out[renamed] = key
+    return out
+
+
 def _match(model: nn.Module, source, aliases: dict[str, list[str]]) -> dict[str, str]:
     """Parameter -> the checkpoint tensor holding it; ModelError for a missing one or a wrong shape."""
-    names = source.names()
+    names = _checkpoint_names(model, source.names())
     found: dict[str, str] = {}
     for name, every in aliases.items():
-        stored = next((a for a in every if a in names), None)
+        stored = next((names[a] for a in every if a in names), None)
         if stored is None:
             raise ModelError(f"{source.description} has no tensor {name}: block-wise loading reads parameters "
                              f"by their own names (load the model in memory, or resave it with save_pretrained)")
@@ -70,8 +95,10 @@ def _load_buffers_(model: nn.Module, source, device: torch.device) -> None:
     """Persistent buffers stored in the checkpoint are read now (they are small); every buffer moves
     to the compute device."""
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    stored = [k for k in model.state_dict() if k not in params and k in source.names()]
-    values = source.read(stored) if stored else {}
+    names = _checkpoint_names(model, source.names())
+    stored = {k: names[k] for k in model.state_dict() if k not in params and k in names}
+    read = source.read(stored.values()) if stored else {}
+    values = {k: read[v] for k, v in stored.items()}
     for module_name, module in model.named_modules():
         for leaf, buffer in list(module._buffers.items()):
             if buffer is None:

@@ -104,15 +104,19 @@ class MemoryNeed:
         block = self.block + carried + batch * self.window_work + (self.statistics if calibrated else 0)
         outside = self.outside + carried + batch * max(self.window_work, self.logits)
         if block >= outside:
-            items = [("the largest block", self.block), (f"{windows} windows of hidden states", carried),
-                     (f"{batch} window(s) inside the block", batch * self.window_work)]
+            items = [("the largest block", self.block), (f"hidden states of {_windows(windows)}", carried),
+                     (f"{_windows(batch)} inside the block", batch * self.window_work)]
             if calibrated:
                 items.append(("layer statistics and kernel copies", self.statistics))
         else:
-            items = [("embeddings and head", self.outside), (f"{windows} windows of hidden states", carried),
-                     (f"{batch} window(s) of logits", batch * max(self.window_work, self.logits))]
-        items.append(("this process already", self.process))
+            items = [("embeddings and head", self.outside), (f"hidden states of {_windows(windows)}", carried),
+                     (f"logits of {_windows(batch)}", batch * max(self.window_work, self.logits))]
+        items.append(("what the process holds already", self.process))
         return " + ".join(f"{what} {format_bytes(n)}" for what, n in items)
+
+
+def _windows(n: int) -> str:
+    return "one window" if n == 1 else f"{n} windows"
 
 
 def _numel(module: nn.Module) -> int:
@@ -169,10 +173,9 @@ def plan_pass(need: MemoryNeed, budget: int | None, windows: int, calibrated: bo
         return MemoryPlan(batch, True, need.total(windows, batch, calibrated, True))
     least = need.total(windows, requested or 1, calibrated)
     if least > budget:
-        fewest = f"{requested} windows per call" if requested else "one window per call"
         raise ConfigError(f"--max-memory {format_bytes(budget)} is too small: one decoder block with {what} "
-                          f"({windows} windows, {fewest}) needs {format_bytes(least)} "
-                          f"({need.parts(windows, requested or 1, calibrated)})")
+                          f"({_windows(windows)}, {_windows(requested or 1)} per block call) needs "
+                          f"{format_bytes(least)} ({need.parts(windows, requested or 1, calibrated)})")
     batch = requested or 1
     if requested is None:
         while batch < windows and need.total(windows, batch + 1, calibrated) <= budget:

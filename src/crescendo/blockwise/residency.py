@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..state import state_of
 from .files import BlockFiles
-from .memory import MemoryPlan, memory_need, plan_pass, release_free_memory, resident_bytes
+from .memory import MemoryPlan, format_bytes, memory_need, plan_pass, release_free_memory, resident_bytes
 from .sources import WeightSource
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,18 @@ class Residency:
         log.info("block-wise pass: %d windows per block call, prefetch %s, estimated peak %.0f MB", plan.batch_size,
                  plan.prefetch, plan.peak / 1e6)
         return plan
+
+    def check_space(self, model: nn.Module) -> None:
+        """ConfigError, before a compression writes anything, when the offload folder cannot hold every
+        block rewritten: float32 weights plus a pruning mask (one byte per weight) for each block not
+        yet on disk, and one more block while a rewrite replaces its earlier file."""
+        sizes = {g: 5 * sum(model.get_parameter(n).numel() for n in names) for g, names in self.groups.items()}
+        needed = sum(size for g, size in sizes.items() if g != OUTSIDE and g not in self.current) + max(sizes.values())
+        free = self.files.free_bytes()
+        if free < needed:
+            raise ConfigError(f"the offload folder {self.files.directory.parent} has {format_bytes(free)} free; "
+                              f"compressing this model block by block keeps up to {format_bytes(needed)} of "
+                              f"blocks there (give --offload-dir a folder on a larger disk)")
 
     @contextmanager
     def group(self, model: nn.Module, key: str, write: bool = False) -> Iterator[None]:

@@ -67,6 +67,16 @@ def tied_keys(model: nn.Module, owners: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
+def _checkpoint_keys(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys `save_pretrained` writes for these tensors (transformers renames some on saving, e.g.
+    GPT-NeoX's `lm_head` is stored as `embed_out`)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers before 5 stores the model's own keys
+        return tensors
+    return dict(revert_weight_conversion(model, tensors))
+
+
 def write_hf_weights(model: nn.Module, directory: str | Path) -> None:
     """The state dict (tied repeats left out, as `save_pretrained` does) as sharded safetensors files
     with transformers' index, one shard per group of consecutive tensors of one block (or of the
@@ -89,6 +99,7 @@ def write_hf_weights(model: nn.Module, directory: str | Path) -> None:
             if key in tied:
                 continue
             tensors[key] = t.detach().to("cpu").contiguous()
+        tensors = _checkpoint_keys(model, tensors)
         write_safetensors(directory / shard, tensors, {"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         weight_map.update({k: shard for k in tensors})
