@@ -146,3 +146,25 @@ def bpe_tiny(tmp_path_factory):
     (root / "test.txt").write_text(text(600))
     (root / "calib.txt").write_text(text(3000))
     return root / "model", f"text:{root / 'test.txt'},{root / 'calib.txt'}"
+
+
+def save_tiny(directory, family: str = "llama", shard: str | None = None, **config):
+    """A tiny model of `family` saved with a word-level tokenizer (sharded when `shard` is a size such
+    as "40KB": several safetensors files and their index); returns the model as saved."""
+    model = tiny_llama(**config).eval() if family == "llama" and config else tiny_model(family)
+    model.save_pretrained(directory, **({"max_shard_size": shard} if shard else {}))
+    _word_tokenizer(VOCAB - 1).save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def sharded_tiny(tmp_path_factory):
+    """A tiny LLaMA in several safetensors shards with its index, plus a corpus: (model_dir, protocol_spec)."""
+    root = tmp_path_factory.mktemp("sharded")
+    torch.manual_seed(0)
+    save_tiny(root / "model", shard="40KB", num_hidden_layers=3)
+    g = torch.Generator().manual_seed(5)
+    words = lambda n: " ".join(f"w{int(i)}" for i in torch.randint(0, 40, (n,), generator=g))
+    (root / "test.txt").write_text(words(400))
+    (root / "calib.txt").write_text(words(2000))
+    return root / "model", f"text:{root / 'test.txt'},{root / 'calib.txt'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from crescendo.grids import UniformGrid
@@ -80,3 +81,20 @@ def test_act_order_permutation_is_undone():
     grid = UniformGrid(4)
     result = obs_sweep(W, prepared, grid=grid)
     assert torch.equal(result.weight, grid.quantize(W))  # diagonal H: still RTN, columns in place
+
+
+@pytest.mark.parametrize("n", [8, 130, 513])
+def test_the_in_place_inverse_factor_is_the_textbook_one_bit_for_bit(n):
+    """inverse_hessian_factor_ overwrites H to save memory; its numbers are those of the plain steps."""
+    from crescendo.kernels.obs import inverse_hessian_factor, inverse_hessian_factor_
+
+    g = torch.Generator().manual_seed(n)
+    X = torch.randn(3 * n, n, generator=g)
+    H = X.t() @ X / (3 * n)
+    damped = H.clone()
+    damped.diagonal().add_(0.01 * torch.mean(torch.diag(H)))
+    textbook = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    kept = H.clone()
+    assert torch.equal(inverse_hessian_factor(H, 0.01), textbook) and torch.equal(H, kept)  # H left as it was
+    work = H.clone()
+    assert torch.equal(inverse_hessian_factor_(work, 0.01), textbook) and torch.equal(work, textbook)
