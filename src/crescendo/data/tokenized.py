@@ -3,7 +3,8 @@
 Conventions (shared/PROTOCOL.md, and IST-DASLab gptq/sparsegpt `datautils.py`):
 
 - each split is tokenized once, in full, by calling the tokenizer plainly, `tokenizer(text)`
-  (for SmolLM2 this adds no BOS token);
+  (for SmolLM2 this adds no BOS token); a long split is tokenized in pieces cut where that gives
+  the same ids (`pieces`), to bound the tokenizer's memory;
 - eval windows: the test ids cut into non-overlapping windows of seqlen, the first n kept;
 - calibration from one text: `random.seed(seed)`, then per sample
   `i = random.randint(0, len(ids) - seqlen - 1)`, window = ids[i:i+seqlen];
@@ -27,6 +28,7 @@ import torch
 
 from ..errors import DataError
 from .corpora import load_corpus
+from .pieces import encode_in_pieces
 from .protocols import Protocol
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,9 @@ _CACHE: OrderedDict[tuple[Protocol, str], ProtocolData] = OrderedDict()
 
 
 def encode(tokenizer: Any, text: str) -> torch.Tensor:
-    """`tokenizer(text)["input_ids"]` as a LongTensor of shape (1, N)."""
-    ids = tokenizer(text)["input_ids"]
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    return ids.reshape(1, -1)
+    """`tokenizer(text)["input_ids"]` as a LongTensor of shape (1, N); a long text is tokenized in
+    pieces that give the same ids with a fraction of the memory (`pieces`)."""
+    return encode_in_pieces(tokenizer, text)
 
 
 def cut_windows(ids: torch.Tensor, seqlen: int, n_windows: int | None,
