@@ -245,8 +245,8 @@ def test_linears_fed_one_input_share_one_hessian_and_one_factorization(calibrati
     assert stats.result(names[0]) is stats.result(names[1]) is stats.result(names[2])
 
     calls = []
-    real = stats_module.prepare_hessian
-    monkeypatch.setattr(stats_module, "prepare_hessian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stats_module.prepare_hessian_
+    monkeypatch.setattr(stats_module, "prepare_hessian_", lambda *a, **k: calls.append(1) or real(*a, **k))
     result = compress(tiny_model("llama"), "gptq:w4", calibration, progress=False)
     assert len(calls) == 4 * 2  # one factorization per distinct input, per block
     assert result.stages[0].statistics == 8

@@ -2,7 +2,7 @@
 
     load_blockwise(spec, device=..., max_memory=..., offload_dir=...) -> (model, tokenizer, info)
     resident_block(model, i, write=False)     context: block i on the device (no-op in memory)
-    resident_outside(model, write=False)      context: embeddings, final norm, head
+    resident_inputs(model), resident_head(model)   contexts: what runs before the first / after the last block
     is_blockwise(model), residency_of(model)
     parse_memory("1.5GB") -> bytes
 
@@ -18,8 +18,10 @@ from .residency import (
     residency_of,
     resident_block,
     resident_group,
-    resident_outside,
+    resident_head,
+    resident_inputs,
 )
 
 __all__ = ["load_blockwise", "parse_memory", "format_bytes", "NotResident", "is_blockwise", "resident_block",
-           "resident_group", "resident_outside", "residency_of"]
+           "resident_group", "resident_inputs", "resident_head",
+           "residency_of"]

@@ -21,7 +21,8 @@ from ..errors import ModelError
 from ..models.adapters import get_adapter
 from ..models.loading import ModelInfo, load_config, load_tokenizer, resolve_model_spec
 from .files import BlockFiles
-from .residency import OUTSIDE, Residency, attach_residency_, group_of
+from .memory import return_large_blocks
+from .residency import EMBED, HEAD, OUTSIDE, Residency, attach_residency_, group_of
 from .sources import GGUFSource, SafetensorsSource
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,20 @@ def _match(model: nn.Module, source, aliases: dict[str, list[str]]) -> dict[str,
     return found
 
 
+def _ends(model: nn.Module) -> dict[str, str]:
+    """{parameter name: EMBED or HEAD} for the input embedding's and the output head's parameters."""
+    out: dict[str, str] = {}
+    for kind, module in ((HEAD, model.get_output_embeddings()), (EMBED, model.get_input_embeddings())):
+        if module is None:
+            continue
+        prefix = next((n for n, m in model.named_modules(remove_duplicate=False) if m is module), None)
+        if prefix is None:
+            continue
+        for leaf, _ in module.named_parameters(remove_duplicate=False):
+            out[f"{prefix}.{leaf}" if prefix else leaf] = kind
+    return out
+
+
 def _load_buffers_(model: nn.Module, source, device: torch.device) -> None:
     """Persistent buffers stored in the checkpoint are read now (they are small); every buffer moves
     to the compute device."""
@@ -121,20 +136,26 @@ def load_blockwise(spec: str, *, device: str | torch.device = "cpu", max_memory:
         perplexity(model, windows)  # all windows through block 0, then block 1, ...
     """
     resolved = resolve_model_spec(spec)
+    return_large_blocks()
     config = load_config(resolved)
     model = skeleton(config)
     adapter = get_adapter(model)
     device = torch.device(device)
     aliases = _tied_sets(model)
-    groups: dict[str, list[str]] = {OUTSIDE: []}
+    groups: dict[str, list[str]] = {OUTSIDE: [], EMBED: [], HEAD: []}
     for i in range(len(adapter.blocks(model))):
         groups[f"block-{i}"] = []
+    ends = _ends(model)
     for name, every in aliases.items():
         kinds = {group_of(a, adapter.blocks_path) for a in every}
         if len(kinds) > 1:
             raise ModelError(f"parameter {name} is tied across decoder blocks ({', '.join(every)}); block-wise "
                              f"loading keeps each block's weights apart")
-        groups[kinds.pop()].append(name)
+        kind = kinds.pop()
+        if kind == OUTSIDE:
+            kind = EMBED if any(ends.get(a) == EMBED for a in every) else HEAD if any(a in ends for a in every) \
+                else OUTSIDE
+        groups[kind].append(name)
     if resolved.gguf_file is not None:
         source = GGUFSource(os.path.join(resolved.location, resolved.gguf_file), model)
     else:
@@ -146,5 +167,5 @@ def load_blockwise(spec: str, *, device: str | torch.device = "cpu", max_memory:
     attach_residency_(model, residency)
     tokenizer = load_tokenizer(resolved)
     log.info("block-wise model %s: %d blocks, weights in %s, rewritten blocks in %s", resolved.info.name,
-             len(groups) - 1, source.description, files.directory)
+             len(adapter.blocks(model)), source.description, files.directory)
     return model, tokenizer, resolved.info

@@ -28,6 +28,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 FLOAT32 = 4
 RUNTIME = 64 * 10**6
+M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
 
 def parse_memory(text: str) -> int:
@@ -65,6 +66,20 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def return_large_blocks() -> None:
+    """Make glibc serve every allocation of 1 MB or more with its own mapping, returned to the system
+    when freed. By default the threshold grows to the largest block freed so far, after which blocks
+    of hidden states (4 MB each for a 2048-wide model) come from the heap, whose holes stay resident:
+    about 150 MB more at a block-wise run's peak. A no-op without glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    except OSError:
+        mallopt = None
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
 def release_free_memory() -> None:
     """Hand freed heap memory back to the system (glibc keeps freed blocks below its mmap threshold
     in its arenas, where they still count as resident); a no-op without glibc."""
@@ -83,7 +98,7 @@ class MemoryNeed:
     """The parts of a block-wise run's peak memory, in bytes (see the module docstring)."""
 
     process: int  # already resident when the run is planned
-    outside: int  # tensors outside the decoder blocks (embeddings, final norm, head), float32
+    outside: int  # the larger phase outside the blocks (embedding or head, with the small rest), float32
     block: int  # the largest decoder block, float32
     window: int  # one window's hidden states between blocks (and what a block call passes beside them)
     window_work: int  # one window's activations inside a block (attention scores, MLP)
@@ -135,7 +150,15 @@ def memory_need(model: nn.Module, adapter, seqlen: int, process: int) -> MemoryN
     blocks = adapter.blocks(model)
     block_params = [_numel(b) for b in blocks]
     largest = max(range(len(blocks)), key=block_params.__getitem__)
-    outside = _numel(model) - sum(block_params)
+    # outside the blocks: the small rest plus the larger of the embedding and an untied head (never
+    # loaded together, `residency`)
+    ends = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    end_sizes = {id(p): p.numel() for m in ends for p in m.parameters()}
+    rest = _numel(model) - sum(block_params) - sum(end_sizes.values())
+    embed = model.get_input_embeddings()
+    embed_ids = {id(p) for p in embed.parameters()} if embed is not None else set()
+    outside = rest + max(sum(n for i, n in end_sizes.items() if i in embed_ids),
+                         sum(n for i, n in end_sizes.items() if i not in embed_ids))
     config = model.config
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
     inter = int(getattr(config, "intermediate_size", 0) or getattr(config, "ffn_dim", 0) or 4 * hidden)
@@ -150,8 +173,11 @@ def memory_need(model: nn.Module, adapter, seqlen: int, process: int) -> MemoryN
     shapes = [weight_shape(m) for m in linears.values()]
     widest = max((in_features(m) for m in linears.values()), default=0)
     biggest = max((o * i for o, i in shapes), default=0)
-    # one X^T X per linear; the kernel's factor and its two LAPACK work copies; the weight's working copies
-    statistics = (sum(i * i for _, i in shapes) + 3 * widest * widest + 4 * biggest) * FLOAT32
+    # one X^T X per distinct input (linears of one parent with one input width share it: q/k/v, gate/up),
+    # one more (in, in) for the factorization's workspace (the factor itself takes its Hessian's place,
+    # `kernels.obs.prepare_hessian_`), and the sweep's two float copies of a weight plus its mask
+    inputs = {(name.rpartition(".")[0], in_features(m)) for name, m in linears.items()}
+    statistics = (sum(i * i for _, i in inputs) + widest * widest + 2 * biggest) * FLOAT32 + biggest
     return MemoryNeed(process=process, outside=outside * FLOAT32, block=block_params[largest] * FLOAT32,
                       window=window, window_work=window_work, logits=logits, statistics=statistics)
 

@@ -3,9 +3,13 @@
 A block-wise model is an ordinary `nn.Module` whose parameters are empty (`meta`) except while a
 context holds them: `resident_block(model, i)` loads decoder block i onto the compute device, from
 the checkpoint or from the file its last rewrite left (`files.BlockFiles`), and puts it back on exit;
-with `write=True` the block is saved first. `resident_outside(model)` does the same for everything
-outside the blocks (embeddings, final norm, head). For a model held in memory both contexts do
-nothing, so the engine, the evaluation, the summaries and the exporters run one code path for both.
+with `write=True` the block is saved first. The tensors outside the blocks form up to three groups:
+the input embedding (`embed`), an untied output head (`head`), and the rest (`outside`: final norm,
+position embeddings; small). `resident_inputs(model)` loads what runs before block 0 (embed and the
+rest), `resident_head(model)` what runs after the last block (the rest and the head, or the embedding
+it is tied to): a large vocabulary's two matrices are never held together. For a model held in
+memory these contexts do nothing, so the engine, the evaluation, the summaries and the exporters
+run one code path for both.
 
 While a group is not loaded, the tensors of its linears' compression records (pruning masks, grid
 parameters) live in its file too, and the records hold a `NotResident` marker that raises when it
@@ -20,7 +24,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _ATTRIBUTE = "_crescendo_residency"
 OUTSIDE = "outside"
+EMBED = "embed"
+HEAD = "head"
 RECORD = "crescendo.record."  # record tensors inside a group file: RECORD + linear + ".mask" / ".param.NAME"
 
 
@@ -62,7 +68,8 @@ class NotResident:
 
 
 def group_of(name: str, blocks_path: str) -> str:
-    """The group of a parameter or linear name: `block-I` inside decoder block I, else `outside`."""
+    """`block-I` for a parameter or linear name inside decoder block I, else `outside` (see
+    `Residency.group_of` for the group outside the blocks)."""
     prefix = blocks_path + "."
     if name.startswith(prefix):
         return f"block-{name[len(prefix):].split('.', 1)[0]}"
@@ -82,6 +89,8 @@ class Residency:
         self.blocks_path = blocks_path
         self.groups = groups  # group -> its parameters (one name per tied set)
         self.aliases = aliases  # parameter -> every module attribute holding it
+        self._outside = {alias: g for g, names in groups.items() if not g.startswith("block-") for n in names
+                         for alias in aliases[n]}  # every name outside the blocks -> its group
         self.budget = budget  # bytes, or None
         self.prefetch = False  # read the next block while this one works (set by the run's memory plan)
         self.current: dict[str, Path] = {}  # group -> its latest file, once rewritten
@@ -100,6 +109,22 @@ class Residency:
             self.files.hold(path)
             new.current[group] = path
         return new
+
+    def group_of(self, name: str) -> str:
+        """The group of a parameter or linear (module) name."""
+        inside = group_of(name, self.blocks_path)
+        if inside != OUTSIDE:
+            return inside
+        return self._outside.get(name) or self._outside.get(f"{name}.weight") or OUTSIDE
+
+    def input_groups(self) -> list[str]:
+        """The groups that run before the first block."""
+        return [g for g in (OUTSIDE, EMBED) if self.groups.get(g)]
+
+    def head_groups(self) -> list[str]:
+        """The groups that run after the last block: the rest and the head (or the embedding tied to it)."""
+        head = HEAD if self.groups.get(HEAD) else EMBED
+        return [g for g in (OUTSIDE, head) if self.groups.get(g)]
 
     def plan(self, model: nn.Module, adapter, windows: int, seqlen: int, calibrated: bool,
              requested: int | None = None, what: str = "the calibration") -> MemoryPlan:
@@ -122,7 +147,8 @@ class Residency:
         block rewritten: float32 weights plus a pruning mask (one byte per weight) for each block not
         yet on disk, and one more block while a rewrite replaces its earlier file."""
         sizes = {g: 5 * sum(model.get_parameter(n).numel() for n in names) for g, names in self.groups.items()}
-        needed = sum(size for g, size in sizes.items() if g != OUTSIDE and g not in self.current) + max(sizes.values())
+        needed = (sum(size for g, size in sizes.items() if g.startswith("block-") and g not in self.current)
+                  + max(sizes.values()))
         free = self.files.free_bytes()
         if free < needed:
             raise ConfigError(f"the offload folder {self.files.directory.parent} has {format_bytes(free)} free; "
@@ -158,7 +184,7 @@ class Residency:
 
     # -- reading -----------------------------------------------------------------------------
     def _next(self, key: str) -> str | None:
-        if key == OUTSIDE:
+        if not key.startswith("block-"):
             return None
         following = f"block-{int(key.split('-')[1]) + 1}"
         return following if following in self.groups else None
@@ -204,7 +230,7 @@ class Residency:
             model.get_submodule(owner)._parameters[leaf] = param
 
     def _records(self, model: nn.Module, key: str):
-        return [r for r in state_of(model).records.values() if group_of(r.name, self.blocks_path) == key]
+        return [r for r in state_of(model).records.values() if self.group_of(r.name) == key]
 
     def _install(self, model: nn.Module, key: str, tensors: dict[str, torch.Tensor], event: Any) -> None:
         if event is not None:
@@ -276,10 +302,26 @@ def resident_block(model: nn.Module, index: int, *, write: bool = False):
     return nullcontext() if residency is None else residency.group(model, f"block-{index}", write)
 
 
-def resident_outside(model: nn.Module, *, write: bool = False):
-    """Context: the tensors outside the decoder blocks loaded (a no-op for a model in memory)."""
+@contextmanager
+def _groups(model: nn.Module, residency: Residency, keys: list[str], write: bool) -> Iterator[None]:
+    with ExitStack() as stack:
+        for key in keys:
+            stack.enter_context(residency.group(model, key, write))
+        yield
+
+
+def resident_inputs(model: nn.Module, *, write: bool = False):
+    """Context: what runs before the first decoder block loaded (the input embedding and the small
+    tensors outside the blocks; a no-op for a model in memory)."""
     residency = residency_of(model)
-    return nullcontext() if residency is None else residency.group(model, OUTSIDE, write)
+    return nullcontext() if residency is None else _groups(model, residency, residency.input_groups(), write)
+
+
+def resident_head(model: nn.Module, *, write: bool = False):
+    """Context: what runs after the last decoder block loaded (the small tensors outside the blocks
+    and the output head, or the embedding tied to it; a no-op for a model in memory)."""
+    residency = residency_of(model)
+    return nullcontext() if residency is None else _groups(model, residency, residency.head_groups(), write)
 
 
 def resident_group(model: nn.Module, name: str, *, write: bool = False):
@@ -287,4 +329,10 @@ def resident_group(model: nn.Module, name: str, *, write: bool = False):
     residency = residency_of(model)
     if residency is None:
         return nullcontext()
-    return residency.group(model, group_of(name, residency.blocks_path), write)
+    return residency.group(model, residency.group_of(name), write)
+
+
+def group_name(model: nn.Module, name: str, blocks_path: str) -> str:
+    """The residency group of parameter or linear `name` (`block-I` or `outside` for a model in memory)."""
+    residency = residency_of(model)
+    return residency.group_of(name) if residency is not None else group_of(name, blocks_path)

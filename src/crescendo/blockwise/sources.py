@@ -100,13 +100,60 @@ class SafetensorsSource:
         out: dict[str, torch.Tensor] = {}
         for shard, wanted in by_shard.items():
             try:
+                header = _header(shard)
                 with safe_open(str(shard), framework="pt", backend="pread") as f:
                     for name in wanted:
-                        out[name] = _owned(f.get_tensor(name))
-            except (OSError, SafetensorError) as e:
+                        out[name] = _read_rows(f, shard, name, header)
+            except (OSError, ValueError, SafetensorError) as e:
                 raise StorageError(f"cannot read {wanted[0]} from {shard} (was it changed or removed during the "
                                    f"run?): {one_line(e)}") from None
         return out
+
+
+CHUNK = 16 << 20  # bytes read at a time from a tensor that is not float32
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _header(shard: Path) -> tuple[dict, int]:
+    """The safetensors header of `shard` and the offset its data starts at."""
+    with open(shard, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+def _read_rows(f, shard: Path, name: str, header: tuple[dict, int]) -> torch.Tensor:
+    """Tensor `name` as `_owned` gives it, read from the file straight into the result (float32) or a
+    slice at a time (other floats), so a large tensor (a 400 MB embedding) is never held twice.
+    Integer tensors and anything unusual go through safetensors itself."""
+    entry, base = header[0].get(name), header[1]
+    dtype = _DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+    if dtype is None:
+        return _owned(f.get_tensor(name))
+    shape = tuple(int(d) for d in entry["shape"])
+    start, end = (int(x) for x in entry["data_offsets"])
+    out = torch.empty(shape, dtype=torch.float32)
+    flat = out.view(-1)
+    size = dtype.itemsize
+    if end - start != flat.numel() * size:
+        raise StorageError(f"{shard}: tensor {name} has {end - start} bytes for shape {list(shape)}")
+    with open(shard, "rb", buffering=0) as raw:
+        if dtype == torch.float32:
+            view = memoryview(flat.numpy()).cast("B")
+            done = 0
+            while done < len(view):
+                got = os.preadv(raw.fileno(), [view[done:]], base + start + done)
+                if got <= 0:
+                    raise StorageError(f"{shard} ended inside tensor {name} (was it changed during the run?)")
+                done += got
+        else:
+            step = max(1, CHUNK // size)
+            for first in range(0, flat.numel(), step):
+                count = min(step, flat.numel() - first)
+                data = os.pread(raw.fileno(), count * size, base + start + first * size)
+                if len(data) != count * size:
+                    raise StorageError(f"{shard} ended inside tensor {name} (was it changed during the run?)")
+                flat[first:first + count] = torch.frombuffer(bytearray(data), dtype=dtype).float()
+    return out
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:

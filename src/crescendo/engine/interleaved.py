@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..blockwise.residency import resident_block, resident_outside
+from ..blockwise.residency import resident_block, resident_inputs
 from ..errors import ConfigError
 from ..models.adapters import Adapter, select_targets
 from ..state import state_of
@@ -87,7 +87,7 @@ def apply_interleaved_(
     blocks = adapter.blocks(model)
     inputs = None
     if calibrated:
-        with resident_outside(model):
+        with resident_inputs(model):
             inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     desc = "interleaved: " + " > ".join(str(s) for s in stages)
     for index in tqdm(range(len(blocks)), desc=desc, disable=not progress, leave=False):

@@ -6,7 +6,7 @@ method needs, compresses the block's target linears, re-runs the block to get th
 inputs. Data-free stages (magnitude, RTN, block formats) skip the forward passes entirely.
 Activation quantizers a stage adds are attached at the end of the stage, so the stage's own weight
 calibration sees unquantized activations (QuaRot's convention) and later stages see quantized ones.
-Every block's work runs inside `resident_block` (and the capture inside `resident_outside`): for a
+Every block's work runs inside `resident_block` (and the capture inside `resident_inputs`): for a
 block-wise model (`crescendo.blockwise`) that loads the block, and saves it once compressed; for a
 model in memory it does nothing.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..blockwise.residency import group_of, resident_block, resident_group, resident_outside
+from ..blockwise.residency import group_name, resident_block, resident_group, resident_inputs
 from ..errors import ConfigError
 from ..models.adapters import (
     Adapter,
@@ -83,7 +83,7 @@ def apply_stage_(
     if statistic is None:
         groups: dict[str, list[str]] = {}  # one load per block of a block-wise model
         for name in targets:
-            groups.setdefault(group_of(name, adapter.blocks_path), []).append(name)
+            groups.setdefault(group_name(model, name, adapter.blocks_path), []).append(name)
         for names in tqdm(groups.values(), desc=f"{stage}", disable=not progress, leave=False):
             with resident_group(model, names[0], write=spec.compress_linear is not None):
                 for name in names:
@@ -124,15 +124,19 @@ def compress_block_(block: nn.Module, inputs, linears: dict[str, nn.Module], sta
         return
     with InputStatistics(linears, kind) as stats:
         inputs.run(block)
-    seen: set[int] = set()
+    seen: set[str] = set()
+    last = {stats.leader(n): n for n in linears}  # the last linear to use each shared statistic
     for name, module in linears.items():
         statistic = stats.result(name)
-        if id(statistic) not in seen:
-            seen.add(id(statistic))
+        if stats.leader(name) not in seen:
+            seen.add(stats.leader(name))
             report.statistics += 1
             if isinstance(statistic, Hessian):
                 report.dead_inputs += statistic.dead_inputs
         _compress_one(module, statistic, state.record(name), spec, config, text)
+        del statistic
+        if last[stats.leader(name)] == name:
+            stats.release(name)  # its (in, in) matrix and factor are not held while the next linears work
 
 
 def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, report: StageReport,
@@ -142,7 +146,7 @@ def _calibrated_pass(model, adapter, targets, calibration, spec, config, text, r
     calibration_targets(adapter, targets, text)
     state = state_of(model)
     blocks = adapter.blocks(model)
-    with resident_outside(model):
+    with resident_inputs(model):
         inputs = capture_first_block_inputs(model, blocks[0], calibration, batch_size, adapter)
     for index in tqdm(range(len(blocks)), desc=f"{text}", disable=not progress, leave=False):
         block = blocks[index]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.obs import PreparedHessian, prepare_hessian
+from ..kernels.obs import PreparedHessian, prepare_hessian_
 from ..models.adapters import in_features, input_rows
 from ..transforms import input_transforms
 
@@ -29,23 +29,30 @@ class Hessian:
     """The mean X^T X (in, in) of one linear input, shared by every linear fed that input.
 
     `prepared(dampening, act_order)` factors it once per setting, so q/k/v (and gate/up) cost one
-    Cholesky factorization between them, not three.
+    Cholesky factorization between them, not three. The first preparation factors the matrix in its
+    own memory (a stage prepares with one setting; `matrix` is None afterwards): the Hessians of a
+    block and their factors never coexist, which is what a block's peak memory is made of.
     """
 
     def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix  # (in, in) mean over calibration tokens
+        self.matrix: torch.Tensor | None = matrix  # (in, in) mean over calibration tokens, until prepared
         self._prepared: dict[tuple[float, bool], PreparedHessian] = {}
+        self._dead = int((torch.diagonal(matrix) == 0).sum())
 
     def prepared(self, dampening_fraction: float, act_order: bool = False) -> PreparedHessian:
         key = (float(dampening_fraction), bool(act_order))
         if key not in self._prepared:
-            self._prepared[key] = prepare_hessian(self.matrix, dampening_fraction, act_order)
+            if self.matrix is None:
+                raise RuntimeError(f"this Hessian was factored for {next(iter(self._prepared))}; a second setting "
+                                   f"{key} needs statistics collected again")
+            matrix, self.matrix = self.matrix, None
+            self._prepared[key] = prepare_hessian_(matrix.float().contiguous(), dampening_fraction, act_order)
         return self._prepared[key]
 
     @property
     def dead_inputs(self) -> int:
         """Inputs that were exactly zero on every calibration token."""
-        return int((torch.diagonal(self.matrix) == 0).sum())
+        return self._dead
 
 
 def _input_signature(module: nn.Module) -> tuple:
@@ -124,11 +131,18 @@ class InputStatistics:
         """The linear whose accumulation `name` shares (itself when it leads)."""
         return self._leader.get(name, name)
 
+    def release(self, name: str) -> None:
+        """Forget the statistic `name` shares (its users are done with it)."""
+        leader = self.leader(name)
+        self._results.pop(leader, None)
+        self.values.pop(leader, None)
+
     def result(self, name: str) -> Hessian | torch.Tensor:
         """The statistic of `name`'s input: one shared object per distinct input."""
         leader = self.leader(name)
         if leader not in self._results:
-            value = self.values[leader]
-            self._results[leader] = (Hessian(value / max(self.tokens[leader], 1)) if self.kind == "hessian"
-                                     else value)
+            if self.kind == "hessian":  # the sum becomes the mean in place: one (in, in) matrix, not two
+                self._results[leader] = Hessian(self.values.pop(leader).div_(max(self.tokens[leader], 1)))
+            else:
+                self._results[leader] = self.values[leader]
         return self._results[leader]

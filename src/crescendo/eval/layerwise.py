@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..blockwise.residency import resident_block, resident_outside
+from ..blockwise.residency import resident_block, resident_inputs
 from ..engine.capture import calibration_batch_size, capture_first_block_inputs, run_block
 from ..models.adapters import Adapter, get_adapter
 
@@ -50,9 +50,9 @@ def layerwise_error(
     if len(d_blocks) != len(c_blocks):
         raise ValueError("layer-wise error needs models with the same number of decoder blocks")
     size = calibration_batch_size(dense, calibration, batch_size)
-    with resident_outside(dense):
+    with resident_inputs(dense):
         d_inputs = capture_first_block_inputs(dense, d_blocks[0], calibration, size, adapter)
-    with resident_outside(compressed):
+    with resident_inputs(compressed):
         c_inputs = capture_first_block_inputs(compressed, c_blocks[0], calibration, size, adapter)
     result = LayerwiseError()
     for index in range(len(d_blocks)):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..blockwise.residency import residency_of, resident_block, resident_outside
+from ..blockwise.residency import residency_of, resident_block, resident_head, resident_inputs
 from ..data.tokenized import ProtocolData
 from ..errors import ConfigError, DataError
 
@@ -198,14 +198,14 @@ def _blockwise_losses(model: nn.Module, windows: list[torch.Tensor], batch_size:
     losses: list[float] = []
     with torch.inference_mode(), tqdm(total=len(blocks) + 2, unit="step", desc="perplexity (block-wise)",
                                        disable=not show, leave=False) as bar:
-        with resident_outside(model):
+        with resident_inputs(model):
             inputs = capture_first_block_inputs(model, blocks[0], rows, batch_size, adapter)
         bar.update(1)
         for index, block in enumerate(blocks):
             with resident_block(model, index):
                 inputs.advance_(block)
             bar.update(1)
-        with resident_outside(model):
+        with resident_head(model):
             for i, input_ids in enumerate(inputs.ids):
                 logits = adapter.logits(model, inputs.hidden(i))  # (B, L, V)
                 losses.extend(causal_lm_window_losses(logits, input_ids).tolist())

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..blockwise.residency import group_of, residency_of
+from ..blockwise.residency import residency_of
 from ..blockwise.writer import write_safetensors
 
 INDEX = "model.safetensors.index.json"
@@ -32,7 +32,7 @@ def state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield from model.state_dict().items()
         return
     keys = list(model.state_dict())
-    for group, run in itertools.groupby(keys, key=lambda k: group_of(k, residency.blocks_path)):
+    for group, run in itertools.groupby(keys, key=residency.group_of):
         with residency.group(model, group):
             state = model.state_dict()
             for key in run:
@@ -79,14 +79,13 @@ def _checkpoint_keys(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict
 
 def write_hf_weights(model: nn.Module, directory: str | Path) -> None:
     """The state dict (tied repeats left out, as `save_pretrained` does) as sharded safetensors files
-    with transformers' index, one shard per group of consecutive tensors of one block (or of the
-    tensors outside the blocks)."""
+    with transformers' index, one shard per run of consecutive tensors of one residency group (a
+    block, the embedding, the head, the rest)."""
     directory = Path(directory)
     residency = residency_of(model)
-    path = residency.blocks_path if residency is not None else ""
     tied = tied_keys(model)
     runs = [(g, [k for k in run if k not in tied]) for g, run in
-            itertools.groupby(model.state_dict(), key=lambda k: group_of(k, path) if path else "all")]
+            itertools.groupby(model.state_dict(), key=residency.group_of if residency is not None else lambda k: "all")]
     runs = [(g, keys) for g, keys in runs if keys]
     weight_map: dict[str, str] = {}
     total = 0

@@ -66,14 +66,20 @@ def prepare_hessian(H: torch.Tensor, dampening_fraction: float = 0.01, act_order
     the sweep spreads no error through them; they are quantized and are pruning candidates like any
     other weight. act_order: visit columns in decreasing diag(H) (GPTQ's act-order).
     """
-    H = H.detach().float().clone(memory_format=torch.contiguous_format)
+    return prepare_hessian_(H.detach().float().clone(memory_format=torch.contiguous_format), dampening_fraction,
+                            act_order)
+
+
+def prepare_hessian_(H: torch.Tensor, dampening_fraction: float = 0.01, act_order: bool = False) -> PreparedHessian:
+    """`prepare_hessian` in H's own memory (a float32 contiguous H the caller gives up): the factor
+    takes H's place instead of a copy beside it."""
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         H = H[perm][:, perm]
-    return PreparedHessian(inverse_hessian_factor_(H, dampening_fraction), perm, dead)  # H is our own copy
+    return PreparedHessian(inverse_hessian_factor_(H, dampening_fraction), perm, dead)
 
 
 def obs_sweep(
