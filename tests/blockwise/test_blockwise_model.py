@@ -91,6 +91,30 @@ def test_a_tied_head_stays_one_tensor(windows, tmp_path):
         perplexity(full, eval_ids, progress=False).window_losses
 
 
+def test_an_untied_embedding_and_head_are_never_loaded_together(windows, saved_tiny, monkeypatch):
+    """A large vocabulary's two matrices: the capture needs the embedding, the logits the head."""
+    calibration, eval_ids = windows
+    full, blockwise = _both(saved_tiny[0])
+    assert not full.config.tie_word_embeddings
+    residency = residency_of(blockwise)
+    assert residency.group_of("lm_head") == "head" and residency.group_of("model.embed_tokens.weight") == "embed"
+    together = []
+    real = type(residency)._install
+
+    def install(self, model, key, tensors, event):
+        together.append(set(self._loaded) | {key})
+        return real(self, model, key, tensors, event)
+
+    monkeypatch.setattr(type(residency), "_install", install)
+    for model in (full, blockwise):
+        compress(model, "sparsegpt:0.5 > rtn:w4,include=lm_head", calibration, progress=False, calibration_batch_size=2)
+    assert perplexity(blockwise, eval_ids, progress=False).window_losses == \
+        perplexity(full, eval_ids, progress=False).window_losses
+    assert {"embed"} <= set().union(*together) and {"head"} <= set().union(*together)
+    assert not any({"embed", "head"} <= loaded for loaded in together)
+    assert_same_weights(full, blockwise)
+
+
 def test_prefetching_reads_ahead_and_changes_nothing(windows, sharded_tiny, monkeypatch):
     calibration, eval_ids = windows
     full, blockwise = _both(sharded_tiny[0])
