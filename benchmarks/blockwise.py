@@ -7,7 +7,8 @@ holds the whole model. Each run is a fresh `crescendo compress` process (dense a
 perplexity, then `--save` in the hf format); the block-wise run gets `--max-memory LIMIT` and is
 started under RLIMIT_DATA = LIMIT, which the kernel enforces on every private writable mapping (the
 heap, every tensor) while leaving the page cache of the files it reads out of the count. Peak
-resident memory is the child's ru_maxrss (os.wait4). Runs alternate (memory, blockwise, memory, ...)
+resident memory is the child's ru_maxrss (os.wait4; on Linux it starts from
+this parent's size at the fork, a few hundred MB here, below both figures). Runs alternate (memory, blockwise, memory, ...)
 for `--reps` pairs with the load average printed beside each; then every tensor of the two saved
 models is compared bit for bit.
 

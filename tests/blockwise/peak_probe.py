@@ -1,5 +1,5 @@
 """Run by test_blockwise_memory in a fresh process: block-wise compression and evaluation of the model
-directory argv[1]; prints {"peak": ru_maxrss bytes, "estimate": the largest planned peak} as JSON."""
+directory argv[1]; prints {"peak": VmHWM bytes, "estimate": the largest planned peak} as JSON."""
 
 import json
 import sys

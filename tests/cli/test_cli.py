@@ -255,3 +255,15 @@ def test_fast_bfloat16_only_with_amx_or_cuda(tmp_path):
     assert fast_bfloat16("cpu", str(amx))
     assert not fast_bfloat16("cpu", str(tmp_path / "missing"))
     assert fast_bfloat16("cuda", str(avx2))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_only_on_a_terminal(terminal, saved_tiny, capsys, monkeypatch):
+    """compress, order and sweep share the demo's rule: stderr that is not a terminal (a log file, CI)
+    gets no tqdm bars even without --quiet."""
+    model_dir, protocol = saved_tiny
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert main(["compress", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
+                 "--recipe", "sparsegpt:0.5 > gptq:w4", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert ("gptq:w4" in err and "it/s" in err) == terminal, err[-500:]

@@ -1038,16 +1038,16 @@ def test_sigterm_during_save_leaves_nothing_behind(saved_tiny, tmp_path, capsys,
     """SIGTERM while the weights are being written: exit 143, no target and no hidden temporary."""
     import signal
 
-    import crescendo.export.save as save_module
+    from crescendo.blockwise.writer import SafetensorsStream
 
     model_dir, protocol = saved_tiny
-    real = save_module.save_file
+    real = SafetensorsStream.close
 
-    def write_then_terminate(*args, **kwargs):
-        real(*args, **kwargs)
+    def write_then_terminate(self):
+        real(self)  # the weights file is complete inside the temporary folder
         os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the CLI's handler raises
 
-    monkeypatch.setattr(save_module, "save_file", write_then_terminate)
+    monkeypatch.setattr(SafetensorsStream, "close", write_then_terminate)
     code, out, err = _call(["compress", "--model", str(model_dir), "--protocol", protocol, *TINY_PROTOCOL_ARGS,
                             "--quiet", "--no-dense", "--recipe", "rtn:w4", "--format", "packed", "--save",
                             str(tmp_path / "out")], capsys)

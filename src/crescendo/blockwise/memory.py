@@ -62,7 +62,15 @@ def resident_bytes() -> int:
 
 
 def peak_resident_bytes() -> int:
-    """The largest resident memory this process has had (ru_maxrss, kilobytes on Linux)."""
+    """The largest resident memory this process has had: Linux's VmHWM, else ru_maxrss. (On Linux
+    ru_maxrss survives execve: a process started from a larger parent reports the parent's size.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -68,19 +69,25 @@ def _vision_options(args) -> dict:
     return {"calibration_batch_size": args.calib_batch_size, "data_dir": args.data_dir}
 
 
+def progress_wanted(args) -> bool:
+    """Progress bars only on a terminal (a log file or a CI capture gets no tqdm lines), never under --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _workbench(args):
     from ..workflow import Workbench
 
+    progress = progress_wanted(args)
     if _is_vision(args):
         from ..vision.bench import VisionWorkbench
 
-        return VisionWorkbench.load(args.model, args.protocol, device=args.device, progress=not args.quiet,
+        return VisionWorkbench.load(args.model, args.protocol, device=args.device, progress=progress,
                                     **_vision_options(args))
-    if args.quiet:
+    if not progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return Workbench.load(args.model, _protocol(args), dtype=args.dtype, device=args.device, progress=not args.quiet,
+    return Workbench.load(args.model, _protocol(args), dtype=args.dtype, device=args.device, progress=progress,
                           **_bench_options(args))
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 from ..options import cer_settings, margin_setting, race_settings, with_margin
-from .common import _bench_options, _floats, _ints, _is_vision, _model_name, _protocol, _vision_options, _workbench
+from .common import (
+    _bench_options,
+    _floats,
+    _ints,
+    _is_vision,
+    _model_name,
+    _protocol,
+    _vision_options,
+    _workbench,
+    progress_wanted,
+)
 
 
 def _cmd_choose(args) -> int:
@@ -316,7 +326,7 @@ def _cmd_sweep(args) -> int:
 
     counts: dict[str, int] = {}
     for seed in seeds:  # each seed draws its own calibration windows: a replicate of every cell
-        factory = BenchFactory(args.model, protocol, progress=not args.quiet and lanes == 1, layerwise=args.layerwise,
+        factory = BenchFactory(args.model, protocol, progress=progress_wanted(args) and lanes == 1, layerwise=args.layerwise,
                                device=args.device, layerwise_samples=args.layerwise_samples,
                                calibration_seed=seed, recipes=[t.recipe for t in tasks if t.recipe != "dense"],
                                **options)

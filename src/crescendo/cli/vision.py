@@ -28,12 +28,13 @@ def _cmd_train_reference(args) -> int:
 
     from ..data.images import load_image_dataset
     from ..vision import train_reference
+    from .common import progress_wanted
 
     data = load_image_dataset(args.dataset, args.data_dir)  # a missing or malformed file fails before training
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = train_reference(data, args.arch, seed=args.seed, out=args.out, epochs=args.epochs,
-                             device=args.device, progress=not args.quiet)
+                             device=args.device, progress=progress_wanted(args))
     training = result.metadata["training"]
     summary = {
         "dataset": result.metadata["dataset"],
