@@ -74,16 +74,21 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _libc(function: str):
+    """glibc's `function`, or None where there is no C library to ask (or it lacks the function)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), function, None) if name else None
+    except OSError:
+        return None
+
+
 def return_large_blocks() -> None:
     """Make glibc serve every allocation of 1 MB or more with its own mapping, returned to the system
     when freed. By default the threshold grows to the largest block freed so far, after which blocks
     of hidden states (4 MB each for a 2048-wide model) come from the heap, whose holes stay resident:
     about 150 MB more at a block-wise run's peak. A no-op without glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    except OSError:
-        mallopt = None
+    mallopt = _libc("mallopt")
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
@@ -91,12 +96,7 @@ def return_large_blocks() -> None:
 def release_free_memory() -> None:
     """Hand freed heap memory back to the system (glibc keeps freed blocks below its mmap threshold
     in its arenas, where they still count as resident); a no-op without glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        trim = None
+    trim = _libc("malloc_trim")
     if trim is not None:
         trim(0)
 

@@ -2,10 +2,12 @@
 
 A source names its tensors (the model's own state-dict names), gives their shapes without reading
 them, and reads a few of them on request into fresh float32 CPU tensors. Nothing is held between
-reads. Safetensors shards are read with safetensors' `safe_open` and its `pread` backend: a shard
-that is truncated or removed while a run reads it is an error naming the file (a memory map would
-die of SIGBUS instead), and the bytes read do not stay mapped into the process, so its resident
-memory is what the run holds. A GGUF file is read with gguf-py's reader, its tensors dequantized and
+reads. Safetensors shards: every header is checked once, when the source is made
+(`models.file_checks.safetensors_layout`); a float tensor is then read with pread straight into its
+float32 result (other dtypes through safetensors' `safe_open` with its pread backend). A shard that
+is truncated or removed while a run reads it is an error naming the file (a memory map would die of
+SIGBUS instead), and the bytes read do not stay mapped into the process, so its resident memory is
+what the run holds. A GGUF file is read with gguf-py's reader, its tensors dequantized and
 renamed by transformers' own GGUF tables, one tensor at a time; its pages are released after each
 read, and its length is checked before each one (a file cut short between two blocks is an error;
 gguf-py maps the file, so one cut short in the middle of a read still ends the process with SIGBUS).
@@ -42,19 +44,20 @@ class WeightSource(Protocol):
 
 class SafetensorsSource:
     """A directory of safetensors weights: `model.safetensors`, or shards listed by
-    `model.safetensors.index.json`. Every shard is opened (header checked against the file's length)
-    when the source is made, so a missing or truncated shard is refused before any work."""
+    `model.safetensors.index.json`. Every shard's header is checked against the file when the source
+    is made, so a missing or truncated shard is refused before any work."""
 
     def __init__(self, directory: str | Path) -> None:
+        from ..models.file_checks import safetensors_layout
+
         self.directory = Path(directory)
         self.description = str(self.directory)
         self._where: dict[str, Path] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._layout: dict[str, tuple[str, tuple[int, ...], int, int]] = {}  # dtype, shape, byte range
         for shard in self._shards():
-            with self._open(shard) as f:
-                for name in f.keys():
-                    self._where[name] = shard
-                    self._shapes[name] = tuple(f.get_slice(name).get_shape())
+            for name, entry in safetensors_layout(shard).items():
+                self._where[name] = shard
+                self._layout[name] = entry
 
     def _shards(self) -> list[Path]:
         index = self.directory / INDEX
@@ -75,24 +78,16 @@ class SafetensorsSource:
             raise ModelError(f"{self.directory}: no .safetensors weights")
         return found
 
-    def _open(self, shard: Path):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            return safe_open(str(shard), framework="pt", backend="pread")
-        except (OSError, SafetensorError) as e:
-            raise ModelError(f"cannot read weights {shard}: {one_line(e)}") from None
-
     def names(self) -> set[str]:
         return set(self._where)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._shapes[name]
+        return self._layout[name][1]
 
     def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The tensors `names`, as float32 (or their own integer dtype) CPU tensors the caller owns.
         A shard that changed since the source was made raises StorageError."""
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
 
         by_shard: dict[Path, list[str]] = {}
         for name in names:
@@ -100,11 +95,11 @@ class SafetensorsSource:
         out: dict[str, torch.Tensor] = {}
         for shard, wanted in by_shard.items():
             try:
-                header = _header(shard)
-                with safe_open(str(shard), framework="pt", backend="pread") as f:
-                    for name in wanted:
-                        out[name] = _read_rows(f, shard, name, header)
-            except (OSError, ValueError, SafetensorError) as e:
+                for name in wanted:
+                    dtype, shape, begin, _ = self._layout[name]
+                    out[name] = (_read_float(shard, name, _DTYPES[dtype], shape, begin) if dtype in _DTYPES
+                                 else _read_other(shard, name))
+            except (OSError, SafetensorError) as e:
                 raise StorageError(f"cannot read {wanted[0]} from {shard} (was it changed or removed during the "
                                    f"run?): {one_line(e)}") from None
         return out
@@ -114,34 +109,19 @@ CHUNK = 16 << 20  # bytes read at a time from a tensor that is not float32
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
-def _header(shard: Path) -> tuple[dict, int]:
-    """The safetensors header of `shard` and the offset its data starts at."""
-    with open(shard, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(n)), 8 + n
-
-
-def _read_rows(f, shard: Path, name: str, header: tuple[dict, int]) -> torch.Tensor:
-    """Tensor `name` as `_owned` gives it, read from the file straight into the result (float32) or a
-    slice at a time (other floats), so a large tensor (a 400 MB embedding) is never held twice.
-    Integer tensors and anything unusual go through safetensors itself."""
-    entry, base = header[0].get(name), header[1]
-    dtype = _DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
-    if dtype is None:
-        return _owned(f.get_tensor(name))
-    shape = tuple(int(d) for d in entry["shape"])
-    start, end = (int(x) for x in entry["data_offsets"])
+def _read_float(shard: Path, name: str, dtype: torch.dtype, shape: tuple[int, ...], begin: int) -> torch.Tensor:
+    """Tensor `name` (stored as `dtype` from byte `begin` of `shard`) as a float32 tensor, read from
+    the file straight into the result (float32) or a slice at a time (other floats), so a large
+    tensor (a 400 MB embedding) is never held twice."""
     out = torch.empty(shape, dtype=torch.float32)
     flat = out.view(-1)
     size = dtype.itemsize
-    if end - start != flat.numel() * size:
-        raise StorageError(f"{shard}: tensor {name} has {end - start} bytes for shape {list(shape)}")
     with open(shard, "rb", buffering=0) as raw:
         if dtype == torch.float32:
             view = memoryview(flat.numpy()).cast("B")
             done = 0
             while done < len(view):
-                got = os.preadv(raw.fileno(), [view[done:]], base + start + done)
+                got = os.preadv(raw.fileno(), [view[done:]], begin + done)
                 if got <= 0:
                     raise StorageError(f"{shard} ended inside tensor {name} (was it changed during the run?)")
                 done += got
@@ -149,11 +129,19 @@ def _read_rows(f, shard: Path, name: str, header: tuple[dict, int]) -> torch.Ten
             step = max(1, CHUNK // size)
             for first in range(0, flat.numel(), step):
                 count = min(step, flat.numel() - first)
-                data = os.pread(raw.fileno(), count * size, base + start + first * size)
+                data = os.pread(raw.fileno(), count * size, begin + first * size)
                 if len(data) != count * size:
                     raise StorageError(f"{shard} ended inside tensor {name} (was it changed during the run?)")
                 flat[first:first + count] = torch.frombuffer(bytearray(data), dtype=dtype).float()
     return out
+
+
+def _read_other(shard: Path, name: str) -> torch.Tensor:
+    """A tensor of another dtype (integers, float8), through safetensors itself."""
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt", backend="pread") as f:
+        return _owned(f.get_tensor(name))
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,14 @@ def _is_int(value: Any) -> bool:
 
 
 def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{name: (dtype, shape)} of every tensor in a safetensors file, from its header alone.
+    """{name: (dtype, shape)} of every tensor in a safetensors file, from its header alone (checked
+    as `safetensors_layout` checks it)."""
+    return {name: (dtype, shape) for name, (dtype, shape, _, _) in safetensors_layout(path).items()}
+
+
+def safetensors_layout(path: str | Path) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    """{name: (dtype, shape, first byte, end byte)} of every tensor in a safetensors file, the byte
+    range counted from the start of the file, from its header alone.
 
     Every field is checked against the file before anything is read beyond the header: the header
     length, the JSON object, each entry's dtype, shape and byte range (inside the file, the size its
@@ -63,7 +70,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
     if not isinstance(header, dict):
         raise ModelError(f"{path.name} is not a safetensors file (its header is not a JSON object)")
     data_bytes = size - 8 - length
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
@@ -88,7 +95,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
             raise ModelError(f"{where}: {end - begin} bytes, but {dtype} {tuple(shape)} needs "
                              f"{math.prod(shape) * ITEMSIZE[dtype]}")
         spans.append((begin, end, name))
-        out[name] = (dtype, tuple(shape))
+        out[name] = (dtype, tuple(shape), 8 + length + begin, 8 + length + end)
     spans.sort()
     for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
         if begin < end:
