@@ -475,6 +475,9 @@ def load_saved_blockwise(spec: str, *, device: str = "cpu", max_memory: int | No
 
     net, tokenizer, info = load_blockwise(spec, device=device, max_memory=max_memory, offload_dir=offload_dir)
     if state is not None:
+        from .models.file_checks import check_state_fits
+
+        check_state_fits(state, net, str(saved))  # as load_any checks it (shapes only: the skeleton suffices)
         state_of(net).removed = state.removed
     return net, tokenizer, info
 

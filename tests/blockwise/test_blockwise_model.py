@@ -215,3 +215,17 @@ def test_a_shard_truncated_during_the_run_stops_it_with_its_name(windows, sharde
     os.truncate(last, 200)  # block 2 still lives in the checkpoint
     with pytest.raises(StorageError, match=last.name):
         perplexity(blockwise, eval_ids, progress=False)
+
+
+def test_a_saved_state_that_does_not_fit_is_refused_as_in_memory(tmp_path):
+    """A crescendo.json whose block removal does not match the blocks on disk: both loaders refuse it."""
+    import json
+
+    from crescendo.workflow import load_any, load_saved_blockwise
+
+    save_tiny(tmp_path)
+    state = {"removed_blocks": {"original_layers": 9, "removed": [3], "params": 0, "linears": []}, "rotation": None}
+    (tmp_path / "crescendo.json").write_text(json.dumps({"state": state}))
+    for load in (load_any, load_saved_blockwise):
+        with pytest.raises(ModelError, match="block removal leaves 8 of 9 blocks"):
+            load(str(tmp_path))
